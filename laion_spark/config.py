@@ -1,0 +1,238 @@
+"""Stage configuration: defaults (in these dataclasses) <- YAML overlays <- `key.sub=value` overrides.
+
+INPUT  -> a stage name, `--config FILE` paths and `key=value` strings from the command line
+OUTPUT -> a frozen `JobConfig` holding the common keys and one frozen dataclass per stage
+
+Every field carries a one-line help text (`laion-spark STAGE --help` prints it) and, where the
+value is constrained, its valid choices or minimum. Unknown keys and bad values raise
+`ConfigError` naming the key and what is valid, before any Spark session exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names the key."""
+
+
+def _opt(default, help: str, choices: tuple | None = None, minimum: float | None = None):
+    """A dataclass field with its help line and constraints in the metadata."""
+    meta = {"help": help, "choices": choices, "min": minimum}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use tuples for sequence defaults: configs are frozen")
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """extract: web archives (WARC / ARC / WAT) -> candidates."""
+
+    min_alt_chars: int = _opt(5, "drop alt texts shorter than this (after whitespace collapse)", minimum=0)
+    max_alt_chars: int = _opt(2000, "cut alt texts to this many characters", minimum=1)
+    max_url_chars: int = _opt(2000, "drop image URLs longer than this (a cut URL is a broken one)", minimum=1)
+    allowed_schemes: tuple = _opt(("http", "https"), "image URL schemes kept; data:, javascript: ... are dropped")
+    denied_extensions: tuple = _opt((".svg", ".gif"), "image URL path extensions dropped (case-insensitive)")
+    lazy_attributes: bool = _opt(False, "also take data-src / srcset when src is missing (LAION took src alone)")
+    html_content_types: tuple = _opt(
+        ("text/html", "application/xhtml+xml"), "HTTP Content-Types parsed as HTML"
+    )
+    max_html_bytes: int = _opt(8 * 1024 * 1024, "HTML payloads larger than this are cut before parsing", minimum=1024)
+    paths_prefix: str = _opt(
+        "https://data.commoncrawl.org/", "prefix for the relative paths inside a *.paths(.gz) input"
+    )
+    retries: int = _opt(5, "re-opens of a remote file after 503/SlowDown/reset before it counts as failed", minimum=0)
+    retry_backoff_s: float = _opt(0.5, "first retry wait in seconds, doubled each time", minimum=0)
+    files_per_partition: int = _opt(1, "archive files handled by one Spark task", minimum=1)
+    arrow_batch_rows: int = _opt(10000, "rows per Arrow batch emitted by the extract UDF", minimum=1)
+    errors_output: str = _opt("", "URI of the extract_errors table (default: <output>_errors)")
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    """dedupe: candidates -> pairs with sample_id."""
+
+    key: str = _opt("url_text", "what counts as a duplicate: the (url, text) pair or the url alone",
+                    choices=("url_text", "url"))
+    previous: str = _opt("", "comma-separated URIs of earlier pairs tables whose pairs are dropped")
+    blocklist: str = _opt("", "URI of a text file of blocked URLs or their xxhash64 ids, one a line")
+    hash_bits: int = _opt(64, "bits of sample_id kept (tests force collisions with a tiny hash)", minimum=2)
+    max_rehash_rounds: int = _opt(4, "re-hash rounds with new seeds for colliding ids", minimum=1)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """demo: a generated crawl -> extract -> dedupe, all under `output`."""
+
+    seed: int = _opt(0, "seed of the generated crawl (record ids, dates, page order)", minimum=0)
+    rows: int = _opt(8, "rows of pairs shown in the printed report", minimum=0)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """The keys every stage takes, plus one section per stage."""
+
+    input: str = _opt("", "input URI(s): a table, or archive files / globs / *.paths.gz, comma-separated")
+    output: str = _opt("", "output URI of the stage's main table")
+    mode: str = _opt("error", "what to do when the output exists", choices=("error", "overwrite"))
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+STAGES = ("extract", "dedupe", "demo")
+COMMON_KEYS = ("input", "output", "mode")
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def iter_keys(stage: str | None = None):
+    """-> (dotted key, default, help) for the common keys and one stage's section (all if None)."""
+    hints = _hints(JobConfig)
+    for f in dataclasses.fields(JobConfig):
+        if dataclasses.is_dataclass(hints[f.name]):
+            if stage is not None and f.name != stage:
+                continue
+            for sf in dataclasses.fields(hints[f.name]):
+                yield f"{f.name}.{sf.name}", sf.default, sf.metadata.get("help", "")
+        else:
+            yield f.name, f.default, f.metadata.get("help", "")
+
+
+def _coerce(key: str, value: Any, typ: Any, meta: dict) -> Any:
+    """One raw value (YAML scalar/list or override string) -> the field's type, or ConfigError."""
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                out = value
+            elif str(value).strip().lower() in ("true", "1", "yes", "on"):
+                out = True
+            elif str(value).strip().lower() in ("false", "0", "no", "off"):
+                out = False
+            else:
+                raise ValueError
+        elif typ is int:
+            if isinstance(value, bool):
+                raise ValueError
+            out = int(str(value).strip())
+        elif typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(str(value).strip())
+        elif typ is tuple:
+            if isinstance(value, (list, tuple)):
+                out = tuple(str(v) for v in value)
+            else:
+                text = str(value).strip()
+                out = tuple(p.strip() for p in text.split(",") if p.strip()) if text else ()
+        else:
+            if isinstance(value, (list, tuple)):
+                value = ",".join(str(v) for v in value)
+            out = "" if value is None else str(value)
+    except ValueError:
+        raise ConfigError(f"bad value for {key}: {value!r} is not a valid {typ.__name__}") from None
+    choices = meta.get("choices")
+    if choices and out not in choices:
+        raise ConfigError(f"bad value for {key}: {out!r}; valid values: {', '.join(choices)}")
+    minimum = meta.get("min")
+    if minimum is not None and out < minimum:
+        raise ConfigError(f"bad value for {key}: {out!r}; must be >= {minimum}")
+    return out
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in (data or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def _valid_keys() -> dict[str, tuple[Any, dict]]:
+    """dotted key -> (type, metadata) for every leaf key."""
+    out = {}
+    hints = _hints(JobConfig)
+    for f in dataclasses.fields(JobConfig):
+        if dataclasses.is_dataclass(hints[f.name]):
+            sub = _hints(hints[f.name])
+            for sf in dataclasses.fields(hints[f.name]):
+                out[f"{f.name}.{sf.name}"] = (sub[sf.name], dict(sf.metadata))
+        else:
+            out[f.name] = (hints[f.name], dict(f.metadata))
+    return out
+
+
+def _unknown(key: str, valid: dict) -> ConfigError:
+    section = key.split(".")[0]
+    near = [k for k in valid if k.split(".")[0] == section] or list(valid)
+    return ConfigError(f"unknown key {key!r}; valid keys: {', '.join(near)}")
+
+
+def build_config(values: dict[str, Any]) -> JobConfig:
+    """Flat {dotted key: raw value} -> JobConfig (validated)."""
+    valid = _valid_keys()
+    per_section: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in valid:
+            raise _unknown(key, valid)
+        typ, meta = valid[key]
+        value = _coerce(key, raw, typ, meta)
+        if "." in key:
+            section, name = key.split(".", 1)
+            per_section.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    hints = _hints(JobConfig)
+    sections = {name: hints[name](**kv) for name, kv in per_section.items()}
+    return JobConfig(**top, **sections)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """'key.sub=value' -> (key.sub, value)."""
+    if "=" not in text:
+        raise ConfigError(f"expected key=value, got {text!r} (see --help for the keys)")
+    key, value = text.split("=", 1)
+    return key.strip(), value
+
+
+def load_config(config_files: list[str] = (), overrides: list[str] = ()) -> JobConfig:
+    """YAML overlay URIs (in order) + 'key=value' overrides -> JobConfig."""
+    import fsspec
+
+    values: dict[str, Any] = {}
+    for uri in config_files:
+        try:
+            with fsspec.open(uri, "r", encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {uri}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {uri} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {uri} must hold a mapping of keys")
+        values.update(_flatten(data))
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    return build_config(values)
+
+
+def stage_values(cfg: JobConfig, stage: str) -> dict[str, Any]:
+    """JobConfig -> flat dict of the common keys and one stage's keys (for summaries)."""
+    out = {k: getattr(cfg, k) for k in COMMON_KEYS}
+    section = getattr(cfg, stage, None)
+    if section is not None:
+        out.update({f"{stage}.{k}": v for k, v in dataclasses.asdict(section).items()})
+    return out

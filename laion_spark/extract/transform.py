@@ -1,0 +1,81 @@
+"""extract as a DataFrame transform: file URIs -> candidates, extract_errors and per-file stats.
+
+INPUT  -> a DataFrame with a string column `source_uri` (one archive file a row) and an ExtractConfig
+OUTPUT -> `ExtractOutput(raw, candidates, errors, stats)`: `raw` is the one mapInPandas pass that
+          streams every file record by record; the three tables are selections of it, so a job
+          that persists `raw` parses each file once
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
+
+from laion_spark import schemas as S
+
+RAW = StructType(
+    [
+        StructField("kind", StringType(), False),
+        *S.nullable(S.CANDIDATES).fields,
+        StructField(S.ERROR, StringType(), True),
+        StructField("counts", StringType(), True),
+    ]
+)
+_RAW_NAMES = [f.name for f in RAW.fields]
+
+
+class ExtractOutput(NamedTuple):
+    raw: DataFrame
+    candidates: DataFrame
+    errors: DataFrame
+    stats: DataFrame
+
+
+def _rows_to_frame(rows: list) -> pd.DataFrame:
+    frame = pd.DataFrame([vars(r) for r in rows], columns=_RAW_NAMES)
+    # tz-aware UTC, so Arrow stores the instant whatever the session time zone is
+    frame[S.CRAWL_TIME] = pd.to_datetime(frame[S.CRAWL_TIME], utc=True)
+    for col in (S.SOURCE_OFFSET, S.SOURCE_LENGTH):
+        frame[col] = frame[col].astype("Int64")
+    frame[S.LANGUAGE_PROB] = frame[S.LANGUAGE_PROB].astype("float32")
+    return frame
+
+
+def _extract_partition(cfg):
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from laion_spark.extract.process import process_file  # imported on the executor
+
+        rows: list = []
+        for batch in batches:
+            for uri in batch[S.SOURCE_URI]:
+                for row in process_file(uri, cfg):
+                    rows.append(row)
+                    if len(rows) >= cfg.arrow_batch_rows:
+                        yield _rows_to_frame(rows)
+                        rows = []
+        if rows:
+            yield _rows_to_frame(rows)
+
+    return run
+
+
+def extract_candidates(paths_df: DataFrame, cfg, num_partitions: int | None = None) -> ExtractOutput:
+    """DataFrame of file URIs + ExtractConfig -> ExtractOutput (no action is run here).
+
+    `num_partitions` spreads the files over that many tasks (the job passes
+    ceil(files / extract.files_per_partition)); None keeps the input's partitioning.
+    """
+    files = paths_df.select(S.SOURCE_URI)
+    if num_partitions:
+        files = files.repartition(num_partitions)
+    raw = files.mapInPandas(_extract_partition(cfg), RAW)
+    candidates = raw.filter(F.col("kind") == "candidate").select(
+        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in S.CANDIDATES.fields]
+    )
+    errors = raw.filter(F.col("kind") == "error").select(*[f.name for f in S.EXTRACT_ERRORS.fields])
+    stats = raw.filter(F.col("kind") == "stats").select(S.SOURCE_URI, "counts")
+    return ExtractOutput(raw, candidates, errors, stats)

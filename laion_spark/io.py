@@ -1,0 +1,85 @@
+"""Table and file I/O: Spark reads and writes tables (Parquet, explicit schema); fsspec the rest.
+
+INPUT  -> URIs (local paths, file:, s3a://, gs://, dbfs:/, hdfs://, ...)
+OUTPUT -> DataFrames read with their schema; tables written after a schema check; JSON summaries
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from pyspark.sql import DataFrame
+from pyspark.sql.types import StructType
+
+log = logging.getLogger(__name__)
+
+# Spark's Hadoop scheme names -> fsspec protocol names for the same storage
+_FSSPEC_PROTOCOLS = {"s3a": "s3", "s3n": "s3", "gs": "gcs", "dbfs": "file"}
+
+
+class OutputExistsError(FileExistsError):
+    """The stage's output is already there and mode is not overwrite."""
+
+
+def fsspec_uri(uri: str) -> str:
+    """Spark-style URI -> the URI fsspec understands for the same object."""
+    if "://" not in uri:
+        if uri.startswith("dbfs:/"):  # Databricks mounts DBFS at /dbfs on the driver
+            return "/dbfs/" + uri[len("dbfs:/"):].lstrip("/")
+        return uri
+    scheme, rest = uri.split("://", 1)
+    if scheme == "dbfs":
+        return "/dbfs/" + rest.lstrip("/")
+    return f"{_FSSPEC_PROTOCOLS.get(scheme, scheme)}://{rest}"
+
+
+def exists(uri: str) -> bool:
+    """URI -> whether anything is stored there."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(fsspec_uri(uri))
+    return fs.exists(path)
+
+
+def check_output(uri: str, mode: str) -> None:
+    """Raise OutputExistsError when `uri` exists and mode is not 'overwrite' (before Spark starts)."""
+    if mode != "overwrite" and exists(uri):
+        raise OutputExistsError(f"output {uri} already exists; pass mode=overwrite to replace it")
+
+
+def check_schema(df: DataFrame, schema: StructType, table: str) -> None:
+    """Raise ValueError unless df has exactly the schema's column names and types (in order)."""
+    got = [(f.name, f.dataType) for f in df.schema.fields]
+    want = [(f.name, f.dataType) for f in schema.fields]
+    if got != want:
+        raise ValueError(f"{table}: columns {got} do not match the table schema {want}")
+
+
+def read_table(spark, uri: str, schema: StructType) -> DataFrame:
+    """Parquet table URI -> DataFrame with exactly the schema's columns."""
+    df = spark.read.schema(schema).parquet(uri)
+    return df.select(*[f.name for f in schema.fields])
+
+
+def write_table(df: DataFrame, uri: str, schema: StructType, table: str, mode: str = "error") -> None:
+    """DataFrame -> Parquet at uri, after checking it matches the table's schema."""
+    check_schema(df, schema, table)
+    df.write.mode("overwrite" if mode == "overwrite" else "errorifexists").parquet(uri)
+
+
+def write_json(uri: str, data: dict) -> None:
+    """dict -> a JSON file at uri (e.g. <output>/_summary.json; Spark ignores `_` files)."""
+    import fsspec
+
+    with fsspec.open(fsspec_uri(uri), "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+
+
+def read_json(uri: str) -> dict:
+    """JSON file URI -> dict."""
+    import fsspec
+
+    with fsspec.open(fsspec_uri(uri), "r", encoding="utf-8") as fh:
+        return json.load(fh)

