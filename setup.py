@@ -23,6 +23,7 @@ setup(
         "cld3-py>=3.0",
         "charset-normalizer>=3.0",
         "brotli>=1.0",
+        "isal>=1.6",
         "fsspec>=2024.2",
         "aiohttp>=3.9",
         "requests>=2.31",

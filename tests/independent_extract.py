@@ -33,7 +33,7 @@ def _decode(body: bytes, content_type: str) -> str:
     try:
         stream = HTMLBinaryInputStream(body, override_encoding=None, transport_encoding=charset)
         name = stream.charEncoding[0].name
-    except Exception:
+    except Exception:  # noqa: BLE001
         name = "utf-8"
     if name in ("windows-1252", "cp1252") or not name:
         # html5lib's default when nothing is declared; most undeclared pages are UTF-8
@@ -72,10 +72,11 @@ def page_pairs(body: bytes, content_type: str, page_url: str) -> list[tuple[str,
     """HTML bytes -> [(url, text)] kept by the default rules."""
     if not body.strip():
         return []
-    text = _decode(body, content_type)
+    # lxml takes no str that starts with an XML declaration (XHTML pages): drop it
+    text = re.sub(r"^\s*<\?xml[^>]*>", "", _decode(body, content_type))
     try:
         doc = lxml.html.document_fromstring(text)
-    except Exception:  # lxml refuses some documents (e.g. only whitespace after decoding)
+    except Exception:  # noqa: BLE001  # lxml refuses some documents (e.g. only whitespace after decoding)
         return []
     bases = doc.xpath("//base[@href]")
     base = bases[0].get("href") if bases else None
@@ -131,7 +132,7 @@ def _from_warcio(data: bytes):
             continue
         try:
             body = rec.content_stream().read()
-        except Exception:
+        except Exception:  # noqa: BLE001
             continue
         yield rec.rec_headers.get_header("WARC-Target-URI").strip("<>"), ctype, body
 
@@ -155,18 +156,26 @@ def _from_split(data: bytes):
 
 def file_candidates(path: str) -> Counter:
     """Archive path -> Counter of (page_url, url, text)."""
-    raw = open(path, "rb").read()
+    with open(path, "rb") as fh:
+        raw = fh.read()
     data = raw
     if raw[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(raw)  # whole-file and per-record gzip both gunzip in full
         except (OSError, EOFError, zlib.error):
             data = raw  # damaged: let warcio stream what it can
-    pages = []
-    try:
-        pages = list(_from_warcio(data))
-    except Exception:
-        pages = []
+    pages: list = []
+    # warcio streams per-record gzip itself; whole-file gzip it refuses, so also try the
+    # gunzipped bytes, and keep whichever reading found more pages
+    for candidate_input in (raw, data) if data is not raw else (raw,):
+        found = []
+        try:
+            for page in _from_warcio(candidate_input):  # keep what comes before a damaged member
+                found.append(page)
+        except Exception:  # noqa: BLE001
+            pass
+        if len(found) > len(pages):
+            pages = found
     if b"WARC/0.18" in data[:20] or not pages:
         split = list(_from_split(data)) if data[:5] == b"WARC/" else []
         if len(split) > len(pages):

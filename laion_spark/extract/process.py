@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterator
 
 from laion_spark.extract.html import ImageLink, PageImages, parse_page
 from laion_spark.extract.http import parse_http_response
@@ -92,7 +92,7 @@ def process_file(uri: str, cfg) -> Iterator[ExtractRow]:
     counts: Counter = Counter({"files": 1})
     try:
         stream = open_uri(uri, retries=cfg.retries, backoff_s=cfg.retry_backoff_s)
-    except Exception as exc:  # an unopenable input is an error row, not a failed job
+    except Exception as exc:  # noqa: BLE001 - an unopenable input is an error row, not a failed job
         counts["files_failed"] += 1
         counts["record_errors"] += 1
         yield _error(uri, None, f"cannot open: {type(exc).__name__}: {exc}")
@@ -101,7 +101,7 @@ def process_file(uri: str, cfg) -> Iterator[ExtractRow]:
     try:
         with stream:
             yield from _process_records(stream, uri, cfg, counts)
-    except Exception as exc:  # reader bug or I/O failure mid-file: keep what came before
+    except Exception as exc:  # noqa: BLE001 - reader bug or I/O failure mid-file: keep what came before
         log.warning("extract: %s failed: %s", uri, exc)
         counts["files_failed"] += 1
         counts["record_errors"] += 1
@@ -128,7 +128,7 @@ def _process_records(stream, uri: str, cfg, counts: Counter) -> Iterator[Extract
             if page is None:
                 continue
             kept, drops = page_candidates(page, page_url, cfg)
-        except Exception as exc:  # one bad page costs that page only
+        except Exception as exc:  # noqa: BLE001 - one bad page costs that page only
             counts["record_errors"] += 1
             yield _error(uri, record.offset, f"{type(exc).__name__}: {exc}")
             continue

@@ -8,7 +8,8 @@ OUTPUT -> `ExtractOutput(raw, candidates, errors, stats)`: `raw` is the one mapI
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import pandas as pd
 from pyspark.sql import DataFrame

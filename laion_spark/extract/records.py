@@ -1,0 +1,740 @@
+"""Web-archive file bytes (WARC 0.17-1.1 / ARC v1, plain, gzip or lz4) -> ArchiveRecord / RecordError stream.
+
+INPUT:  a binary file-like object (read sequentially; it may be non-seekable, e.g. an HTTP stream)
+        holding a WARC or ARC file, uncompressed, gzipped per record (Common Crawl style), gzipped as a
+        whole, or LZ4-framed (only when the optional ``lz4`` package is installed).
+OUTPUT: ``iter_archive`` yields, in file order, one ``ArchiveRecord`` per record it can read and a
+        ``RecordError`` for every part of the file it cannot (it never raises on bad input).
+
+Offsets (``ArchiveRecord.offset`` / ``length``), the contract the candidates table relies on:
+
+* uncompressed files: the raw byte offset of the record's first header byte and its length up to the
+  next record (header + block + the separator that follows);
+* gzip, one member (or several consecutive members) per record, as Common Crawl writes them:
+  the compressed offset of the first member and the compressed length of the member(s), so that
+  ``gunzip(file[offset:offset + length])`` is exactly this record (what CC's CDX index gives);
+* gzip where a member holds several records (whole-file gzip, e.g. ``warcio/example-bad*.gz``):
+  no byte range can hold one record only, so ``offset`` is the compressed offset of the member the
+  record starts in, ``length`` covers compressed input at least up to the record's last byte, and
+  ``inner_offset`` is where the record starts in the decompressed output of
+  ``file[offset:offset + length]`` (streaming gunzip: the range may end inside the member). For the
+  two cases above ``inner_offset`` is 0.
+
+Tolerance, by design (each anomaly gives a RecordError, the records around it are still read):
+
+* record separators may be ``\\r\\n\\r\\n``, ``\\n\\n``, ``\\n`` or missing (ClueWeb09), NUL padding is
+  skipped, header lines may end in LF, CRLF or CRCRLF;
+* a Content-Length that does not land on the next record (ClueWeb09 is fine, cc_net/ipwb are not):
+  the block is cut or extended to the next header line found (``WARC/x.y`` or an ARC header line)
+  and a RecordError says so; junk between records is skipped with a RecordError;
+* a truncated last record is yielded with the bytes that are there, followed by a RecordError;
+* gzip damage (bad CRC, corrupt deflate data, truncated member, non-gzip bytes between members):
+  a RecordError, then reading resumes at the next gzip member header found in the compressed bytes;
+* an I/O error from the stream ends the file with a RecordError.
+
+ARC records become ``record_type`` 'warcinfo' (the ``filedesc://`` record), 'response' (content that
+is an HTTP message) or 'resource' (anything else, e.g. ``dns:`` records); their ``content_type`` is
+the ARC header's content-type field and ``block`` the record content (the raw HTTP response).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+try:  # ISA-L inflate is about twice as fast as zlib here (bench/readers.py); optional, same API
+    from isal import isal_zlib as _inflate
+except ImportError:  # pragma: no cover - depends on the environment
+    _inflate = zlib
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ArchiveRecord", "RecordError", "iter_archive"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveRecord:
+    """One record of a WARC/ARC file; see the module docstring for offset/length."""
+
+    record_type: str
+    target_uri: str | None
+    date: datetime | None
+    offset: int
+    length: int
+    content_type: str
+    block: bytes
+    inner_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    """A record, a stretch of the file, or the rest of the file that could not be read."""
+
+    offset: int | None
+    error: str
+
+
+_RAW_READ = 1 << 20  # compressed bytes read from the stream at a time
+_FEED = 1 << 16  # compressed bytes fed to zlib per call: bounds the copy of unused_data per member
+_MAX_OUT = 1 << 22  # decompressed bytes per zlib call: bounds memory on gzip bombs
+_MAX_HEADER = 1 << 16  # a WARC header block (or ARC header line) longer than this is junk
+_RESYNC_LIMIT = 1 << 26  # how far a wrong Content-Length may be extended to find the next header
+_COMPACT = 1 << 20
+
+_HEADER_END = re.compile(rb"\n\r*\n")
+_WARC_LINE = re.compile(rb"WARC/\d+\.\d+\r*\n")
+_WARC_SEARCH = re.compile(rb"(?:^|\n)WARC/\d+\.\d+\r*\n")
+_ARC_SEARCH = re.compile(rb"\n(?=[A-Za-z][A-Za-z0-9+.\-]*:)")
+_SKIPPABLE = b"\r\n\x00"  # separators and NUL padding between records
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+_LZ4_MAGIC = b"\x04\x22\x4d\x18"
+
+
+class _Stream:
+    """Decompressed view of the file with the gzip member map needed for compressed offsets.
+
+    The data is a sequence of *segments*: runs of bytes that continue each other. A damage in the
+    compressed data (or EOF) ends a segment; ``next_segment`` resumes at the next gzip member.
+    Positions (``pos``, member bounds) are absolute offsets in the decompressed output.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.buf = bytearray()
+        self.base = 0  # decompressed offset of buf[0]
+        self.rpos = 0  # read index into buf
+        self.errors: list[RecordError] = []
+        self.raw_eof = False
+        self.seg_done = False  # no more bytes in the current segment
+        self.cbuf = b""  # compressed bytes not yet fed
+        self.ci = 0
+        self.cbase = 0  # compressed offset of cbuf[0]
+        self.dec = None
+        self.m_cstart = 0
+        self.m_ustart = 0
+        self.crc = 0
+        # finished members: (u_start, u_end, c_start, c_end); pruned as records are consumed
+        self.members: list[tuple[int, int, int, int]] = []
+        self.damaged = False  # the segment ended on damage (resync possible), not on EOF
+        head = self._peek_raw(4)
+        if head.startswith(_GZIP_MAGIC):
+            self.codec = "gzip"
+        elif head.startswith(_LZ4_MAGIC):
+            self.codec = "lz4"
+        else:
+            self.codec = "plain"
+        if self.codec == "lz4":
+            try:
+                import lz4.frame  # noqa: F401  (optional: read LZ4 files when installed)
+            except ImportError:
+                self.errors.append(
+                    RecordError(0, "unsupported compression: lz4 (install the 'lz4' package to read it)")
+                )
+                self.seg_done = True
+                self.raw_eof = True
+
+    # ---- compressed side -------------------------------------------------------------------
+    def _peek_raw(self, n: int) -> bytes:
+        while len(self.cbuf) - self.ci < n and not self.raw_eof:
+            self._read_raw()
+        return self.cbuf[self.ci : self.ci + n]
+
+    def _read_raw(self) -> None:
+        try:
+            data = self.raw.read(_RAW_READ)
+        except Exception as exc:  # noqa: BLE001  (any I/O failure ends the file as an error row, never a crash)
+            self.raw_eof = True
+            self.errors.append(RecordError(self.cbase + len(self.cbuf), f"I/O error while reading: {exc}"))
+            return
+        if not data:
+            self.raw_eof = True
+            return
+        if self.ci > 0:
+            self.cbase += self.ci
+            self.cbuf = self.cbuf[self.ci :] + data
+            self.ci = 0
+        else:
+            self.cbuf = self.cbuf + data if self.cbuf else data
+
+    @property
+    def cpos(self) -> int:
+        return self.cbase + self.ci
+
+    @property
+    def pos(self) -> int:
+        return self.base + self.rpos
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.buf)
+
+    def _start_member(self) -> bool:
+        """Parse a gzip member header at the compressed position; False (segment over) if none."""
+        head = self._peek_raw(10)
+        if not head:
+            return False
+        if not head.startswith(_GZIP_MAGIC) or len(head) < 10:
+            rest = self._peek_raw(4096)
+            if self.raw_eof and len(rest) == len(self.cbuf) - self.ci and not rest.strip(b"\x00\r\n"):
+                self.ci = len(self.cbuf)  # padding after the last member is harmless
+                return False
+            what = "truncated gzip header" if head.startswith(_GZIP_MAGIC) else "data that is not a gzip member"
+            self.errors.append(RecordError(self.cpos, f"{what} at compressed offset {self.cpos}"))
+            self.damaged = True
+            return False
+        flags = head[3]
+        n = 10
+        need = self._peek_raw(10 + 4096)
+        try:
+            if flags & 4:
+                xlen = need[n] | (need[n + 1] << 8)
+                n += 2 + xlen
+            for bit in (8, 16):
+                if flags & bit:
+                    z = need.index(b"\x00", n)
+                    n = z + 1
+            if flags & 2:
+                n += 2
+            if n > len(need):
+                raise ValueError
+        except (IndexError, ValueError):
+            self.errors.append(RecordError(self.cpos, f"bad or truncated gzip header at compressed offset {self.cpos}"))
+            self.damaged = True
+            return False
+        self.m_cstart = self.cpos
+        self.m_ustart = self.end
+        self.ci += n
+        self.dec = _inflate.decompressobj(-15)
+        self.crc = 0
+        return True
+
+    def _more(self) -> bool:
+        """Append some decompressed bytes to buf; False when the current segment has ended."""
+        if self.seg_done:
+            return False
+        if self.codec == "plain":
+            if self.ci < len(self.cbuf):
+                self.buf += memoryview(self.cbuf)[self.ci :]
+                self.cbase += len(self.cbuf)
+                self.cbuf, self.ci = b"", 0
+                return True
+            self._read_raw()
+            if self.raw_eof and not self.cbuf:
+                self.seg_done = True
+                return False
+            return self._more()
+        if self.codec == "lz4":
+            return self._more_lz4()
+        while True:
+            if self.dec is None and not self._start_member():
+                self.seg_done = True
+                return False
+            if self.ci >= len(self.cbuf):
+                self._read_raw()
+                if self.ci >= len(self.cbuf):
+                    self._flush_truncated()
+                    return False
+            chunk = memoryview(self.cbuf)[self.ci : self.ci + _FEED]
+            dec = self.dec
+            try:
+                out = dec.decompress(chunk, _MAX_OUT)
+            except (zlib.error, _inflate.error) as exc:
+                self.errors.append(
+                    RecordError(
+                        self.m_cstart,
+                        f"corrupt deflate data in gzip member at compressed offset {self.m_cstart}: {exc}",
+                    )
+                )
+                self.ci += 1  # resync looks for the next member after the damaged one's start
+                self.dec = None
+                self.damaged = True
+                self.seg_done = True
+                return False
+            self.ci += len(chunk) - len(dec.unconsumed_tail) - len(dec.unused_data)
+            if out:
+                self.buf += out
+                self.crc = _inflate.crc32(out, self.crc)
+            if dec.eof:
+                self._finish_member()
+            if out:
+                return True
+
+    def _finish_member(self) -> None:
+        trailer = self._peek_raw(8)
+        u_end = self.end
+        if len(trailer) < 8:
+            self.errors.append(
+                RecordError(self.m_cstart, f"gzip member at compressed offset {self.m_cstart} has a truncated trailer")
+            )
+        else:
+            crc = int.from_bytes(trailer[:4], "little")
+            size = int.from_bytes(trailer[4:], "little")
+            if crc != self.crc or size != (u_end - self.m_ustart) & 0xFFFFFFFF:
+                self.errors.append(
+                    RecordError(
+                        self.m_cstart,
+                        f"gzip CRC/size mismatch in member at compressed offset {self.m_cstart}: "
+                        "its records are yielded but may be corrupt",
+                    )
+                )
+        self.ci += len(trailer)
+        self.members.append((self.m_ustart, u_end, self.m_cstart, self.cpos))
+        self.dec = None
+
+    def _flush_truncated(self) -> None:
+        out = self.dec.flush() if self.dec is not None else b""
+        if out:
+            self.buf += out
+        self.errors.append(
+            RecordError(
+                self.m_cstart,
+                f"truncated gzip member at compressed offset {self.m_cstart} (file ends inside it)",
+            )
+        )
+        self.dec = None
+        self.seg_done = True
+
+    def _more_lz4(self) -> bool:
+        import lz4.frame
+
+        while True:
+            if self.dec is None:
+                head = self._peek_raw(4)
+                if not head:
+                    self.seg_done = True
+                    return False
+                if head != _LZ4_MAGIC:
+                    self.errors.append(RecordError(self.cpos, f"data that is not an lz4 frame at offset {self.cpos}"))
+                    self.damaged = True
+                    self.seg_done = True
+                    return False
+                self.m_cstart, self.m_ustart = self.cpos, self.end
+                self.dec = lz4.frame.LZ4FrameDecompressor()
+            if self.ci >= len(self.cbuf):
+                self._read_raw()
+                if self.ci >= len(self.cbuf):
+                    self.errors.append(RecordError(self.m_cstart, f"truncated lz4 frame at offset {self.m_cstart}"))
+                    self.dec = None
+                    self.seg_done = True
+                    return False
+            chunk = bytes(memoryview(self.cbuf)[self.ci : self.ci + _FEED])
+            try:
+                out = self.dec.decompress(chunk)
+            except RuntimeError as exc:
+                self.errors.append(RecordError(self.m_cstart, f"corrupt lz4 frame at offset {self.m_cstart}: {exc}"))
+                self.ci += 1
+                self.dec = None
+                self.damaged = True
+                self.seg_done = True
+                return False
+            used = len(chunk) - len(self.dec.unused_data or b"") if self.dec.eof else len(chunk)
+            self.ci += used
+            if out:
+                self.buf += out
+            if self.dec.eof:
+                self.members.append((self.m_ustart, self.end, self.m_cstart, self.cpos))
+                self.dec = None
+            if out:
+                return True
+
+    def next_segment(self) -> bool:
+        """After damage: find the next member header in the compressed bytes; False at EOF."""
+        if self.codec == "plain" or not self.damaged:
+            return False
+        magic = _GZIP_MAGIC if self.codec == "gzip" else _LZ4_MAGIC
+        start = self.cpos
+        while True:
+            i = self.cbuf.find(magic, self.ci)
+            if i >= 0:
+                self.ci = i
+                break
+            self.ci = max(self.ci, len(self.cbuf) - 3)
+            if self.raw_eof:
+                return False
+            self._read_raw()
+        self.errors.append(
+            RecordError(start, f"skipped {self.cpos - start} damaged compressed bytes; resuming at offset {self.cpos}")
+        )
+        self.damaged = False
+        self.seg_done = False
+        # the new segment's bytes do not continue the old ones: drop what is left
+        self.base = self.end
+        self.buf = bytearray()
+        self.rpos = 0
+        return True
+
+    # ---- decompressed side -----------------------------------------------------------------
+    def fill(self, n: int) -> bool:
+        """Make at least n bytes available from the read position; False if the segment ends first."""
+        while len(self.buf) - self.rpos < n:
+            if not self._more():
+                return False
+        return True
+
+    def compact(self) -> None:
+        if self.rpos > _COMPACT and self.rpos * 2 > len(self.buf):
+            del self.buf[: self.rpos]
+            self.base += self.rpos
+            self.rpos = 0
+            keep = [m for m in self.members if m[1] > self.base]
+            if len(keep) != len(self.members):
+                self.members = keep
+
+    def member_starts(self, start: int) -> list[int]:
+        """Decompressed offsets of the member starts after ``start`` that are already decoded."""
+        if self.codec == "plain":
+            return []
+        out = [m[0] for m in self.members if m[0] > start]
+        if self.dec is not None and start < self.m_ustart < self.end:
+            out.append(self.m_ustart)
+        return out
+
+    def span(self, start: int, end: int) -> tuple[int, int, int]:
+        """Compressed (offset, length, inner_offset) for the decompressed range [start, end)."""
+        if self.codec == "plain":
+            return start, end - start, 0
+        members = self.members
+        while members and members[0][1] <= start:  # records come in file order: older members are done
+            members.pop(0)
+        first = last = None
+        for m in members:
+            if m[0] <= start < m[1]:
+                first = m
+            if m[0] < end <= m[1]:
+                last = m
+                break
+        if first is None:  # the record starts in the member still being decompressed
+            return self.m_cstart, self.cpos - self.m_cstart, start - self.m_ustart
+        if first[0] == start and last is not None and last[1] == end:
+            return first[2], last[3] - first[2], 0
+        c_end = last[3] if last is not None else self.cpos
+        return first[2], c_end - first[2], start - first[0]
+
+
+def _parse_date(value: str) -> datetime | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        if value.isdigit() and len(value) >= 14:  # ARC / WARC 0.17 style 14-digit date
+            dt = datetime.strptime(value[:14], "%Y%m%d%H%M%S")
+        else:
+            dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def _clean_uri(value: str) -> str | None:
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return value or None
+
+
+def _parse_arc_header(line: bytes) -> tuple[str, str, str, int] | None:
+    """ARC v1/v2 header line -> (url, date, content_type, length), None if it is not one."""
+    fields = line.rstrip(b"\r").split(b" ")
+    if len(fields) < 5:
+        return None
+    try:
+        length = int(fields[-1])
+    except ValueError:
+        return None
+    if fields[-3].isdigit() and len(fields[-3]) >= 12:  # v1: url ip date type length
+        url_fields, date, ctype = fields[:-4], fields[-3], fields[-2]
+    elif len(fields) >= 10 and fields[-8].isdigit() and len(fields[-8]) >= 12:  # v2
+        url_fields, date, ctype = fields[:-9], fields[-8], fields[-7]
+    else:
+        return None
+    if not url_fields or b":" not in url_fields[0]:
+        return None
+    url = b" ".join(url_fields).decode("utf-8", "replace")  # ARC URLs may hold spaces
+    return url, date.decode("ascii", "replace"), ctype.decode("latin-1"), max(length, 0)
+
+
+class _Reader:
+    def __init__(self, stream: BinaryIO, want_types: set[str] | None) -> None:
+        self.s = _Stream(stream)
+        self.want = want_types
+        self.arc: bool | None = None  # decided by the first record
+
+    def errors(self) -> Iterator[RecordError]:
+        if self.s.errors:
+            errs, self.s.errors = self.s.errors, []
+            yield from errs
+
+    def records(self) -> Iterator[ArchiveRecord | RecordError]:
+        s = self.s
+        while True:
+            yield from self.errors()
+            # skip separators / NUL padding
+            while True:
+                if not s.fill(1):
+                    break
+                buf = s.buf
+                i = s.rpos
+                n = len(buf)
+                while i < n and buf[i] in _SKIPPABLE:
+                    i += 1
+                s.rpos = i
+                if i < n:
+                    break
+            if len(s.buf) - s.rpos == 0:
+                yield from self.errors()
+                if s.next_segment():
+                    continue
+                return
+            s.compact()
+            s.fill(16)
+            head = bytes(s.buf[s.rpos : s.rpos + 16])
+            if head.startswith(b"WARC/"):
+                if self.arc is None:
+                    self.arc = False
+                yield from self._warc()
+            elif self.arc is not False and self._arc_line() is not None:
+                self.arc = True
+                yield from self._arc()
+            else:
+                yield from self._junk()
+
+    # -- helpers on the decompressed buffer
+    def _find_next_header(self, start: int, limit: int = _RESYNC_LIMIT) -> int | None:
+        """Absolute position of the next record header at or after start (line start); None if none."""
+        s = self.s
+        pattern = _ARC_SEARCH if self.arc else _WARC_SEARCH
+        frm = start - s.base
+        while True:
+            # a gzip member start is a record start in per-record files, even without a newline before it
+            for u in s.member_starts(start):
+                if self._header_at(u - s.base):
+                    return u
+            if self.arc:
+                for m in pattern.finditer(s.buf, frm):
+                    j = m.start() + 1
+                    nl = s.buf.find(b"\n", j, j + _MAX_HEADER)
+                    if nl < 0:
+                        break  # incomplete line: read more
+                    if _parse_arc_header(bytes(s.buf[j:nl])) is not None:
+                        return s.base + j
+            else:
+                for m in pattern.finditer(s.buf, max(frm - 1, 0)):
+                    j = m.start() + (1 if s.buf[m.start()] == 0x0A else 0)
+                    if j >= frm:
+                        return s.base + j
+            scanned_to = max(len(s.buf) - _MAX_HEADER, frm)
+            if s.end - start > limit or not s._more():
+                return None
+            frm = scanned_to
+
+    def _header_at(self, i: int) -> bool:
+        s = self.s
+        if self.arc:
+            nl = s.buf.find(b"\n", i, i + _MAX_HEADER)
+            return nl >= 0 and _parse_arc_header(bytes(s.buf[i:nl])) is not None
+        return _WARC_LINE.match(s.buf, i) is not None
+
+    def _arc_line(self) -> tuple[str, str, str, int] | None:
+        s = self.s
+        nl = s.buf.find(b"\n", s.rpos, s.rpos + _MAX_HEADER)
+        while nl < 0 and len(s.buf) - s.rpos < _MAX_HEADER and s._more():
+            nl = s.buf.find(b"\n", s.rpos, s.rpos + _MAX_HEADER)
+        if nl < 0:
+            return None
+        return _parse_arc_header(bytes(s.buf[s.rpos : nl]))
+
+    def _junk(self) -> Iterator[RecordError]:
+        s = self.s
+        start = s.pos
+        coff = s.span(start, start + 1)[0]
+        preview = bytes(s.buf[s.rpos : s.rpos + 40])
+        nxt = self._find_next_header(start + 1)
+        if nxt is None:
+            # nothing readable up to the end of the segment: skip it all
+            while s._more():
+                s.rpos = len(s.buf)
+                s.compact()
+            end = s.end
+            s.rpos = len(s.buf)
+            yield RecordError(
+                coff, f"{end - start} bytes that are not a record header ({preview!r}...) up to the end of data"
+            )
+            return
+        s.rpos = nxt - s.base
+        yield RecordError(coff, f"skipped {nxt - start} bytes that are not a record header ({preview!r}...)")
+
+    def _after_block(self, block_end: int) -> tuple[bool, int]:
+        """Is the next record (or the end) right after block_end? Returns (ok, next_pos)."""
+        s = self.s
+        i = block_end - s.base
+        while True:
+            if i >= len(s.buf) and not s.fill(i - s.rpos + 1):
+                return True, s.end  # end of segment
+            b = s.buf[i]
+            if b in _SKIPPABLE:
+                i += 1
+                continue
+            break
+        s.fill(i - s.rpos + 16)
+        if s.base + i in s.member_starts(block_end - 1):
+            # the declared length ends where a gzip member ends: trust it even if the next header is damaged
+            return True, s.base + i
+        if self.arc:
+            nl = s.buf.find(b"\n", i, i + _MAX_HEADER)
+            while nl < 0 and len(s.buf) - i < _MAX_HEADER and s._more():
+                nl = s.buf.find(b"\n", i, i + _MAX_HEADER)
+            ok = nl >= 0 and _parse_arc_header(bytes(s.buf[i:nl])) is not None
+        else:
+            ok = _WARC_LINE.match(s.buf, i) is not None
+        return ok, s.base + i
+
+    def _emit(
+        self, rtype: str, uri: str | None, date: datetime | None, ctype: str,
+        span: tuple[int, int, int], block_start: int, block_end: int,
+    ) -> ArchiveRecord | None:
+        s = self.s
+        if self.want is not None and rtype not in self.want:
+            return None
+        offset, length, inner = span
+        block = bytes(s.buf[block_start - s.base : block_end - s.base])
+        return ArchiveRecord(rtype, uri, date, offset, length, ctype, block, inner)
+
+    def _block_bounds(self, block_start: int, declared: int | None, what: str) -> tuple[int, int, list[str]]:
+        """Decide where the block really ends: (block_end, next_pos, error messages)."""
+        s = self.s
+        errors: list[str] = []
+        if declared is not None:
+            block_end = block_start + declared
+            have = s.fill(block_end - s.pos)
+            if have:
+                ok, nxt = self._after_block(block_end)
+                if ok:
+                    return block_end, nxt, errors
+        # wrong or missing length: the block runs up to the next header (or the end of the data)
+        nxt = self._find_next_header(block_start)
+        if nxt is None:
+            end = s.end
+            # the data ends inside the record: keep what is there
+            if declared is not None and block_start + declared > end and end - block_start <= _RESYNC_LIMIT:
+                errors.append(f"truncated {what}: {declared} block bytes declared, only {end - block_start} present")
+                return end, end, errors
+            nxt = end
+        cut = nxt - s.base
+        lo = block_start - s.base
+        k = 0
+        while cut > lo and k < 4 and s.buf[cut - 1] in b"\r\n":  # the separator is not part of the block
+            cut -= 1
+            k += 1
+        block_end = s.base + cut
+        if declared is None:
+            errors.append(f"{what} without a valid Content-Length: block taken up to the next record")
+        else:
+            errors.append(
+                f"{what}: Content-Length {declared} does not match the data; block resynchronised to "
+                f"{block_end - block_start} bytes"
+            )
+        return block_end, nxt, errors
+
+    def _warc(self) -> Iterator[ArchiveRecord | RecordError]:
+        s = self.s
+        start = s.pos
+        m = _HEADER_END.search(s.buf, s.rpos, s.rpos + _MAX_HEADER)
+        while m is None and len(s.buf) - s.rpos < _MAX_HEADER and s._more():
+            m = _HEADER_END.search(s.buf, s.rpos, s.rpos + _MAX_HEADER)
+        if m is None:
+            coff = s.span(start, start + 1)[0]
+            if len(s.buf) - s.rpos < _MAX_HEADER:  # the data ends inside the header
+                s.rpos = len(s.buf)
+                yield RecordError(coff, "truncated WARC header at the end of the data: record skipped")
+            else:
+                s.rpos += 1
+                yield RecordError(coff, "WARC header without an end (no blank line): record skipped")
+            return
+        lines = bytes(s.buf[s.rpos : m.start()]).split(b"\n")
+        block_start = s.base + m.end()
+        fields: dict[bytes, bytes] = {}
+        name = b""
+        for raw in lines[1:]:
+            line = raw.rstrip(b"\r")
+            if line[:1] in (b" ", b"\t") and name:  # folded continuation line
+                fields[name] += b" " + line.strip()
+                continue
+            key, sep, value = line.partition(b":")
+            if sep:
+                name = key.strip().lower()
+                fields.setdefault(name, value.strip())
+        rtype = fields.get(b"warc-type", b"").decode("latin-1").lower() or "unknown"
+        try:
+            declared: int | None = int(fields.get(b"content-length", b""))
+            if declared < 0:
+                declared = None
+        except ValueError:
+            declared = None
+        block_end, nxt, errors = self._block_bounds(block_start, declared, f"{rtype} record")
+        span = s.span(start, nxt)
+        if self.want is None or rtype in self.want:
+            uri = fields.get(b"warc-target-uri")
+            rec = self._emit(
+                rtype,
+                _clean_uri(uri.decode("utf-8", "replace")) if uri is not None else None,
+                _parse_date(fields.get(b"warc-date", b"").decode("latin-1")),
+                fields.get(b"content-type", b"").decode("latin-1"),
+                span, block_start, block_end,
+            )
+            if rec is not None:
+                yield rec
+        for msg in errors:
+            yield RecordError(span[0], msg)
+        s.rpos = nxt - s.base
+
+    def _arc(self) -> Iterator[ArchiveRecord | RecordError]:
+        s = self.s
+        start = s.pos
+        nl = s.buf.find(b"\n", s.rpos)
+        url, date, ctype, declared = _parse_arc_header(bytes(s.buf[s.rpos : nl]))
+        block_start = s.base + nl + 1
+        block_end, nxt, errors = self._block_bounds(block_start, declared, "ARC record")
+        span = s.span(start, nxt)
+        if url.startswith("filedesc:"):
+            rtype = "warcinfo"
+        elif s.buf[block_start - s.base : block_start - s.base + 5] == b"HTTP/":
+            rtype = "response"
+        else:
+            rtype = "resource"
+        rec = self._emit(rtype, url or None, _parse_date(date), ctype, span, block_start, block_end)
+        if rec is not None:
+            yield rec
+        for msg in errors:
+            yield RecordError(span[0], msg)
+        s.rpos = nxt - s.base
+
+
+def iter_archive(
+    stream: BinaryIO, source_uri: str, want_types: set[str] | None = None
+) -> Iterator[ArchiveRecord | RecordError]:
+    """Yield the records of one WARC/ARC file, and RecordErrors for what cannot be read.
+
+    ``want_types`` (lower-case record types) skips the other records without copying their blocks:
+    they are not yielded at all. ``source_uri`` only labels log messages. Never raises on bad
+    input; see the module docstring for offsets and the tolerance rules.
+    """
+    reader = _Reader(stream, want_types)
+    n_err = 0
+    try:
+        for item in reader.records():
+            if isinstance(item, RecordError):
+                n_err += 1
+            yield item
+        yield from reader.errors()
+    except Exception as exc:  # a reader bug must not kill the Spark task: one error row instead
+        logger.exception("unexpected failure reading %s", source_uri)
+        yield RecordError(reader.s.pos, f"unexpected reader failure: {type(exc).__name__}: {exc}")
+    if n_err:
+        logger.info("%s: %d record errors", source_uri, n_err)
