@@ -125,7 +125,10 @@ def test_comments_script_template_style_are_ignored():
 
 
 def test_noscript_images_count():
-    page = "<img src=data:image/gif;base64,R0 data-src=x.jpg alt='lazy'><noscript><img src=x.jpg alt='fallback'></noscript>"
+    page = (
+        "<img src=data:image/gif;base64,R0 data-src=x.jpg alt='lazy'>"
+        "<noscript><img src=x.jpg alt='fallback'></noscript>"
+    )
     assert imgs(page) == [("data:image/gif;base64,R0", "lazy"), ("x.jpg", "fallback")]
     assert imgs("<head><noscript><img src=h.jpg alt='in head'></noscript></head>") == [("h.jpg", "in head")]
 
