@@ -29,6 +29,6 @@ setup(
         "requests>=2.31",
         "PyYAML>=6.0",
     ],
-    extras_require={"cluster": ["venv-pack>=0.2"], "test": ["pytest", "ruff", "html5lib", "lxml"]},
+    extras_require={"cluster": ["venv-pack>=0.2"], "s3": ["s3fs"], "gcs": ["gcsfs"], "test": ["pytest", "ruff", "html5lib", "lxml"]},
     entry_points={"console_scripts": ["laion-spark=laion_spark.cli:main"]},
 )

@@ -1,0 +1,128 @@
+"""Spark Connect: the extract and dedupe transforms run unchanged through a Connect server on
+127.0.0.1, and get_spark() returns the Connect session when SPARK_REMOTE is set.
+
+The Connect client runs in a subprocess: `SparkSession.builder.remote(...).getOrCreate()` sets
+SPARK_CONNECT_MODE_ENABLED=1 in os.environ for good, after which pyspark.sql.functions builds Connect
+columns for every session of the process, so the classic session-scoped `spark` fixture of this
+pytest process would break (test_connect_client_changes_the_process_mode shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from spark_servers import (
+    EXPECTED_PAIRS,
+    REPO,
+    connect_server,
+    dedupe_input_rows,
+    expected_candidate_rows,
+    spark_env,
+    write_small_warc,
+)
+
+CLIENT = r"""
+import json, os, sys, tempfile
+import pandas as pd
+from pyspark.sql import SparkSession, functions as F
+
+from laion_spark import schemas as S
+from laion_spark.config import DedupeConfig, ExtractConfig
+from laion_spark.dedupe.transform import dedupe_pairs
+from laion_spark.extract.transform import extract_candidates
+from laion_spark.packaging import build_pyfiles_zip
+from laion_spark.session import get_spark
+
+args = json.loads(sys.argv[1])
+spark = get_spark()  # SPARK_REMOTE is set: the Connect session
+out = {"session_class": type(spark).__module__ + "." + type(spark).__name__}
+# the server does not have laion_spark: ship it the Connect way (Databricks shared compute too)
+spark.addArtifacts(str(build_pyfiles_zip(tempfile.mkdtemp())), pyfile=True)
+
+paths = spark.createDataFrame([(args["warc_uri"],)], f"{S.SOURCE_URI} string")
+result = extract_candidates(paths, ExtractConfig())
+out["candidates"] = [
+    list(r) for r in result.candidates.select(
+        S.URL, S.TEXT, S.PAGE_URL, S.LANGUAGE, S.LICENSE,
+        F.date_format(S.CRAWL_TIME, "yyyy-MM-dd HH:mm:ss"), S.SOURCE_URI, S.SOURCE_OFFSET, S.SOURCE_LENGTH,
+    ).collect()
+]
+out["errors"] = result.errors.count()
+
+rows = [tuple(r) for r in args["dedupe_rows"]]
+candidates = spark.createDataFrame(rows, S.CANDIDATES)
+pairs = dedupe_pairs(candidates, DedupeConfig()).pairs
+out["pairs"] = [
+    list(r) for r in pairs.select(
+        S.URL, S.TEXT, S.SOURCE_URI, S.SOURCE_OFFSET, (F.col(S.SAMPLE_ID) == F.xxhash64(S.URL, S.TEXT))
+    ).collect()
+]
+out["worker_pythonpath"] = spark.range(1).mapInPandas(
+    lambda it: (pd.DataFrame({"v": [os.environ.get("PYTHONPATH", "")]}) for _ in it), "v string"
+).collect()[0][0]
+print("RESULT " + json.dumps(out))
+spark.stop()
+"""
+
+
+@pytest.fixture(scope="module")
+def connect_url(tmp_path_factory):
+    started = time.monotonic()
+    with connect_server(tmp_path_factory.mktemp("connect")) as url:
+        print(f"Spark Connect server up in {time.monotonic() - started:.1f}s")
+        yield url
+
+
+def _run_client(script: str, url: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = spark_env(tmp_path, SPARK_REMOTE=url, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_transforms_through_spark_connect(connect_url, tmp_path):
+    warc = tmp_path / "pages.warc.gz"
+    offsets = write_small_warc(warc)
+    warc_uri = warc.as_uri()
+    rows = [[*r[:6], None, *r[7:]] for r in dedupe_input_rows()]  # crawl_time (JSON): not compared
+    res = _run_client(CLIENT, connect_url, tmp_path, json.dumps({"warc_uri": warc_uri, "dedupe_rows": rows}))
+    assert res.returncode == 0, res.stderr[-6000:]
+    out = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert out["session_class"] == "pyspark.sql.connect.session.SparkSession"
+    assert sorted(map(tuple, out["candidates"])) == sorted(expected_candidate_rows(warc_uri, offsets))
+    assert out["errors"] == 0
+    assert sorted(map(tuple, out["pairs"])) == sorted((*p, True) for p in EXPECTED_PAIRS)
+    assert str(REPO) not in out["worker_pythonpath"].split(":")  # laion_spark came as an artifact
+
+
+@pytest.mark.slow
+def test_connect_session_beside_a_classic_one(connect_url, tmp_path):
+    """pyspark 4.1 refuses a Connect session in a process whose classic session is running
+    (SESSION_ALREADY_EXIST), and one started first puts the whole process in Connect mode: why
+    the Connect client above runs in a subprocess, away from the classic `spark` fixture."""
+    script = r"""
+import os, sys
+from pyspark.sql import SparkSession, functions as F
+classic = (SparkSession.builder.master("local[1]").config("spark.driver.bindAddress", "127.0.0.1")
+           .config("spark.driver.host", "127.0.0.1").config("spark.ui.enabled", "false").getOrCreate())
+try:
+    SparkSession.builder.remote(sys.argv[1]).getOrCreate()
+except Exception as exc:
+    print("REFUSED", type(exc).__name__, getattr(exc, "getCondition", lambda: "")())
+print("CLASSIC", classic.range(4).count(), type(F.col("x")).__module__)
+classic.stop()
+remote = SparkSession.builder.remote(sys.argv[1]).getOrCreate()
+print("REMOTE", remote.range(3).count(), type(F.col("x")).__module__, os.environ.get("SPARK_CONNECT_MODE_ENABLED"))
+remote.stop()
+"""
+    env = spark_env(tmp_path)
+    res = subprocess.run([sys.executable, "-c", script, connect_url], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "REFUSED PySparkRuntimeError SESSION_ALREADY_EXIST" in res.stdout
+    assert "CLASSIC 4 pyspark.sql.classic.column" in res.stdout
+    assert "REMOTE 3 pyspark.sql.connect.column 1" in res.stdout
