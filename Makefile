@@ -23,7 +23,7 @@ $(STAMP): requirements.txt setup.py
 	touch $@
 
 lint: install
-	$(VENV)/bin/ruff check laion_spark jobs tests bench
+	$(VENV)/bin/ruff check laion_spark jobs tests bench notebooks setup.py
 
 test: install lint
 	$(RUN) $(PY) -m pytest -q tests

@@ -1,12 +1,14 @@
 """laion-spark: LAION-style image-text datasets from web archives, on Apache Spark."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="laion-spark",
     version="0.1.0",
     description="One Spark pipeline from Common Crawl WARC/WAT to a LAION-style image-text dataset",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["laion_spark", "laion_spark.*"]),
@@ -29,6 +31,11 @@ setup(
         "requests>=2.31",
         "PyYAML>=6.0",
     ],
-    extras_require={"cluster": ["venv-pack>=0.2"], "s3": ["s3fs"], "gcs": ["gcsfs"], "test": ["pytest", "ruff", "html5lib", "lxml"]},
+    extras_require={
+        "cluster": ["venv-pack>=0.2"],
+        "s3": ["s3fs"],  # s3:// inputs (Common Crawl's bucket from inside AWS)
+        "gcs": ["gcsfs"],
+        "test": ["pytest", "ruff", "html5lib", "lxml"],
+    },
     entry_points={"console_scripts": ["laion-spark=laion_spark.cli:main"]},
 )

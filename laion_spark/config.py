@@ -61,9 +61,11 @@ class DedupeConfig:
     key: str = _opt("url_text", "what counts as a duplicate: the (url, text) pair or the url alone",
                     choices=("url_text", "url"))
     previous: str = _opt("", "comma-separated URIs of earlier pairs tables whose pairs are dropped")
-    blocklist: str = _opt("", "URI of a text file of blocked URLs or their xxhash64 ids, one a line")
+    blocklist: str = _opt("", "URI of a text file, one a line: a URL, or an integer = Spark's xxhash64(url) "
+                          "of the URL alone; blank lines and # comments ignored")
     hash_bits: int = _opt(64, "bits of sample_id kept (tests force collisions with a tiny hash)", minimum=2)
-    max_rehash_rounds: int = _opt(4, "re-hash rounds with new seeds for colliding ids", minimum=1)
+    max_rehash_rounds: int = _opt(4, "re-hash rounds (seeds 1..N) for colliding ids; one still colliding fails the job",
+                                  minimum=1)
 
 
 @dataclass(frozen=True)

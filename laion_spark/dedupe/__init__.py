@@ -1,0 +1,1 @@
+"""Dedupe stage: candidates -> pairs (exact duplicates, earlier pairs and blocked URLs removed; sample_id set)."""
