@@ -49,7 +49,12 @@ class ExtractConfig:
     )
     retries: int = _opt(5, "re-opens of a remote file after 503/SlowDown/reset before it counts as failed", minimum=0)
     retry_backoff_s: float = _opt(0.5, "first retry wait in seconds, doubled each time", minimum=0)
-    files_per_partition: int = _opt(1, "archive files handled by one Spark task", minimum=1)
+    task_mb: int = _opt(
+        32,
+        "files are grouped into Spark tasks of about this many MB (a bigger file, or one of unknown "
+        "size such as a *.paths.gz entry, is a task of its own)",
+        minimum=1,
+    )
     arrow_batch_rows: int = _opt(10000, "rows per Arrow batch emitted by the extract UDF", minimum=1)
     errors_output: str = _opt("", "URI of the extract_errors table (default: <output>_errors)")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import Counter
 
 from laion_spark import schemas as S
@@ -43,8 +42,33 @@ def prepare(cfg) -> None:
     check_output(errors_uri(cfg), cfg.mode)
 
 
-def summarize(stats_rows, candidates: int, errors: int) -> dict:
-    """Per-file stats rows -> the job summary (the sum over files, plus table counts)."""
+def plan_tasks(files: list[str], task_mb: int) -> list[tuple[int, str]]:
+    """File URIs -> (task id, uri): consecutive files grouped up to ~task_mb MB per task.
+
+    Sizes are asked only of local files (free); a remote file's size would cost a request per
+    file, and Common Crawl's are ~1 GB anyway, so a file of unknown size is a task of its own.
+    """
+    import fsspec
+
+    limit = task_mb * 1_000_000
+    out, task, filled = [], 0, 0
+    for uri in files:
+        size = limit
+        fs, path = fsspec.core.url_to_fs(uri)
+        if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            try:
+                size = fs.size(path)
+            except OSError:
+                pass  # unreadable: a task of its own, where the error row will be made
+        if filled and filled + size > limit:
+            task, filled = task + 1, 0
+        out.append((task, uri))
+        filled += size
+    return out
+
+
+def summarize(stats_rows) -> dict:
+    """Per-file stats rows -> the job summary (the sum over files)."""
     totals: Counter = Counter()
     for row in stats_rows:
         totals.update(json.loads(row["counts"]))
@@ -58,27 +82,26 @@ def summarize(stats_rows, candidates: int, errors: int) -> dict:
         "html_pages": totals["html_pages"],
         "images_seen": totals["images_seen"],
         "dropped": dropped,
-        "candidates": candidates,
-        "error_rows": errors,
+        "candidates": totals["candidates"],
+        "error_rows": totals["record_errors"],
         "counts": dict(sorted(totals.items())),
     }
 
 
 def run(spark, cfg) -> dict:
     files = input_files(cfg)
-    paths = spark.createDataFrame([(f,) for f in files], f"{S.SOURCE_URI} string")
-    parts = math.ceil(len(files) / cfg.extract.files_per_partition)
-    out = extract_candidates(paths, cfg.extract, num_partitions=parts)
+    tasks = plan_tasks(files, cfg.extract.task_mb)
+    paths = spark.createDataFrame(tasks, f"task int, {S.SOURCE_URI} string")
+    out = extract_candidates(paths, cfg.extract, num_partitions=tasks[-1][0] + 1)
     out.raw.persist()  # one parse of every file feeds the three outputs
     try:
         write_table(out.candidates, cfg.output, S.CANDIDATES, "candidates", cfg.mode)
         write_table(out.errors, errors_uri(cfg), S.EXTRACT_ERRORS, "extract_errors", cfg.mode)
-        stats = out.stats.collect()
-        n_candidates = out.candidates.count()
-        n_errors = out.errors.count()
+        # every candidate and error row is counted in its file's stats row: no extra count jobs
+        summary = summarize(out.stats.collect())
     finally:
         out.raw.unpersist()
-    summary = summarize(stats, n_candidates, n_errors)
     summary["errors_output"] = errors_uri(cfg)
-    log.info("extract: %s files, %s candidates, %s error rows", summary["files"], n_candidates, n_errors)
+    log.info("extract: %s files, %s candidates, %s error rows", summary["files"], summary["candidates"],
+             summary["error_rows"])
     return summary

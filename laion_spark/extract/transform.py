@@ -1,6 +1,7 @@
 """extract as a DataFrame transform: file URIs -> candidates, extract_errors and per-file stats.
 
-INPUT  -> a DataFrame with a string column `source_uri` (one archive file a row) and an ExtractConfig
+INPUT  -> a DataFrame with a string column `source_uri` (one archive file a row), optionally an int
+          column `task` (files with the same task are read by one Spark task), and an ExtractConfig
 OUTPUT -> `ExtractOutput(raw, candidates, errors, stats)`: `raw` is the one mapInPandas pass that
           streams every file record by record; the three tables are selections of it, so a job
           that persists `raw` parses each file once
@@ -52,8 +53,8 @@ def _extract_partition(cfg):
 
         rows: list = []
         for batch in batches:
-            for uri in batch[S.SOURCE_URI]:
-                for row in process_file(uri, cfg):
+            for uris in batch["uris"]:
+                for row in (r for uri in uris for r in process_file(uri, cfg)):
                     rows.append(row)
                     if len(rows) >= cfg.arrow_batch_rows:
                         yield _rows_to_frame(rows)
@@ -67,12 +68,24 @@ def _extract_partition(cfg):
 def extract_candidates(paths_df: DataFrame, cfg, num_partitions: int | None = None) -> ExtractOutput:
     """DataFrame of file URIs + ExtractConfig -> ExtractOutput (no action is run here).
 
-    `num_partitions` spreads the files over that many tasks (the job passes
-    ceil(files / extract.files_per_partition)); None keeps the input's partitioning.
+    With a `task` column, the files of one task id are read by one Spark task, and
+    `num_partitions` (the number of task ids) puts each task id in a partition of its own;
+    without it, each file is a task and `num_partitions` spreads them round-robin. None keeps
+    the input's partitioning.
     """
-    files = paths_df.select(S.SOURCE_URI)
-    if num_partitions:
-        files = files.repartition(num_partitions)
+    if "task" in paths_df.columns:
+        files = paths_df.groupBy("task").agg(F.sort_array(F.collect_list(S.SOURCE_URI)).alias("uris"))
+        if num_partitions:
+            # exactly one task id per partition, with no sampling job and no shuffle of the
+            # range: a range of task ids split into num_partitions slices, joined with the
+            # (small, broadcast) file lists
+            slots = paths_df.sparkSession.range(0, num_partitions, 1, num_partitions)
+            files = slots.join(F.broadcast(files.withColumn("id", F.col("task").cast("long"))), "id")
+    else:
+        files = paths_df.select(F.array(S.SOURCE_URI).alias("uris"))
+        if num_partitions:
+            files = files.repartition(num_partitions)
+    files = files.select("uris")
     raw = files.mapInPandas(_extract_partition(cfg), RAW)
     candidates = raw.filter(F.col("kind") == "candidate").select(
         *[F.col(f.name).cast(f.dataType).alias(f.name) for f in S.CANDIDATES.fields]
