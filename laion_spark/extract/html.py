@@ -284,8 +284,15 @@ def _lazy_src(attrs: dict) -> str:
     return ""
 
 
+_LICENSE_CANDIDATES = ", ".join(
+    f"{tag}[href][rel], {tag}[href*='creativecommons.org' i]" for tag in ("a", "link", "area")
+)
+
+
 def _find_license(tree: LexborHTMLParser, page_url: str, base_href: str | None) -> str | None:
-    for node in tree.css("a[href], link[href], area[href]"):
+    # only links with a rel or a creativecommons.org href can qualify: let lexbor pick them (in
+    # document order) instead of walking every link of the page in Python
+    for node in tree.css(_LICENSE_CANDIDATES):
         attrs = node.attributes
         href = (attrs.get("href") or "").strip()
         if not href or href.startswith("#"):  # an in-page anchor names no licence document

@@ -49,16 +49,24 @@ def clean_alt(alt: str, max_chars: int) -> str:
     return " ".join(alt.split())[:max_chars].rstrip()
 
 
-def resolve_url(src: str, page_url: str, base_href: str | None) -> str:
+def resolve_base(page_url: str, base_href: str | None) -> str:
+    """The URL that a page's relative links resolve against: `<base href>` resolved on the page URL."""
+    if base_href is not None:
+        base_href = base_href.strip(_URL_EDGE).translate(_URL_TAB_NEWLINE)
+        if base_href:
+            return urljoin(page_url, base_href)
+    return page_url
+
+
+def resolve_url(src: str, page_url: str, base_href: str | None, base: str | None = None) -> str:
     """Absolute URL of an `<img src>` as a browser resolves it, without its #fragment.
 
+    `base` (from resolve_base) saves resolving the page's base again for each image.
     Raises ValueError for a URL urllib cannot split (e.g. a broken IPv6 literal).
     """
     src = src.strip(_URL_EDGE).translate(_URL_TAB_NEWLINE)
-    base = page_url
-    if base_href is not None:
-        base_href = base_href.strip(_URL_EDGE).translate(_URL_TAB_NEWLINE)
-        base = urljoin(page_url, base_href) if base_href else page_url
+    if base is None:
+        base = resolve_base(page_url, base_href)
     scheme, netloc, path, query, _ = urlsplit(urljoin(base, src))
     if "@" in netloc:  # keep user info as written; only the host part is case-insensitive
         userinfo, _, host = netloc.rpartition("@")
@@ -94,9 +102,13 @@ def page_candidates(page: PageImages, page_url: str, rules) -> tuple[list[tuple[
     """Kept (url, text) pairs in document order (duplicates kept) and a Counter of drop reasons."""
     kept: list[tuple[str, str]] = []
     dropped: Counter = Counter()
+    try:
+        base = resolve_base(page_url, page.base_href)
+    except ValueError:
+        base = None  # resolve_url raises again per image: each counts as invalid_url
     for image in page.images:
         try:
-            url = resolve_url(image.src, page_url, page.base_href)
+            url = resolve_url(image.src, page_url, page.base_href, base)
         except ValueError:
             dropped["invalid_url"] += 1
             continue
