@@ -23,6 +23,7 @@ spark = get_spark()
 conf = spark.sparkContext.getConf()
 print("MASTER", spark.sparkContext.master)
 print("BIND", conf.get("spark.driver.bindAddress", "-"), conf.get("spark.driver.host", "-"))
+print("SHUFFLE", conf.get("spark.sql.shuffle.partitions", "-"))
 spark.stop()
 """
 
@@ -56,6 +57,7 @@ def test_no_master_configured_builds_local_on_loopback(tmp_path):
     out = _show(tmp_path)
     assert "MASTER local[*]" in out
     assert "BIND 127.0.0.1 127.0.0.1" in out  # even without SPARK_LOCAL_IP in the environment
+    assert f"SHUFFLE {2 * os.cpu_count()}" in out  # a few partitions per core, not 200
 
 
 @pytest.mark.slow
@@ -63,6 +65,7 @@ def test_master_from_the_environment_is_honoured(tmp_path):
     out = _show(tmp_path, MASTER="local[1]", SPARK_LOCAL_IP="127.0.0.1")
     assert "MASTER local[1]" in out
     assert "BIND - " in out  # get_spark sets no bindAddress when the environment chose
+    assert "SHUFFLE -" in out  # ... nor anything else
 
 
 @pytest.mark.slow
