@@ -10,7 +10,7 @@ setup(
     description="One Spark pipeline from Common Crawl WARC/WAT to a LAION-style image-text dataset",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["laion_spark", "laion_spark.*"]),
     include_package_data=True,
     package_data={"laion_spark": ["py.typed"]},

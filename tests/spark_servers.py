@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -307,8 +308,8 @@ EXPECTED_PAIRS = [DEDUPE_INPUT[1], DEDUPE_INPUT[2], DEDUPE_INPUT[3]]
 
 def dedupe_input_rows() -> list[tuple]:
     """DEDUPE_INPUT -> full CANDIDATES tuples."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    when = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    when = datetime(2024, 1, 1, tzinfo=UTC)
     return [(url, text, "http://page.example/", "en", 0.99, None, when, uri, off, 100)
             for url, text, uri, off in DEDUPE_INPUT]

@@ -28,7 +28,7 @@ ORDER = [
     "source_uri", "source_offset", "url", "text", "page_url", "language",
     "language_prob", "license", "crawl_time", "source_length",
 ]
-T0 = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 def cand(url, text, uri="s3://crawl/a.warc.gz", offset=0, **kw) -> tuple:

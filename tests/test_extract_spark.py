@@ -6,7 +6,7 @@ import gzip
 import io
 import json
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pyspark.sql import functions as F
@@ -67,7 +67,7 @@ def test_extract_job_tables_and_summary(spark, crawl):
     cfg, module = cli.prepare("extract", [], [f"input={paths}", f"output={out}", f"extract.paths_prefix={root}/"])
     summary = cli.run("extract", cfg, module, spark=spark)
 
-    when = datetime(2024, 5, 18, 1, 2, 3, tzinfo=timezone.utc)
+    when = datetime(2024, 5, 18, 1, 2, 3, tzinfo=UTC)
     expected = [
         ("http://example.com/img/cat.jpg", "Photograph of the cathedral and the old market square in the evening", "http://example.com/a/page.html",
          None, str(good)),

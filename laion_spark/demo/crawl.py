@@ -28,7 +28,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 WARC_FILES = (
     "DEMO-20240518010000-00000.warc.gz",
@@ -274,7 +274,7 @@ CRAWL_FILES: dict[str, tuple[str, ...]] = {
     WARC_FILES[2]: ("http://es.example.org/recetas/gazpacho.html",),
 }
 
-_CRAWL_START = datetime(2024, 5, 18, 1, 0, 0, tzinfo=timezone.utc)
+_CRAWL_START = datetime(2024, 5, 18, 1, 0, 0, tzinfo=UTC)
 _USER_AGENT = "laion-spark-demo/0.1 (generated record; nothing was fetched)"
 
 
