@@ -7,6 +7,7 @@ OUTPUT -> candidates at `output`, extract_errors at `<output>_errors` (or extrac
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import Counter
@@ -26,14 +27,21 @@ def errors_uri(cfg) -> str:
 
 def input_files(cfg) -> list[str]:
     """JobConfig -> the archive file URIs it names (ConfigError when there are none)."""
-    inputs = [p.strip() for p in cfg.input.split(",") if p.strip()]
+    return list(_list_inputs(cfg.input, cfg.extract.paths_prefix))
+
+
+@functools.lru_cache(maxsize=8)
+def _list_inputs(input_uris: str, paths_prefix: str) -> tuple[str, ...]:
+    # cached: prepare() lists before Spark starts and run() needs the same list; a glob over
+    # object storage or a 90,000-line paths file should be read once per job, not twice
+    inputs = [p.strip() for p in input_uris.split(",") if p.strip()]
     try:
-        files = expand_inputs(inputs, cfg.extract.paths_prefix)
+        files = expand_inputs(inputs, paths_prefix)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot list input {cfg.input!r}: {exc}") from None
+        raise ConfigError(f"cannot list input {input_uris!r}: {exc}") from None
     if not files:
-        raise ConfigError(f"no input files match {cfg.input!r}")
-    return files
+        raise ConfigError(f"no input files match {input_uris!r}")
+    return tuple(files)
 
 
 def prepare(cfg) -> None:
@@ -90,6 +98,7 @@ def summarize(stats_rows) -> dict:
 
 def run(spark, cfg) -> dict:
     files = input_files(cfg)
+    _list_inputs.cache_clear()  # the next job (a notebook re-run) lists the inputs afresh
     tasks = plan_tasks(files, cfg.extract.task_mb)
     paths = spark.createDataFrame(tasks, f"task int, {S.SOURCE_URI} string")
     out = extract_candidates(paths, cfg.extract, num_partitions=tasks[-1][0] + 1)
