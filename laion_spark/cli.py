@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 STAGE_MODULES = {
     "extract": "laion_spark.extract.job",
     "dedupe": "laion_spark.dedupe.job",
+    "download": "laion_spark.download.job",
+    "export": "laion_spark.export.job",
     "demo": "laion_spark.demo.job",
 }
 

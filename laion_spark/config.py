@@ -74,6 +74,92 @@ class DedupeConfig:
 
 
 @dataclass(frozen=True)
+class DownloadConfig:
+    """download: pairs (any table with url, text, sample_id) -> images, one row per input row."""
+
+    # concurrency and politeness
+    threads: int = _opt(32, "concurrent requests in one Spark task", minimum=1)
+    per_host_connections: int = _opt(4, "most concurrent requests to one host from one task", minimum=1)
+    max_bodies_in_flight: int = _opt(
+        16, "response bodies one task holds at once (memory <= this x max_body_bytes)", minimum=1
+    )
+    partitions: int = _opt(0, "download tasks (0: input rows / rows_per_task)", minimum=0)
+    rows_per_task: int = _opt(2500, "rows per download task when partitions=0", minimum=1)
+    host_rows_per_task: int = _opt(
+        2500, "a host with more rows than this is spread (salted) over several tasks", minimum=1
+    )
+    max_tasks_per_host: int = _opt(
+        8, "most tasks one host is spread over (total per-host load <= this x per_host_connections)", minimum=1
+    )
+    arrow_batch_rows: int = _opt(256, "rows per Arrow batch emitted by the download UDF", minimum=1)
+    # HTTP
+    connect_timeout_s: float = _opt(10.0, "TCP/TLS connect timeout in seconds", minimum=0.001)
+    read_timeout_s: float = _opt(10.0, "longest wait for the next bytes (headers or body) in seconds", minimum=0.001)
+    deadline_s: float = _opt(30.0, "total time for one URL: all redirects, headers and body", minimum=0.001)
+    max_redirects: int = _opt(5, "redirect hops followed (each hop re-checked by the address guard)", minimum=0)
+    max_body_bytes: int = _opt(32 * 1024 * 1024, "bodies larger than this are cut while streaming: too_large",
+                               minimum=1)
+    retries: int = _opt(1, "extra attempts for timeouts, connection errors, 429 and 5xx", minimum=0)
+    retry_backoff_s: float = _opt(1.0, "wait before the first extra attempt, doubled each time", minimum=0)
+    retry_after_max_s: float = _opt(
+        10.0, "429/503 Retry-After is honoured up to this many seconds; a longer one fails the row", minimum=0
+    )
+    user_agent: str = _opt(
+        "Mozilla/5.0 (compatible; laion-spark/0.1; +https://github.com/laion-spark/laion-spark)",
+        "User-Agent header",
+    )
+    user_agent_token: str = _opt(
+        "laion-spark", "our crawler token: matched by `X-Robots-Tag: TOKEN: noai` and robots.txt"
+    )
+    contact: str = _opt("", "contact (URL or e-mail) appended to the User-Agent so site owners can reach you")
+    disallowed_header_directives: tuple = _opt(
+        ("noai", "noimageai"), "X-Robots-Tag directives that opt a page out: status opted_out"
+    )
+    robots_txt: bool = _opt(False, "also honour robots.txt (fetched once per host and task)")
+    # address guard
+    allowed_networks: tuple = _opt(
+        (), "CIDRs let through the address guard (default none: loopback, private, link-local, multicast, "
+        "reserved addresses are refused); tests use 127.0.0.1/32"
+    )
+    connect_to: tuple = _opt(
+        (), "HOST[:PORT]=ADDR:PORT: connect there instead (curl --connect-to; HOST * = any); ADDR is still "
+        "checked by the address guard"
+    )
+    # image checks (LAION's defaults)
+    min_image_bytes: int = _opt(5120, "downloads smaller than this are too_small", minimum=0)
+    min_image_side: int = _opt(0, "images whose shorter side is under this are too_small", minimum=0)
+    max_pixels: int = _opt(89_478_484, "decompression-bomb guard, checked from the header: too_many_pixels",
+                           minimum=1)
+    allowed_formats: tuple = _opt(
+        ("jpeg", "png", "webp"), "image formats kept (others of gif, bmp, tiff, ...: unsupported_format)"
+    )
+    # resize and encode (img2dataset's modes)
+    image_size: int = _opt(256, "target side in pixels", minimum=1)
+    resize_mode: str = _opt(
+        "border", "no | border (fit, pad to a square) | keep_ratio (shorter side = image_size) | "
+        "keep_ratio_largest (longer side = image_size) | center_crop",
+        choices=("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"),
+    )
+    resize_only_if_bigger: bool = _opt(False, "never upscale: resize only images larger than the target")
+    encode_format: str = _opt("jpg", "stored image format", choices=("jpg", "webp", "png"))
+    encode_quality: int = _opt(95, "JPEG/WebP quality", minimum=1)
+    # reruns
+    retry_from: str = _opt(
+        "", "URI of an earlier images table: keep its successes and final failures, re-download only its "
+        "retryable failures (and input rows it lacks)"
+    )
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """export: images -> webdataset shards (tar + parquet + _stats.json per shard)."""
+
+    format: str = _opt("webdataset", "output format", choices=("webdataset",))
+    samples_per_shard: int = _opt(10000, "rows per shard (successes go in the tar, every row in the parquet)",
+                                  minimum=1)
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """demo: a generated crawl -> extract -> dedupe, all under `output`."""
 
@@ -90,10 +176,12 @@ class JobConfig:
     mode: str = _opt("error", "what to do when the output exists", choices=("error", "overwrite"))
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-STAGES = ("extract", "dedupe", "demo")
+STAGES = ("extract", "dedupe", "download", "export", "demo")
 COMMON_KEYS = ("input", "output", "mode")
 
 

@@ -5,7 +5,10 @@ OUTPUT -> StructTypes that readers, transforms and writers use as the contract
 """
 
 from pyspark.sql.types import (
+    BinaryType,
+    BooleanType,
     FloatType,
+    IntegerType,
     LongType,
     MapType,
     StringType,
@@ -27,6 +30,11 @@ SOURCE_OFFSET = "source_offset"
 SOURCE_LENGTH = "source_length"
 SAMPLE_ID = "sample_id"
 ERROR = "error"
+STATUS = "status"
+ERROR_MESSAGE = "error_message"
+HTTP_STATUS = "http_status"
+RETRYABLE = "retryable"
+IMAGE = "image"
 
 CANDIDATES = StructType(
     [
@@ -60,6 +68,69 @@ EXTRACT_FILE_STATS = StructType(
 )
 
 PAIRS = StructType([StructField(SAMPLE_ID, LongType(), False), *CANDIDATES.fields])
+
+
+# download statuses (DESIGN.md, images table); every row of `images` has exactly one
+SUCCESS = "success"
+DOWNLOAD_STATUSES = (
+    SUCCESS,
+    "invalid_url",
+    "blocked_address",
+    "dns_error",
+    "connect_error",
+    "timeout",
+    "http_error",
+    "too_many_redirects",
+    "too_large",
+    "truncated",
+    "opted_out",
+    "not_image",
+    "unsupported_format",
+    "too_small",
+    "too_many_pixels",
+    "decode_error",
+)
+# failures worth another try later (download.retry_from); http_error only with 429 or 5xx
+RETRYABLE_STATUSES = ("timeout", "connect_error", "dns_error", "truncated")
+
+# the columns download adds to its input's (the input's own columns are carried along unchanged)
+DOWNLOAD_FIELDS = [
+    StructField(STATUS, StringType(), False),
+    StructField(ERROR_MESSAGE, StringType(), True),
+    StructField(RETRYABLE, BooleanType(), False),
+    StructField(HTTP_STATUS, IntegerType(), True),
+    StructField("final_url", StringType(), True),
+    StructField("content_type", StringType(), True),
+    StructField("fetched_at", TimestampType(), True),
+    StructField(IMAGE, BinaryType(), True),
+    StructField("image_format", StringType(), True),
+    StructField("width", IntegerType(), True),
+    StructField("height", IntegerType(), True),
+    StructField("bytes", LongType(), True),
+    StructField("original_width", IntegerType(), True),
+    StructField("original_height", IntegerType(), True),
+    StructField("original_format", StringType(), True),
+    StructField("original_bytes", LongType(), True),
+    StructField("sha256", StringType(), True),
+    StructField("md5", StringType(), True),
+]
+DOWNLOAD_COLUMNS = tuple(f.name for f in DOWNLOAD_FIELDS)
+
+IMAGES = StructType([*PAIRS.fields, *DOWNLOAD_FIELDS])
+
+
+def images_schema(input_schema: StructType) -> StructType:
+    """Schema of the download input -> the images schema: its columns (minus any earlier download
+    columns) followed by DOWNLOAD_FIELDS."""
+    kept = [f for f in input_schema.fields if f.name not in DOWNLOAD_COLUMNS]
+    return StructType([*kept, *DOWNLOAD_FIELDS])
+
+
+def is_retryable(status: str, http_status: int | None) -> bool:
+    """A failed row's status (+ HTTP status) -> whether a later attempt may succeed."""
+    if status in RETRYABLE_STATUSES:
+        return True
+    return status == "http_error" and http_status is not None and (http_status == 429 or http_status >= 500)
 
 
 def nullable(schema: StructType) -> StructType:

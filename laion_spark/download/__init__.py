@@ -1,0 +1,1 @@
+"""download: pairs -> images (fetch, guard, image checks, resize) as a mapInPandas UDF."""
