@@ -1,0 +1,126 @@
+"""The download job: config -> read pairs (+ an earlier images table) -> download -> write images -> count.
+
+INPUT  -> JobConfig with input (a table with url; pairs' sample_id and text are carried like any
+          other column), output, and download.*
+OUTPUT -> the images table at `output` (one row per input row) and a summary dict: rows_in,
+          rows_out, statuses (rows per status), downloaded / reused rows, retryable failures,
+          bytes downloaded and stored, seconds and images/s of the download itself
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+
+from pyspark.sql import functions as F
+
+from laion_spark import schemas as S
+from laion_spark.config import ConfigError
+from laion_spark.io import exists, write_table
+
+log = logging.getLogger(__name__)
+
+
+class DownloadError(RuntimeError):
+    """The written images table does not account for every input row."""
+
+
+def prepare(cfg) -> None:
+    """Checks that need no Spark: input and retry_from exist, output is neither, guard settings parse."""
+    d = cfg.download
+    if not exists(cfg.input):
+        raise ConfigError(f"input not found: {cfg.input}")
+    if d.retry_from and not exists(d.retry_from):
+        raise ConfigError(f"download.retry_from not found: {d.retry_from}")
+    taken = {cfg.input.rstrip("/"), d.retry_from.rstrip("/")} - {""}
+    if cfg.output.rstrip("/") in taken:
+        raise ConfigError(f"output {cfg.output} is also the input or download.retry_from; write elsewhere")
+    for net in d.allowed_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"bad value for download.allowed_networks: {net!r} is not a CIDR "
+                              "(e.g. 127.0.0.1/32 or 10.0.0.0/8)") from None
+    from laion_spark.download.guard import parse_connect_to
+
+    for entry in d.connect_to:
+        try:
+            parse_connect_to(entry)
+        except ValueError as exc:
+            raise ConfigError(f"bad value for download.connect_to: {entry!r}: {exc}") from None
+
+
+def _status_counts(df) -> dict[str, dict]:
+    rows = df.groupBy(S.STATUS).agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum("original_bytes").alias("original_bytes"),
+        F.sum("bytes").alias("bytes"),
+    ).collect()
+    return {r[S.STATUS]: {"rows": r["rows"], "original_bytes": r["original_bytes"] or 0,
+                          "bytes": r["bytes"] or 0} for r in rows}
+
+
+def run(spark, cfg) -> dict:
+    from laion_spark.download.transform import download_images, split_retry
+
+    d = cfg.download
+    pairs = spark.read.parquet(cfg.input)
+    needed = {S.URL} | ({S.SAMPLE_ID} if d.retry_from else set())
+    missing = needed - set(pairs.columns)
+    if missing:
+        raise ConfigError(f"input {cfg.input} lacks column(s) {sorted(missing)}; download needs url "
+                          "(and sample_id with download.retry_from)")
+    rows_in = pairs.count()
+    kept = None
+    reused: dict[str, dict] = {}
+    todo = pairs
+    if d.retry_from:
+        split = split_retry(pairs, spark.read.parquet(d.retry_from))
+        kept, todo = split.kept, split.todo
+        reused = _status_counts(kept)
+    to_download = rows_in - sum(v["rows"] for v in reused.values())
+    partitions = d.partitions or max(1, math.ceil(to_download / d.rows_per_task))
+    images = download_images(todo, d, partitions)
+    out = kept.unionByName(images) if kept is not None else images
+    started = time.time()
+    write_table(out, cfg.output, S.images_schema(pairs.schema), "images", cfg.mode)
+    seconds = time.time() - started
+    statuses = _status_counts(spark.read.parquet(cfg.output))  # the written table, never a re-download
+    rows_out = sum(v["rows"] for v in statuses.values())
+    if rows_out != rows_in:
+        raise DownloadError(f"row accounting failed: {rows_in} input rows but {rows_out} images rows "
+                            f"in {cfg.output} ({ {k: v['rows'] for k, v in statuses.items()} })")
+    fresh = {k: v["rows"] - reused.get(k, {}).get("rows", 0) for k, v in statuses.items()}
+    successes = fresh.get(S.SUCCESS, 0)
+    summary = {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "statuses": {k: v["rows"] for k, v in sorted(statuses.items())},
+        "downloaded": to_download,
+        "reused": rows_in - to_download,
+        "downloaded_statuses": {k: v for k, v in sorted(fresh.items()) if v},
+        "retry_from": d.retry_from,
+        "bytes_downloaded": sum(v["original_bytes"] - reused.get(k, {}).get("original_bytes", 0)
+                                for k, v in statuses.items()),
+        "bytes_stored": statuses.get(S.SUCCESS, {}).get("bytes", 0),
+        "partitions": partitions,
+        "download_seconds": round(seconds, 3),
+        "images_per_s": round(successes / seconds, 2) if seconds else None,
+        "urls_per_s": round(to_download / seconds, 2) if seconds else None,
+    }
+    log.info("download: %s rows -> %s successes (%s), %.1f images/s", rows_in,
+             statuses.get(S.SUCCESS, {}).get("rows", 0), summary["statuses"], summary["images_per_s"] or 0)
+    return summary
+
+
+def format_report(summary: dict) -> str:
+    """Summary dict -> the text the CLI prints."""
+    lines = [f"download: {summary['rows_in']} rows in, {summary['rows_out']} rows out "
+             f"({summary['downloaded']} downloaded, {summary['reused']} reused from retry_from)"]
+    for status, rows in summary["statuses"].items():
+        lines.append(f"  {status:<20} {rows}")
+    lines.append(f"  {summary['bytes_downloaded'] / 1e6:.1f} MB downloaded, {summary['bytes_stored'] / 1e6:.1f} MB "
+                 f"stored, {summary['download_seconds']} s, {summary['images_per_s']} images/s")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""A bounded thread pool that caps concurrent work per host: the politeness core of a download task.
+
+INPUT  -> (host, item) pairs from one producer, a function item -> result, thread and per-host limits
+OUTPUT -> results, in completion order, from `HostPool.take()` / `drain()`; at most `per_host` items of one host
+          are in flight at any moment, at most `threads` in all, and at most `max_pending` items are
+          queued (so a task reads its input as fast as it downloads, not all at once)
+
+Why not concurrent.futures: a plain executor would hand a free thread the next row even when that
+row's host is already at its cap, so a task with one big host would either break the cap or block
+every thread behind it. Here a free thread takes the oldest item of any host that is under its cap,
+round-robin over hosts, so one slow or crowded site cannot stall the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+
+class HostPool:
+    """submit(host, item) from the producer thread; take()/drain() give fn(item) for every item."""
+
+    def __init__(self, fn: Callable, threads: int, per_host: int, max_pending: int | None = None):
+        self._fn = fn
+        self._per_host = per_host
+        self._max_pending = max_pending or threads * 4
+        self._lock = threading.Condition()
+        self._queues: dict[str, collections.deque] = {}
+        self._ready: collections.deque[str] = collections.deque()  # hosts with queued items, under cap
+        self._in_flight: collections.Counter = collections.Counter()
+        self._pending = 0  # submitted, result not yet taken by results()
+        self._results: collections.deque = collections.deque()
+        self._closed = False
+        self._stopped = False
+        self._threads = [threading.Thread(target=self._work, name=f"download-{i}", daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    # --- producer side (one thread: submits items and takes results) ---------------------------
+    @property
+    def full(self) -> bool:
+        """True while max_pending items are unfinished or untaken: take results before submitting."""
+        return self._pending >= self._max_pending
+
+    def submit(self, host: str, item) -> None:
+        """Queue one item for a worker thread (never blocks; check `full` first)."""
+        with self._lock:
+            self._pending += 1
+            queue = self._queues.get(host)
+            if queue is None:
+                queue = self._queues[host] = collections.deque()
+            queue.append(item)
+            if len(queue) == 1 and self._in_flight[host] < self._per_host:
+                self._ready.append(host)
+            self._lock.notify_all()
+
+    def take(self, wait: bool = True) -> list:
+        """Results finished so far; with wait, blocks until there is at least one (or nothing is pending)."""
+        with self._lock:
+            while wait and not self._results and self._pending:
+                self._lock.wait()
+            out = list(self._results)
+            self._results.clear()
+            self._pending -= len(out)
+            return out
+
+    def drain(self) -> Iterator[list]:
+        """After the last submit: lists of results until every item is done; then the threads exit."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        while self._pending:
+            yield self.take()
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the threads (items not started are dropped: only for a task that is being killed)."""
+        with self._lock:
+            self._stopped = True
+            self._closed = True
+            self._lock.notify_all()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    # --- worker side ---------------------------------------------------------------------------
+    def _next(self):
+        with self._lock:
+            while not self._ready and not self._stopped:
+                if self._closed and not self._queues:
+                    return None  # nothing queued and nothing more coming
+                self._lock.wait()
+            if self._stopped:
+                return None
+            host = self._ready.popleft()
+            queue = self._queues[host]
+            item = queue.popleft()
+            self._in_flight[host] += 1
+            # the host stays ready (at the back: round-robin) while it has items and room
+            if queue and self._in_flight[host] < self._per_host:
+                self._ready.append(host)
+            elif not queue:
+                del self._queues[host]
+            return host, item
+
+    def _finish(self, host: str, result) -> None:
+        with self._lock:
+            self._results.append(result)
+            self._in_flight[host] -= 1
+            if not self._in_flight[host]:
+                del self._in_flight[host]
+            queue = self._queues.get(host)
+            # the host was at its cap (not in _ready) and still has work: it is ready again
+            if queue and self._in_flight[host] == self._per_host - 1:
+                self._ready.append(host)
+            self._lock.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            got = self._next()
+            if got is None:
+                return
+            host, item = got
+            try:
+                result = self._fn(item)
+            except Exception as exc:  # fn turns failures into rows; this is the last guard (logged)
+                log.exception("download worker: unexpected error")
+                result = exc
+            self._finish(host, result)

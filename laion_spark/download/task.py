@@ -1,0 +1,172 @@
+"""One download task: pandas batches of input rows -> pandas batches of images rows (one per input row).
+
+INPUT  -> an iterator of pandas DataFrames with at least `url` (the mapInPandas input) and a
+          DownloadConfig
+OUTPUT -> an iterator of pandas DataFrames: each input row's columns unchanged, followed by the
+          download columns (schemas.DOWNLOAD_FIELDS), in completion order; every input row comes out
+          exactly once, whatever happened to its URL
+
+Rows are fetched by a HostPool (threads, per-host cap) and checked/resized in the same thread
+(Pillow releases the GIL while decoding and resizing). A semaphore bounds the response bodies held
+at once, so a task's memory is about max_bodies_in_flight x max_body_bytes at worst, whatever the
+thread count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pandas as pd
+
+from laion_spark import schemas as S
+
+log = logging.getLogger(__name__)
+
+_INT_COLUMNS = {f.name: ("Int64" if f.dataType.typeName() == "long" else "Int32")
+                for f in S.DOWNLOAD_FIELDS if f.dataType.typeName() in ("integer", "long")}
+
+
+def host_of(url) -> str:
+    """URL -> lower-case host ('' when there is none: the fetcher reports it as invalid_url)."""
+    try:
+        return (urlsplit(str(url)).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def failure(status: str, message: str, **extra) -> dict:
+    """A failed row's download columns."""
+    return {"status": status, "error_message": message,
+            "retryable": S.is_retryable(status, extra.get("http_status")), **extra}
+
+
+class RowDownloader:
+    """url -> the download columns of one row (a dict); thread-safe, never raises."""
+
+    def __init__(self, cfg, fetcher=None):
+        from laion_spark.download.fetch import Fetcher
+
+        self.cfg = cfg
+        self.fetcher = fetcher or Fetcher(cfg)
+        self._bodies = threading.BoundedSemaphore(cfg.max_bodies_in_flight)
+
+    def __call__(self, url) -> dict:
+        from laion_spark.download.image import process_image
+
+        if not isinstance(url, str) or not url:
+            return failure("invalid_url", f"url is {url!r}", fetched_at=_now())
+        with self._bodies:  # the body (up to max_body_bytes) lives only inside this block
+            fetched = self.fetcher.fetch(url)
+            row = {
+                "http_status": fetched.http_status,
+                "final_url": fetched.final_url,
+                "content_type": fetched.content_type,
+                "fetched_at": _now(),
+            }
+            if fetched.status != S.SUCCESS:
+                return {**failure(fetched.status, fetched.error_message or fetched.status,
+                                  http_status=fetched.http_status), **row}
+            body = fetched.body or b""
+            try:
+                img = process_image(body, self.cfg)
+            except Exception as exc:  # process_image turns bad images into statuses; this is a bug guard
+                log.exception("process_image failed on %s", url)
+                return {**failure("decode_error", f"{type(exc).__name__}: {exc}"), **row,
+                        "original_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+                        "md5": hashlib.md5(body).hexdigest()}
+        out = {**row, **{k: getattr(img, k) for k in (
+            "image", "image_format", "width", "height", "original_width", "original_height",
+            "original_format", "original_bytes", "sha256", "md5")}}
+        out["bytes"] = len(img.image) if img.image is not None else None
+        if img.status != S.SUCCESS:
+            return {**out, **failure(img.status, img.error_message or img.status, http_status=fetched.http_status)}
+        return {**out, "status": S.SUCCESS, "error_message": None, "retryable": False}
+
+    def close(self) -> None:
+        self.fetcher.close()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _frame(done: list, batches: dict, out_names: list[str]) -> pd.DataFrame:
+    """[(batch_no, position, download dict)] -> the output frame (input columns keep their dtypes)."""
+    parts = []
+    by_batch: dict[int, list] = {}
+    for batch_no, pos, _ in done:
+        by_batch.setdefault(batch_no, []).append(pos)
+    for batch_no, positions in by_batch.items():
+        parts.append(batches[batch_no].iloc[positions])
+    inputs = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+    order = [(b, p) for b, ps in by_batch.items() for p in ps]
+    results = {(b, p): r for b, p, r in done}
+    columns = {name: [results[key].get(name) for key in order] for name in S.DOWNLOAD_COLUMNS}
+    downloads = pd.DataFrame(columns)
+    downloads["fetched_at"] = pd.to_datetime(downloads["fetched_at"], utc=True)
+    downloads["retryable"] = downloads["retryable"].astype(bool)
+    for name, dtype in _INT_COLUMNS.items():
+        downloads[name] = downloads[name].astype(dtype)
+    inputs = inputs.drop(columns=[c for c in S.DOWNLOAD_COLUMNS if c in inputs.columns])
+    frame = pd.concat([inputs, downloads], axis=1)
+    return frame[out_names]
+
+
+def download_partition(cfg, out_names: list[str], downloader_factory=RowDownloader):
+    """DownloadConfig + output column names -> the mapInPandas function of one task."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from laion_spark.download.pool import HostPool
+
+        downloader = downloader_factory(cfg)
+        pool = HostPool(lambda item: (item[0], item[1], downloader(item[2])),
+                        threads=cfg.threads, per_host=cfg.per_host_connections,
+                        max_pending=max(cfg.threads * 4, cfg.arrow_batch_rows))
+        held: dict[int, pd.DataFrame] = {}  # input batches with rows not yet emitted
+        left: dict[int, int] = {}
+        done: list = []
+
+        def emit(results: list):
+            nonlocal done
+            for r in results:
+                if isinstance(r, BaseException):  # cannot happen unless RowDownloader has a bug
+                    raise RuntimeError("download worker failed") from r
+            done.extend(results)
+            while len(done) >= cfg.arrow_batch_rows:
+                chunk, done = done[:cfg.arrow_batch_rows], done[cfg.arrow_batch_rows:]
+                yield _release(chunk)
+
+        def _release(chunk: list) -> pd.DataFrame:
+            frame = _frame(chunk, held, out_names)
+            for batch_no, _, _ in chunk:
+                left[batch_no] -= 1
+                if not left[batch_no]:
+                    del left[batch_no], held[batch_no]
+            return frame
+
+        try:
+            for batch_no, batch in enumerate(batches):
+                if batch.empty:
+                    continue
+                held[batch_no] = batch
+                left[batch_no] = len(batch)
+                for pos, url in enumerate(batch[S.URL].tolist()):
+                    while pool.full:
+                        yield from emit(pool.take())
+                    pool.submit(host_of(url), (batch_no, pos, url))
+                yield from emit(pool.take(wait=False))
+            for results in pool.drain():
+                yield from emit(results)
+            if done:
+                yield _release(done)
+                done = []
+        finally:
+            pool.stop()
+            downloader.close()
+
+    return run

@@ -1,0 +1,77 @@
+"""download as DataFrame transforms: pairs -> images (one row per input row), and the retry split.
+
+INPUT  -> a DataFrame with `url` (any other columns, e.g. pairs' sample_id and text, are carried
+          along), a DownloadConfig and the number of download tasks
+OUTPUT -> the images DataFrame (schemas.images_schema of the input); nothing runs until the job
+          writes it, and it must be evaluated once only (each evaluation downloads again)
+
+Rows are grouped by host before the download: the partition key is a hash of the URL's host, so
+one task holds all of a host's rows and its per-host cap bounds what the site receives. A host
+with more than host_rows_per_task rows is salted over up to max_tasks_per_host tasks, so one huge
+site neither makes one straggler task nor gets more than max_tasks_per_host x per_host_connections
+concurrent requests.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from laion_spark import schemas as S
+
+_HOST = "_download_host"
+_KEY = "_download_key"
+
+
+def host_column(url_col: str = S.URL):
+    """The URL's lower-case host ('' when Spark cannot parse one), as a Column."""
+    return F.coalesce(F.lower(F.expr(f"try_parse_url(`{url_col}`, 'HOST')")), F.lit(""))
+
+
+def partition_by_host(df: DataFrame, cfg, num_partitions: int) -> DataFrame:
+    """DataFrame with url -> the same rows in num_partitions partitions, grouped by (salted) host."""
+    hosts = df.withColumn(_HOST, host_column())
+    sizes = hosts.groupBy(_HOST).agg(F.count(F.lit(1)).alias("_host_rows"))
+    salts = F.least(F.ceil(F.col("_host_rows") / F.lit(cfg.host_rows_per_task)), F.lit(cfg.max_tasks_per_host))
+    keyed = hosts.join(sizes, _HOST, "left").withColumn(
+        _KEY, F.xxhash64(F.col(_HOST), F.pmod(F.xxhash64(F.col(S.URL)), salts.cast("long")))
+    )
+    return keyed.repartition(num_partitions, _KEY).drop(_HOST, "_host_rows", _KEY)
+
+
+def download_images(df: DataFrame, cfg, num_partitions: int) -> DataFrame:
+    """DataFrame with url + DownloadConfig -> images DataFrame (lazy; one evaluation = one download)."""
+    from laion_spark.download.task import download_partition
+
+    schema = S.images_schema(df.schema)
+    inputs = df.select(*[f.name for f in schema.fields if f.name not in S.DOWNLOAD_COLUMNS])
+    grouped = partition_by_host(inputs, cfg, num_partitions)
+    return grouped.mapInPandas(download_partition(cfg, schema.fieldNames()), schema)
+
+
+def retryable_column():
+    """schemas.is_retryable as a Column over status and http_status (not the stored flag: an older
+    table, or one edited by hand, is judged by the same rule)."""
+    http = F.col(S.HTTP_STATUS)
+    return F.col(S.STATUS).isin(*S.RETRYABLE_STATUSES) | (
+        (F.col(S.STATUS) == "http_error") & ((http == 429) | (http >= 500))
+    )
+
+
+class RetrySplit(NamedTuple):
+    kept: DataFrame  # rows of the earlier images table kept as they are (images schema)
+    todo: DataFrame  # input rows to download (again): retryable failures and rows the table lacks
+
+
+def split_retry(df: DataFrame, previous: DataFrame) -> RetrySplit:
+    """Input rows + an earlier images table -> what to keep and what to download again (by sample_id)."""
+    base = [c for c in df.columns if c not in S.DOWNLOAD_COLUMNS]
+    prev = previous.select(F.col(S.SAMPLE_ID).alias("_prev_id"), *S.DOWNLOAD_COLUMNS)
+    joined = df.select(*base).join(prev, F.col(S.SAMPLE_ID) == F.col("_prev_id"), "left")
+    again = F.col(S.STATUS).isNull() | retryable_column()
+    schema = S.images_schema(df.schema)
+    kept = joined.filter(~again).select(*schema.fieldNames())
+    todo = joined.filter(again).select(*base)
+    return RetrySplit(kept, todo)
