@@ -1,0 +1,384 @@
+"""The address guard: a host name and port -> the checked addresses a download may connect to.
+
+INPUT  -> a host (name, IPv4 in any inet_aton spelling, [IPv6]) and port, `download.allowed_networks`
+          (CIDRs let through) and `download.connect_to` (HOST[:PORT]=ADDR:PORT redirections)
+OUTPUT -> the socket addresses to connect to, every one of them public or inside an allowed network;
+          otherwise `BlockedAddress` (status blocked_address) or `DnsError` (status dns_error)
+
+Why at connection time: a check on the URL's host before the request is a TOCTOU hole (the name may
+resolve to a public address for the check and to 10.0.0.1 for the connect, "DNS rebinding"), and it
+misses redirect hops and proxies. Here the guard sits inside urllib3's `HTTPConnection._new_conn`,
+the one place every socket of a download is opened, and connects only to the addresses it checked.
+`guarded_session()` plugs those connections into a requests Session (no proxies, no env settings).
+
+Why STRICT: when a name resolves to several addresses and one of them is private, the whole host is
+refused. A host that mixes public and private records is either misconfigured or probing us.
+
+`BlockedAddress` and `DnsError` are deliberately NOT OSError subclasses: urllib3's `urlopen` wraps
+OSError / HTTPException raised while connecting into ProtocolError / NewConnectionError (and requests
+then into ConnectionError), whereas any other exception passes through urllib3 and requests unchanged,
+so the fetcher can tell a refusal from a network error by its type.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import socket
+import sys
+from dataclasses import dataclass
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.timeout import _DEFAULT_TIMEOUT
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class GuardError(Exception):
+    """Base of the guard's refusals (not an OSError: see the module docstring)."""
+
+
+class BlockedAddress(GuardError):
+    """The host is, or resolves to, an address downloads may not connect to; the message says which and why."""
+
+
+class DnsError(GuardError):
+    """The host name does not resolve (or resolves to nothing usable)."""
+
+
+# Explicit lists first (their reasons are clearer than "not global", and Python's is_global misses
+# some of them, e.g. it calls ::1.2.3.4 and 2002::/16 global); `not is_global` is the catch-all.
+_V4_BLOCKS = [
+    ("169.254.169.254/32", "link-local cloud metadata service"),
+    ("0.0.0.0/8", "unspecified / 'this network' (RFC 1122)"),
+    ("10.0.0.0/8", "private network (RFC 1918)"),
+    ("100.64.0.0/10", "carrier-grade NAT shared space (RFC 6598)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("172.16.0.0/12", "private network (RFC 1918)"),
+    ("192.0.0.0/24", "IETF protocol assignments (RFC 6890)"),
+    ("192.0.2.0/24", "documentation (TEST-NET-1)"),
+    ("192.88.99.0/24", "6to4 relay anycast (deprecated)"),
+    ("192.168.0.0/16", "private network (RFC 1918)"),
+    ("198.18.0.0/15", "benchmarking (RFC 2544)"),
+    ("198.51.100.0/24", "documentation (TEST-NET-2)"),
+    ("203.0.113.0/24", "documentation (TEST-NET-3)"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("240.0.0.0/4", "reserved (RFC 1112)"),
+]
+_V6_BLOCKS = [
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("::/96", "IPv4-compatible (deprecated)"),
+    ("100::/64", "discard-only (RFC 6666)"),
+    ("2001:db8::/32", "documentation"),
+    ("fc00::/7", "unique-local (RFC 4193)"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local (deprecated)"),
+    ("ff00::/8", "multicast"),
+]
+_V4_NETS = [(ipaddress.ip_network(n), why) for n, why in _V4_BLOCKS]
+_V6_NETS = [(ipaddress.ip_network(n), why) for n, why in _V6_BLOCKS]
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def parse_networks(cidrs) -> list[IPNetwork]:
+    """('127.0.0.1/32', '10.0.0.0/8', ...) -> networks (host bits allowed); ValueError on a bad entry."""
+    return [ipaddress.ip_network(str(c).strip(), strict=False) for c in cidrs]
+
+
+def _embedded_v4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
+    """An IPv6 address that carries an IPv4 one (mapped, 6to4, NAT64, Teredo) -> (that IPv4, how)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped, "IPv4-mapped"
+    if ip.sixtofour is not None:
+        return ip.sixtofour, "6to4"
+    if any(ip in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "NAT64"
+    if ip.teredo is not None:
+        return ip.teredo[1], "Teredo"
+    return None
+
+
+def _in_allowed(ip: IPAddress, allowed) -> bool:
+    return any(ip.version == net.version and ip in net for net in allowed)
+
+
+def blocked_reason(ip: IPAddress, allowed=()) -> str | None:
+    """An IP address + allowed networks -> why a download may not connect to it, or None if it may.
+
+    Pure function (no network). An address inside an allowed network is let through whatever it is.
+    """
+    if isinstance(ip, str):
+        ip = ipaddress.ip_address(ip)
+    if _in_allowed(ip, allowed):
+        return None
+    if ip.version == 6:
+        if ip.scope_id:  # fe80::1%eth0: compare without the zone
+            ip = ipaddress.IPv6Address(str(ip).split("%", 1)[0])
+        embedded = _embedded_v4(ip)
+        if embedded is not None:
+            v4, how = embedded
+            if how == "IPv4-mapped":  # the kernel connects to the IPv4 address itself: judge it alone
+                inner = blocked_reason(v4, allowed)
+                return None if inner is None else f"{how} {v4}: {inner}"
+            inner = blocked_reason(v4, allowed)
+            if inner is not None:
+                return f"{how} address embedding {v4}: {inner}"
+        for net, why in _V6_NETS:
+            if ip in net:
+                return why
+    else:
+        for net, why in _V4_NETS:
+            if ip in net:
+                return why
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_reserved:
+        return "reserved"
+    if not ip.is_global:
+        return "not globally routable"
+    return None
+
+
+# inet_aton spellings: 1 to 4 parts, each decimal, octal (leading 0) or hex (0x): 2130706433, 0x7f.1, 0177.0.0.1
+_AIOTN = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$", re.IGNORECASE)
+
+
+def literal_ip(host: str) -> IPAddress | None:
+    """A URL host -> the IP address it spells (IPv4 with inet_aton's forms, [IPv6]), None for a name.
+
+    Every spelling that the C resolver would read as an IPv4 address is read as one here, so
+    `http://2130706433/` and `http://0x7f.1/` are judged as 127.0.0.1, not as names.
+    """
+    h = host.strip()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if ":" in h:
+        try:
+            return ipaddress.IPv6Address(h)
+        except ValueError:
+            return None
+    h = h.rstrip(".")
+    if _AIOTN.match(h):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(h))
+        except OSError:  # e.g. 08.1 (bad octal) or a part out of range: the resolver would also refuse it
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class ConnectTo:
+    """One `connect_to` rule: connections for host (any if '*') and port (any if None) go to addr:to_port."""
+
+    host: str
+    port: int | None
+    addr: str
+    to_port: int
+
+    def matches(self, host: str, port: int) -> bool:
+        return (self.host == "*" or self.host == host.lower().rstrip(".")) and self.port in (None, port)
+
+
+def _split_host_port(text: str, port_required: bool) -> tuple[str, int | None]:
+    text = text.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"unclosed '[' in {text!r}")
+        host, rest = text[1:end], text[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected ':PORT' after ']' in {text!r}")
+        port_text = rest[1:] if rest else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        raise ValueError(f"IPv6 addresses must be in brackets: {text!r}")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    if not port_text:
+        if port_required:
+            raise ValueError(f"no port in {text!r}")
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port {port_text!r} in {text!r}")
+    return host, int(port_text)
+
+
+def parse_connect_to(entry: str) -> ConnectTo:
+    """'HOST[:PORT]=ADDR:PORT' (HOST '*' = any host; IPv6 in brackets) -> ConnectTo; ValueError if malformed."""
+    if "=" not in entry:
+        raise ValueError("expected HOST[:PORT]=ADDR:PORT")
+    left, right = entry.split("=", 1)
+    host, port = _split_host_port(left, port_required=False)
+    addr, to_port = _split_host_port(right, port_required=True)
+    return ConnectTo(host.lower().rstrip("."), port, addr, to_port)
+
+
+class AddressGuard:
+    """(host, port) -> checked socket addresses; thread-safe (no mutable state after __init__)."""
+
+    def __init__(self, allowed_networks=(), connect_to=()):
+        self.allowed = parse_networks(allowed_networks)
+        self.connect_to = [c if isinstance(c, ConnectTo) else parse_connect_to(c) for c in connect_to]
+
+    def check_ip(self, ip: IPAddress, host: str) -> None:
+        """Raise BlockedAddress if `ip` (what `host` stands for) may not be connected to."""
+        why = blocked_reason(ip, self.allowed)
+        if why is not None:
+            named = f"{host} -> {ip}" if host.strip("[]") != str(ip) else str(ip)
+            raise BlockedAddress(f"blocked address {named}: {why}")
+
+    def resolve(self, host: str, port: int) -> list[tuple[int, tuple]]:
+        """Host + port -> [(address family, sockaddr)] to connect to, in resolver order.
+
+        connect_to rules are applied first (the target is checked like any host); then a literal
+        address is checked as is and a name is resolved, every address it resolves to checked.
+        """
+        host = host.strip()
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        for rule in self.connect_to:
+            if rule.matches(bare, port):
+                log.debug("connect_to: %s:%s -> %s:%s", bare, port, rule.addr, rule.to_port)
+                bare, port = rule.addr, rule.to_port
+                break
+        ip = literal_ip(bare)
+        if ip is not None:
+            self.check_ip(ip, bare)
+            return [_sockaddr(ip, port)]
+        name = bare.lower().rstrip(".")
+        if not name:
+            raise DnsError("empty host name")
+        if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always loopback, never ask DNS
+            raise BlockedAddress(f"blocked address {bare}: loopback name")
+        try:
+            infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as exc:
+            raise DnsError(f"cannot resolve {bare}: {exc.strerror or exc}") from None
+        except (UnicodeError, ValueError) as exc:
+            raise DnsError(f"cannot resolve {bare}: {exc}") from None
+        out: list[tuple[int, tuple]] = []
+        for family, _, _, _, sockaddr in infos:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip = ipaddress.ip_address(sockaddr[0])
+            self.check_ip(ip, bare)  # strict: one bad address blocks the host
+            if (family, sockaddr) not in out:
+                out.append((family, sockaddr))
+        if not out:
+            raise DnsError(f"{bare} resolves to no IPv4/IPv6 address")
+        return out
+
+
+def _sockaddr(ip: IPAddress, port: int) -> tuple[int, tuple]:
+    """A checked address -> (family, sockaddr); AI_NUMERICHOST: no lookup, but IPv6 zones are handled."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    info = socket.getaddrinfo(str(ip), port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP, socket.AI_NUMERICHOST)
+    return family, info[0][4]
+
+
+def _open_socket(conn: HTTPConnection, guard: AddressGuard) -> socket.socket:
+    """The body of the guarded `_new_conn`: connect to the first checked address that answers."""
+    # _dns_host: the host as given (trailing dot kept for the resolver); GuardError passes through urllib3 unchanged
+    addresses = guard.resolve(getattr(conn, "_dns_host", conn.host), conn.port)
+    err: OSError | None = None
+    for family, sockaddr in addresses:
+        sock = None
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            for opt in conn.socket_options or ():
+                sock.setsockopt(*opt)
+            if conn.timeout is not _DEFAULT_TIMEOUT:
+                sock.settimeout(conn.timeout)
+            if conn.source_address:
+                sock.bind(conn.source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            err = exc
+            if sock is not None:
+                sock.close()
+    raise err if err is not None else OSError(f"no address to connect to for {conn.host}")
+
+
+class _GuardedConnectionMixin:
+    """Overrides urllib3's `_new_conn`: resolve through the guard, connect only to checked addresses.
+
+    TLS (HTTPSConnection.connect) wraps the returned socket with SNI and certificate checks on
+    `self.host`, the URL's host, which connect_to never changes.
+    """
+
+    guard: AddressGuard  # set on the per-session subclass made by guarded_pool_classes
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            sock = _open_socket(self, self.guard)
+        except TimeoutError as exc:  # socket.timeout: same wrapping as urllib3's own _new_conn
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
+
+
+class GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    """urllib3 HTTPConnection whose sockets go only to addresses the guard allowed."""
+
+
+class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    """urllib3 HTTPSConnection whose sockets go only to addresses the guard allowed."""
+
+
+def guarded_pool_classes(guard: AddressGuard) -> dict[str, type]:
+    """An AddressGuard -> {'http': pool class, 'https': pool class} whose connections use that guard."""
+    http_conn = type("GuardedHTTPConnection", (GuardedHTTPConnection,), {"guard": guard})
+    https_conn = type("GuardedHTTPSConnection", (GuardedHTTPSConnection,), {"guard": guard})
+    http_pool = type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn})
+    https_pool = type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn})
+    return {"http": http_pool, "https": https_pool}
+
+
+class GuardedAdapter(HTTPAdapter):
+    """A requests HTTPAdapter whose pools open guarded connections; proxies are refused outright."""
+
+    def __init__(self, guard: AddressGuard, **kwargs):
+        self._guard_pools = guarded_pool_classes(guard)
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        # pool_classes_by_scheme is read on every new pool (PoolManager._new_pool)
+        self.poolmanager.pool_classes_by_scheme = dict(self._guard_pools)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        # A proxy would make the connection to the proxy's address, not the checked one.
+        raise BlockedAddress(f"proxies are not allowed (the address guard cannot check through {proxy})")
+
+
+def guarded_session(guard: AddressGuard, pool_maxsize: int = 10, num_pools: int = 64) -> requests.Session:
+    """An AddressGuard -> a requests Session whose every connection (redirects included) is guarded.
+
+    trust_env is off so HTTP(S)_PROXY / NO_PROXY / .netrc / REQUESTS_CA_BUNDLE cannot route around
+    the guard or change behaviour between machines.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = {}
+    adapter = GuardedAdapter(guard, pool_connections=num_pools, pool_maxsize=pool_maxsize, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
