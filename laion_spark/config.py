@@ -161,7 +161,7 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """demo: a generated crawl -> extract -> dedupe, all under `output`."""
+    """demo: a generated crawl -> extract -> dedupe -> download (loopback images) -> export, all under `output`."""
 
     seed: int = _opt(0, "seed of the generated crawl (record ids, dates, page order)", minimum=0)
     rows: int = _opt(8, "rows of pairs shown in the printed report", minimum=0)

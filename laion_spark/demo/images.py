@@ -6,12 +6,17 @@ OUTPUT -> for each URL a deterministic answer chosen by a hash of host + path: m
           photo-like JPEG or PNG (different per URL), and on purpose a few failures so the demo
           shows them as rows: 404, 503, an HTML page sent as image/jpeg, and a too-small image
 
-Nothing here leaves 127.0.0.1: the server binds to it, on a port the OS picks.
+Nothing here leaves 127.0.0.1: the server binds to it, on a port the OS picks. There is no TLS
+server: `closed_port` is a port bound on 127.0.0.1 with nobody listening, where the demo sends its
+https URLs, so they fail honestly with "connection refused" (connect_error) instead of leaving the
+machine or pretending to be TLS.
 """
 
 from __future__ import annotations
 
 import io
+import random
+import socket
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +42,11 @@ def demo_image(host: str, path: str, side: int = 320) -> tuple[bytes, str]:
     r = min(width, height) // 3
     draw.ellipse((width // 2 - r, height // 2 - r, width // 2 + r, height // 2 + r), fill=colour)
     draw.rectangle((0, 0, width // 5, height // 5), fill=tuple(255 - c for c in colour))
-    img = img.effect_spread(2)  # a little texture: realistic file sizes (a flat image is too_small)
+    # a little seeded texture: realistic file sizes (a flat image is too_small); not effect_spread or
+    # effect_noise, which draw from C's rand() and would make the same URL's bytes differ between runs
+    nw, nh = max(1, width // 4), max(1, height // 4)
+    noise = Image.frombytes("L", (nw, nh), random.Random(seed).randbytes(nw * nh))
+    img = Image.blend(img, noise.resize((width, height)).convert("RGB"), 0.05)
     out = io.BytesIO()
     if seed % 3 == 0:
         img.save(out, "PNG")
@@ -53,7 +62,8 @@ class _Handler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").split(":")[0]
         path = self.path.split("?")[0]
         kind = answer_kind(host, path)
-        self.server.requests += 1
+        with self.server.count_lock:  # handlers run in parallel threads: += alone can lose counts
+            self.server.requests += 1
         if kind in ("404", "503"):
             self._send(int(kind), b"no image here\n", "text/plain")
         elif kind == "html":
@@ -77,12 +87,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class DemoImageServer:
-    """Context manager: a threaded server on 127.0.0.1:<free port>; `.port`, `.requests`."""
+    """Context manager: a threaded server on 127.0.0.1:<free port>; `.port`, `.requests`, `.closed_port`."""
 
     def __enter__(self) -> DemoImageServer:
+        # bound but never listening: connections are refused, and no other program can take the port
+        self._closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._closed.bind(("127.0.0.1", 0))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.requests = 0
+        self._server.count_lock = threading.Lock()
         self._thread = threading.Thread(target=self._server.serve_forever, name="demo-images", daemon=True)
         self._thread.start()
         return self
@@ -92,6 +106,10 @@ class DemoImageServer:
         return self._server.server_address[1]
 
     @property
+    def closed_port(self) -> int:
+        return self._closed.getsockname()[1]
+
+    @property
     def requests(self) -> int:
         return self._server.requests
 
@@ -99,3 +117,4 @@ class DemoImageServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+        self._closed.close()
