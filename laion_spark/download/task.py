@@ -14,19 +14,21 @@ thread count.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 
 from laion_spark import schemas as S
 
 log = logging.getLogger(__name__)
 
+_DOWNLOAD_NAMES = frozenset(S.DOWNLOAD_COLUMNS)
 _INT_COLUMNS = {f.name: ("Int64" if f.dataType.typeName() == "long" else "Int32")
                 for f in S.DOWNLOAD_FIELDS if f.dataType.typeName() in ("integer", "long")}
 
@@ -113,30 +115,36 @@ def release_big_buffers() -> None:
 _MALLOC_TUNED = False
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+def _now() -> int:
+    """Now, in microseconds since the epoch (Spark's precision): ints turn into a timestamp column
+    in one vectorised step (pd.to_datetime over datetime objects took 10% of a worker's GIL time)."""
+    return time.time_ns() // 1000
 
 
 def _frame(done: list, batches: dict, out_names: list[str]) -> pd.DataFrame:
-    """[(batch_no, position, download dict)] -> the output frame (input columns keep their dtypes)."""
-    parts = []
+    """[(batch_no, position, download dict)] -> the output frame (input columns keep their dtypes).
+
+    Built in one DataFrame constructor from typed arrays: the per-column astype/concat version
+    took a sixth of a worker's Python time on 256-row batches.
+    """
+    done = sorted(done, key=lambda d: d[0])  # stable: positions keep their completion order per batch
     by_batch: dict[int, list] = {}
     for batch_no, pos, _ in done:
         by_batch.setdefault(batch_no, []).append(pos)
-    for batch_no, positions in by_batch.items():
-        parts.append(batches[batch_no].iloc[positions])
+    parts = [batches[batch_no].iloc[positions] for batch_no, positions in by_batch.items()]
     inputs = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
-    order = [(b, p) for b, ps in by_batch.items() for p in ps]
-    results = {(b, p): r for b, p, r in done}
-    columns = {name: [results[key].get(name) for key in order] for name in S.DOWNLOAD_COLUMNS}
-    downloads = pd.DataFrame(columns)
-    downloads["fetched_at"] = pd.to_datetime(downloads["fetched_at"], utc=True)
-    downloads["retryable"] = downloads["retryable"].astype(bool)
-    for name, dtype in _INT_COLUMNS.items():
-        downloads[name] = downloads[name].astype(dtype)
-    inputs = inputs.drop(columns=[c for c in S.DOWNLOAD_COLUMNS if c in inputs.columns])
-    frame = pd.concat([inputs, downloads], axis=1)
-    return frame[out_names]
+    results = [r for _, _, r in done]
+    columns: dict = {name: inputs[name] for name in inputs.columns if name not in _DOWNLOAD_NAMES}
+    for name in S.DOWNLOAD_COLUMNS:
+        values = [r.get(name) for r in results]
+        if name == "fetched_at":
+            values = pd.to_datetime(np.array(values, dtype=np.int64), unit="us", utc=True)
+        elif name == "retryable":
+            values = np.array(values, dtype=bool)
+        elif name in _INT_COLUMNS:
+            values = pd.array(values, dtype=_INT_COLUMNS[name])
+        columns[name] = values
+    return pd.DataFrame(columns, columns=out_names)
 
 
 def download_partition(cfg, out_names: list[str], downloader_factory=RowDownloader):
