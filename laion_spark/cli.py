@@ -34,10 +34,14 @@ STAGE_MODULES = {
 
 
 def _help_text(stage: str) -> str:
-    lines = [f"usage: laion-spark {stage} [--config FILE ...] [key=value ...]", "", "keys (default: help):"]
+    lines = [f"usage: laion-spark {stage} [--config FILE ...] [key=value ...]", "", "keys (key=default  what it does):"]
+    entries = []
     for key, default, help_line in config_mod.iter_keys(stage):
         shown = ",".join(default) if isinstance(default, tuple) else default
-        lines.append(f"  {key}={shown!s:<24} {help_line}")
+        entries.append((f"{key}={shown!s}", help_line))
+    # one column for the helps; a key=default longer than 44 characters pushes only its own help
+    width = min(44, max(len(k) for k, _ in entries))
+    lines += [f"  {k:<{width}}  {h}" for k, h in entries]
     lines.append("")
     lines.append("--config FILE   YAML overlay (conf/local.yaml, conf/cluster.yaml, ...), applied in order")
     return "\n".join(lines)
