@@ -15,6 +15,7 @@ from PIL import Image
 
 from laion_spark import cli
 from laion_spark import schemas as S
+from tests.corpora import require
 from tests.http_faults import FaultServer
 from tests.images import encode, make_image, png_claiming, textured
 
@@ -259,3 +260,35 @@ def test_bodies_in_flight_bound_the_worker_memory(spark, tmp_path):
     print(f"peak RSS of the largest Python worker: {peak / 2**20:.0f} MiB (limit {limit / 2**20:.0f} MiB); "
           f"every worker's peak: {sorted(v // 2**20 for v in per_pid.values())} MiB")
     assert peak < limit
+
+
+def test_corpus_images_through_http_and_spark_get_the_status_their_facts_imply(spark, tmp_path):
+    # every real image of ../shared/corpora served by a loopback server and downloaded by the
+    # stage with LAION's defaults: the status is what IMAGE_FACTS.tsv implies (the same rule
+    # test_download_image.py applies to process_image alone), and the sha256 is MANIFEST.tsv's
+    from laion_spark.config import DownloadConfig
+    from tests.test_download_image import _facts, _manifest_sha256, expected_status
+
+    facts = _facts()
+    sha = _manifest_sha256()
+    corpora = require()
+    with FaultServer("127.0.0.1") as srv:
+        rows, expected = [], {}
+        for i, row in enumerate(facts):
+            # a neutral content type: the stage must judge the bytes, not the label
+            url = srv.add_file(f"/corpus/{i}", (corpora / row["path"]).read_bytes(), "application/octet-stream")
+            rows.append((i, url, row["path"]))
+            expected[i] = (expected_status(row, DownloadConfig()), sha[row["path"]])
+        uri = write_input(spark, tmp_path / "pairs", rows, partitions=3)
+        summary, out = run_download(spark, tmp_path, uri, "images", "download.read_timeout_s=10",
+                                    "download.deadline_s=30")
+    assert len(out) == len(facts) == summary["rows_out"]
+    wrong = []
+    for r in out.itertuples():
+        status, digest = expected[r.sample_id]
+        if r.status != status:
+            wrong.append(f"{r.text}: {r.status} ({r.error_message}), expected {status}")
+        elif r.original_bytes and r.sha256 != digest:
+            wrong.append(f"{r.text}: sha256 {r.sha256} != MANIFEST.tsv's {digest}")
+    assert not wrong, f"{len(wrong)} of {len(out)} rows differ:\n" + "\n".join(wrong)
+    assert summary["statuses"].get("success", 0) > 100
