@@ -33,6 +33,7 @@ demo: install
 
 bench: install
 	$(RUN) $(PY) bench/extract.py
+	$(RUN) $(PY) bench/download.py  # + img2dataset in the same run when IMG2DATASET=path/to/bin/img2dataset
 
 clean:
 	rm -rf demo-output bench/out spark-warehouse .pytest_cache
