@@ -28,6 +28,8 @@ STAGE_MODULES = {
     "extract": "laion_spark.extract.job",
     "dedupe": "laion_spark.dedupe.job",
     "download": "laion_spark.download.job",
+    "embed": "laion_spark.embed.job",
+    "filter": "laion_spark.filter.job",
     "export": "laion_spark.export.job",
     "demo": "laion_spark.demo.job",
 }

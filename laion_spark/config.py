@@ -160,6 +160,55 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class EmbedGroupModels:
+    """Per language group: MODEL,PRETRAINED[,MODEL_CONFIG] replacing embed.model / pretrained / model_config."""
+
+    en: tuple = _opt((), "the model for `en` rows: MODEL,PRETRAINED[,MODEL_CONFIG] (empty: embed.model)")
+    multi: tuple = _opt((), "the model for `multi` rows (every language but en): MODEL,PRETRAINED[,MODEL_CONFIG]")
+    nolang: tuple = _opt((), "the model for `nolang` rows (CLD3 unreliable): MODEL,PRETRAINED[,MODEL_CONFIG]")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """embed: images -> embeddings (CLIP image + text embeddings of the success rows)."""
+
+    model: str = _opt("ViT-B-32", "open_clip architecture name (open_clip.list_models(), or the name in model_config)")
+    pretrained: str = _opt("laion2b_s34b_b79k", "open_clip pretrained tag (needs the hub or its cache) or a local "
+                           "checkpoint file (.pt / .bin / .safetensors)")
+    model_config: str = _opt("", "JSON model config of a custom architecture, registered with open_clip under `model`")
+    models: EmbedGroupModels = field(default_factory=EmbedGroupModels)
+    model_batch_size: int = _opt(256, "images (and texts) per forward pass", minimum=1)
+    device: str = _opt("auto", "auto: the GPU Spark gave the task, else CPU; cpu; cuda",
+                       choices=("auto", "cpu", "cuda"))
+    precision: str = _opt("auto", "auto: fp16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "fp16", "bf16"))
+    cpu_threads: int = _opt(0, "torch threads per task on CPU (0: the executor's cores / its concurrent tasks)",
+                            minimum=0)
+    arrow_batch_rows: int = _opt(1024, "rows per Arrow batch handed to the embed UDF", minimum=1)
+
+
+@dataclass(frozen=True)
+class FilterThresholds:
+    """Cosine-similarity thresholds per language group: rows below are rejected (below_threshold)."""
+
+    en: float = _opt(0.28, "threshold for `en` rows (LAION-5B: 0.28 with ViT-B/32)")
+    multi: float = _opt(0.26, "threshold for `multi` rows (LAION-5B: 0.26 with a multilingual CLIP)")
+    nolang: float = _opt(0.26, "threshold for `nolang` rows (LAION-5B: 0.26)")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """filter: images + embeddings -> dataset (kept) + rejected (every other row, with its reason)."""
+
+    embeddings: str = _opt("", "URI of the embeddings table (the embed stage's output)")
+    threshold: FilterThresholds = field(default_factory=FilterThresholds)
+    rejected_output: str = _opt("", "URI of the rejected table (default: <output>_rejected)")
+    npy: bool = _opt(False, "also write clip-retrieval style img_emb / text_emb .npy shards + metadata parquet")
+    npy_output: str = _opt("", "folder of the .npy shards (default: <output>_emb)")
+    npy_dtype: str = _opt("float16", "dtype of the .npy shards", choices=("float16", "float32"))
+    npy_rows_per_shard: int = _opt(100000, "rows per .npy shard (about)", minimum=1)
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """demo: a generated crawl -> extract -> dedupe -> download (loopback images) -> export, all under `output`."""
 
@@ -177,11 +226,13 @@ class JobConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-STAGES = ("extract", "dedupe", "download", "export", "demo")
+STAGES = ("extract", "dedupe", "download", "embed", "filter", "export", "demo")
 COMMON_KEYS = ("input", "output", "mode")
 
 
@@ -189,17 +240,23 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _leaf_fields(cls, prefix: str = ""):
+    """-> (dotted key, Field, type) for every leaf field of a config dataclass, nested ones included."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _leaf_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name]
+
+
 def iter_keys(stage: str | None = None):
     """-> (dotted key, default, help) for the common keys and one stage's section (all if None)."""
-    hints = _hints(JobConfig)
-    for f in dataclasses.fields(JobConfig):
-        if dataclasses.is_dataclass(hints[f.name]):
-            if stage is not None and f.name != stage:
-                continue
-            for sf in dataclasses.fields(hints[f.name]):
-                yield f"{f.name}.{sf.name}", sf.default, sf.metadata.get("help", "")
-        else:
-            yield f.name, f.default, f.metadata.get("help", "")
+    for key, f, _ in _leaf_fields(JobConfig):
+        section = key.split(".", 1)[0] if "." in key else None
+        if stage is not None and section is not None and section != stage:
+            continue
+        yield key, f.default, f.metadata.get("help", "")
 
 
 def _coerce(key: str, value: Any, typ: Any, meta: dict) -> Any:
@@ -256,16 +313,7 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def _valid_keys() -> dict[str, tuple[Any, dict]]:
     """dotted key -> (type, metadata) for every leaf key."""
-    out = {}
-    hints = _hints(JobConfig)
-    for f in dataclasses.fields(JobConfig):
-        if dataclasses.is_dataclass(hints[f.name]):
-            sub = _hints(hints[f.name])
-            for sf in dataclasses.fields(hints[f.name]):
-                out[f"{f.name}.{sf.name}"] = (sub[sf.name], dict(sf.metadata))
-        else:
-            out[f.name] = (hints[f.name], dict(f.metadata))
-    return out
+    return {key: (typ, dict(f.metadata)) for key, f, typ in _leaf_fields(JobConfig)}
 
 
 def _unknown(key: str, valid: dict) -> ConfigError:
@@ -274,32 +322,45 @@ def _unknown(key: str, valid: dict) -> ConfigError:
     return ConfigError(f"unknown key {key!r}; valid keys: {', '.join(near)}")
 
 
+def _build(cls, values: dict[str, Any]):
+    """{dotted key relative to cls: coerced value} -> cls(...), nested dataclasses built the same way."""
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            kwargs[head] = value
+    for name, sub in nested.items():
+        kwargs[name] = _build(hints[name], sub)
+    return cls(**kwargs)
+
+
 def build_config(values: dict[str, Any]) -> JobConfig:
     """Flat {dotted key: raw value} -> JobConfig (validated)."""
     valid = _valid_keys()
-    per_section: dict[str, dict[str, Any]] = {}
-    top: dict[str, Any] = {}
+    coerced: dict[str, Any] = {}
     for key, raw in values.items():
         if key not in valid:
             raise _unknown(key, valid)
         typ, meta = valid[key]
-        value = _coerce(key, raw, typ, meta)
-        if "." in key:
-            section, name = key.split(".", 1)
-            per_section.setdefault(section, {})[name] = value
-        else:
-            top[key] = value
-    hints = _hints(JobConfig)
-    sections = {name: hints[name](**kv) for name, kv in per_section.items()}
-    return JobConfig(**top, **sections)
+        coerced[key] = _coerce(key, raw, typ, meta)
+    return _build(JobConfig, coerced)
+
+
+# short spellings of a stage's second input, as the stage's usage line writes them
+ALIASES = {"embeddings": "filter.embeddings"}
 
 
 def parse_override(text: str) -> tuple[str, str]:
-    """'key.sub=value' -> (key.sub, value)."""
+    """'key.sub=value' -> (key.sub, value); an alias (embeddings=) -> its full key."""
     if "=" not in text:
         raise ConfigError(f"expected key=value, got {text!r} (see --help for the keys)")
     key, value = text.split("=", 1)
-    return key.strip(), value
+    key = key.strip()
+    return ALIASES.get(key, key), value
 
 
 def load_config(config_files: list[str] = (), overrides: list[str] = ()) -> JobConfig:
@@ -329,5 +390,5 @@ def stage_values(cfg: JobConfig, stage: str) -> dict[str, Any]:
     out = {k: getattr(cfg, k) for k in COMMON_KEYS}
     section = getattr(cfg, stage, None)
     if section is not None:
-        out.update({f"{stage}.{k}": v for k, v in dataclasses.asdict(section).items()})
+        out.update(_flatten(dataclasses.asdict(section), f"{stage}."))
     return out

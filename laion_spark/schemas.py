@@ -5,6 +5,7 @@ OUTPUT -> StructTypes that readers, transforms and writers use as the contract
 """
 
 from pyspark.sql.types import (
+    ArrayType,
     BinaryType,
     BooleanType,
     FloatType,
@@ -136,3 +137,42 @@ def is_retryable(status: str, http_status: int | None) -> bool:
 def nullable(schema: StructType) -> StructType:
     """StructType -> the same with every field nullable (what Parquet gives back on read)."""
     return StructType([StructField(f.name, f.dataType, True, f.metadata) for f in schema.fields])
+
+
+# --- embed -> embeddings; filter -> dataset + rejected -------------------------------------------
+
+IMAGE_EMBEDDING = "image_embedding"
+TEXT_EMBEDDING = "text_embedding"
+SIMILARITY = "similarity"
+CLIP_MODEL = "clip_model"
+REASON = "reason"
+
+# Language groups (LAION-5B's split): thresholds and models are keyed by group
+LANGUAGE_GROUPS = ("en", "multi", "nolang")
+
+
+def language_group(language: str | None) -> str:
+    """A language code (CLD3's, or 'nolang' / None) -> 'en', 'multi' or 'nolang'."""
+    if language is None or language == "" or language == "nolang":
+        return "nolang"
+    return "en" if language == "en" else "multi"
+
+
+# One row per success row of `images` (others are never embedded). A success row the model could
+# not take (its stored image does not decode, ...) has null embeddings and says why in
+# error_message, so the filter can give that reason instead of losing the row.
+EMBEDDINGS = StructType(
+    [
+        StructField(SAMPLE_ID, LongType(), False),
+        StructField(IMAGE_EMBEDDING, ArrayType(FloatType(), False), True),  # L2-normalised
+        StructField(TEXT_EMBEDDING, ArrayType(FloatType(), False), True),  # L2-normalised
+        StructField(SIMILARITY, FloatType(), True),  # cosine of the two
+        StructField(CLIP_MODEL, StringType(), True),  # which embedding space: "MODEL/PRETRAINED"
+        StructField(ERROR_MESSAGE, StringType(), True),
+    ]
+)
+
+# what the filter adds to the rows of images it keeps, and to those it rejects (with the reason:
+# download_failed:<status>, not_embedded, below_threshold)
+FILTER_FIELDS = [StructField(SIMILARITY, FloatType(), True), StructField(CLIP_MODEL, StringType(), True)]
+REJECT_FIELDS = [*FILTER_FIELDS, StructField(REASON, StringType(), False)]

@@ -30,6 +30,24 @@ def test_override_beats_yaml_and_lists_parse(tmp_path):
     assert cfg.extract.denied_extensions == (".svg", ".gif", ".ico")
 
 
+def test_nested_sections_from_yaml_and_overrides(tmp_path):
+    # filter.threshold.en is a key three levels deep; YAML nests it, an override dots it
+    overlay = tmp_path / "laion400m.yaml"
+    overlay.write_text("filter:\n  threshold: {en: 0.3, multi: 0.3, nolang: 0.3}\n"
+                       "embed:\n  models:\n    multi: [xlm-roberta-base-ViT-B-32, laion5b_s13b_b90k]\n")
+    cfg = load_config([str(overlay)], ["filter.threshold.nolang=0.25", "embeddings=/runs/emb"])
+    assert (cfg.filter.threshold.en, cfg.filter.threshold.multi, cfg.filter.threshold.nolang) == (0.3, 0.3, 0.25)
+    assert cfg.embed.models.multi == ("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k")
+    assert cfg.embed.models.en == ()  # untouched: the default model
+    assert cfg.filter.embeddings == "/runs/emb"  # `embeddings=` is filter.embeddings
+    defaults = load_config([], [])
+    assert (defaults.filter.threshold.en, defaults.filter.threshold.multi) == (0.28, 0.26)  # LAION-5B's
+    with pytest.raises(ConfigError, match="unknown key 'filter.threshold.de'"):
+        load_config([], ["filter.threshold.de=0.2"])
+    with pytest.raises(ConfigError, match="bad value for filter.threshold.en"):
+        load_config([], ["filter.threshold.en=high"])
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
