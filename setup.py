@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["laion_spark", "laion_spark.*"]),
     include_package_data=True,
-    package_data={"laion_spark": ["py.typed"]},
+    package_data={"laion_spark": ["py.typed", "toy/*.json"]},  # toy/: the toy CLIP's model config
     # ranges for pip users; requirements.txt pins the set that the tests ran with
     install_requires=[
         "pyspark[connect]>=4.0,<5",
@@ -29,13 +29,17 @@ setup(
         "fsspec>=2024.2",
         "aiohttp>=3.9",
         "requests>=2.31",
+        "urllib3>=2.0,<3",  # the download stage's address guard plugs into urllib3's connections
+        "Pillow>=10.0",
         "PyYAML>=6.0",
     ],
     extras_require={
         "cluster": ["venv-pack>=0.2"],
+        # embed (and the toy CLIP): torch is gigabytes, so the stages before embed do without it
+        "embed": ["torch>=2.1", "torchvision>=0.16", "open_clip_torch>=2.24"],
         "s3": ["s3fs"],  # s3:// inputs (Common Crawl's bucket from inside AWS)
         "gcs": ["gcsfs"],
-        "test": ["pytest", "ruff", "html5lib", "lxml"],
+        "test": ["pytest", "ruff", "html5lib", "lxml", "webdataset"],
     },
     entry_points={"console_scripts": ["laion-spark=laion_spark.cli:main"]},
 )
