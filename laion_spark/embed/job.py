@@ -1,0 +1,132 @@
+"""The embed job: config -> check the models -> read images -> embed -> write embeddings -> count.
+
+INPUT  -> JobConfig with input (an images table), output and embed.*
+OUTPUT -> the embeddings table at `output` (one row per success row of images) and a summary
+          dict: rows_in, success_rows, rows_out, embedded, failed with failure_reasons (by the
+          error_message prefix), groups (rows and model per language group), models (rows and
+          embedded per clip_model), embed_seconds and images_per_s
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pyspark.sql import functions as F
+
+from laion_spark import schemas as S
+from laion_spark.config import ConfigError
+from laion_spark.io import exists, write_table
+
+log = logging.getLogger(__name__)
+
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+class EmbedError(RuntimeError):
+    """The written embeddings table does not hold one row per success row of images."""
+
+
+def prepare(cfg) -> None:
+    """Checks that need no Spark: input exists and is not the output; every model named in config
+    can be loaded here (architecture, tag or checkpoint file, its fit) as far as can be told
+    without allocating weights."""
+    from laion_spark.embed.model import ModelLoadError, check_spec, model_specs
+
+    if not exists(cfg.input):
+        raise ConfigError(f"input not found: {cfg.input}")
+    if cfg.output.rstrip("/") == cfg.input.rstrip("/"):
+        raise ConfigError(f"output {cfg.output} is also the input; write elsewhere")
+    for spec in dict.fromkeys(model_specs(cfg.embed).values()):
+        try:
+            check_spec(spec)
+        except ModelLoadError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _success_groups(images) -> tuple[int, dict[str, int]]:
+    """images DataFrame -> (rows, {language group: success rows})."""
+    if S.LANGUAGE in images.columns:
+        per_language = images.groupBy(S.LANGUAGE).agg(
+            F.count(F.lit(1)).alias("rows"), F.sum((F.col(S.STATUS) == S.SUCCESS).cast("long")).alias("ok"))
+    else:
+        per_language = images.agg(F.lit(None).cast("string").alias(S.LANGUAGE), F.count(F.lit(1)).alias("rows"),
+                                  F.sum((F.col(S.STATUS) == S.SUCCESS).cast("long")).alias("ok"))
+    rows, groups = 0, {}
+    for r in per_language.collect():
+        rows += r["rows"]
+        group = S.language_group(r[S.LANGUAGE])
+        groups[group] = groups.get(group, 0) + (r["ok"] or 0)
+    return rows, groups
+
+
+def run(spark, cfg) -> dict:
+    from laion_spark.embed.model import model_specs
+    from laion_spark.embed.transform import REQUIRED_COLUMNS, embed_images
+
+    images = spark.read.parquet(cfg.input)
+    missing = [c for c in REQUIRED_COLUMNS if c not in images.columns]
+    if missing:
+        raise ConfigError(f"input {cfg.input} lacks column(s) {missing}; embed reads an images table "
+                          f"({', '.join(REQUIRED_COLUMNS)}, and language when present)")
+    rows_in, groups = _success_groups(images)
+    success_rows = sum(groups.values())
+    specs = model_specs(cfg.embed)
+    embeddings = embed_images(images, cfg.embed)
+    previous = spark.conf.get(ARROW_BATCH_CONF, None)
+    spark.conf.set(ARROW_BATCH_CONF, str(cfg.embed.arrow_batch_rows))
+    started = time.time()
+    try:
+        write_table(embeddings, cfg.output, S.EMBEDDINGS, "embeddings", cfg.mode)
+    finally:
+        if previous is None:
+            spark.conf.unset(ARROW_BATCH_CONF)
+        else:
+            spark.conf.set(ARROW_BATCH_CONF, previous)
+    seconds = time.time() - started
+    written = spark.read.parquet(cfg.output)  # counts of the written table, never a second embedding run
+    reason = F.substring_index(F.col(S.ERROR_MESSAGE), ":", 1)
+    counts = written.groupBy(S.CLIP_MODEL, reason.alias("reason")).agg(
+        F.count(F.lit(1)).alias("rows"), F.count(S.IMAGE_EMBEDDING).alias("embedded")).collect()
+    rows_out = sum(r["rows"] for r in counts)
+    if rows_out != success_rows:
+        raise EmbedError(f"row accounting failed: {success_rows} success rows in {cfg.input} but {rows_out} "
+                         f"embeddings rows in {cfg.output}")
+    models: dict[str, dict[str, int]] = {}
+    reasons: dict[str, int] = {}
+    for r in counts:
+        m = models.setdefault(r[S.CLIP_MODEL], {"rows": 0, "embedded": 0})
+        m["rows"] += r["rows"]
+        m["embedded"] += r["embedded"]
+        if r["reason"] is not None:
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + r["rows"]
+    embedded = sum(m["embedded"] for m in models.values())
+    summary = {
+        "rows_in": rows_in,
+        "success_rows": success_rows,
+        "rows_out": rows_out,
+        "embedded": embedded,
+        "failed": rows_out - embedded,
+        "failure_reasons": dict(sorted(reasons.items())),
+        "groups": {g: {"rows": groups.get(g, 0), "model": specs[g].name} for g in S.LANGUAGE_GROUPS},
+        "models": dict(sorted(models.items())),
+        "embed_seconds": round(seconds, 3),
+        "images_per_s": round(embedded / seconds, 2) if seconds else None,
+    }
+    log.info("embed: %s images rows, %s success -> %s embedded, %s failed %s, %.1f images/s", rows_in,
+             success_rows, embedded, summary["failed"], summary["failure_reasons"], summary["images_per_s"] or 0)
+    return summary
+
+
+def format_report(summary: dict) -> str:
+    """Summary dict -> the text the CLI prints."""
+    lines = [f"embed: {summary['rows_in']} images rows, {summary['success_rows']} success rows -> "
+             f"{summary['embedded']} embedded, {summary['failed']} failed"]
+    for reason, rows in summary["failure_reasons"].items():
+        lines.append(f"  failed {reason:<22} {rows}")
+    for group, info in summary["groups"].items():
+        lines.append(f"  group {group:<8} {info['rows']:>10} rows  {info['model']}")
+    for model, info in summary["models"].items():
+        lines.append(f"  model {model}: {info['embedded']} embedded of {info['rows']}")
+    lines.append(f"  {summary['embed_seconds']} s, {summary['images_per_s']} images/s")
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""embed as a DataFrame transform: images -> embeddings (the success rows only, one row each).
+
+INPUT  -> an images DataFrame (sample_id, status, image, text; language when present) and an
+          EmbedConfig
+OUTPUT -> the embeddings DataFrame (schemas.EMBEDDINGS), lazy: nothing runs until it is written
+
+Rows whose status is not success are never embedded (the filter stage carries them to its
+rejected table). Each row goes through its language group's model (schemas.language_group;
+embed.models.<group> overrides embed.model); a table without a language column is all `nolang`,
+which with the default single model makes no difference. The rows per Arrow batch handed to the
+UDF are Spark's spark.sql.execution.arrow.maxRecordsPerBatch (the embed job sets it from
+embed.arrow_batch_rows); the model sees full batches of embed.model_batch_size either way.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from laion_spark import schemas as S
+
+REQUIRED_COLUMNS = (S.SAMPLE_ID, S.STATUS, S.IMAGE, S.TEXT)
+
+
+def embed_images(images: DataFrame, cfg) -> DataFrame:
+    """images DataFrame + EmbedConfig -> embeddings DataFrame (lazy; one row per success row)."""
+    from laion_spark.embed.model import model_specs
+    from laion_spark.embed.udf import embed_partition
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in images.columns]
+    if missing:
+        raise ValueError(f"embed needs an images table with {', '.join(REQUIRED_COLUMNS)}; missing {missing}")
+    language = F.col(S.LANGUAGE) if S.LANGUAGE in images.columns else F.lit(None).cast("string")
+    todo = images.filter(F.col(S.STATUS) == S.SUCCESS).select(
+        S.SAMPLE_ID, S.IMAGE, S.TEXT, language.alias(S.LANGUAGE))
+    return todo.mapInPandas(embed_partition(model_specs(cfg), cfg), S.EMBEDDINGS)
