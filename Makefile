@@ -35,5 +35,10 @@ bench: install
 	$(RUN) $(PY) bench/extract.py
 	$(RUN) $(PY) bench/download.py  # + img2dataset in the same run when IMG2DATASET=path/to/bin/img2dataset
 
+# The toy CLIP the tests and the demo score with (cached under build/toy-clip/, keyed by its recipe).
+.PHONY: toy-clip
+toy-clip: install
+	$(RUN) $(PY) -m laion_spark.toy.train
+
 clean:
 	rm -rf demo-output bench/out spark-warehouse .pytest_cache
