@@ -184,6 +184,9 @@ class EmbedConfig:
     cpu_threads: int = _opt(0, "torch threads per task on CPU (0: the executor's cores / its concurrent tasks)",
                             minimum=0)
     arrow_batch_rows: int = _opt(1024, "rows per Arrow batch handed to the embed UDF", minimum=1)
+    partitions: int = _opt(0, "embed tasks (0: success rows / rows_per_task, and at least a local master's cores)",
+                           minimum=0)
+    rows_per_task: int = _opt(2048, "success rows per embed task when partitions=0", minimum=1)
 
 
 @dataclass(frozen=True)

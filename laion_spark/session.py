@@ -124,3 +124,23 @@ def get_spark(app_name: str = APP_NAME):
         if not os.environ.get("PYSPARK_PYTHON"):  # local workers run this interpreter, not PATH's
             builder = builder.config("spark.pyspark.python", sys.executable)
     return builder.getOrCreate()
+
+
+def local_cores(spark) -> int | None:
+    """SparkSession -> the cores of a local master (local[N], local[*], local), None for any other master.
+
+    Read from the session's conf, not the SparkContext, so it also answers (None) on Spark Connect.
+    """
+    try:
+        master = spark.conf.get("spark.master", "") or ""
+    except Exception:  # noqa: BLE001 - Spark Connect may not expose it: not local as far as we know
+        return None
+    if master == "local":
+        return 1
+    if master.startswith("local["):
+        inner = master[len("local["):].split("]")[0].split(",")[0]
+        if inner == "*":
+            return os.cpu_count() or 1
+        if inner.isdigit():
+            return int(inner)
+    return None

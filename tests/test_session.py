@@ -141,3 +141,35 @@ def test_conf_file_loads_and_changes_something(path):
     cfg = load_config([str(path)], [])
     assert cfg != JobConfig(), f"{path.name} sets nothing"
     assert cfg.input == "" and cfg.output == ""  # overlays never name a run's data
+
+
+class _FakeConf:
+    def __init__(self, master):
+        self.master = master
+
+    def get(self, key, default=None):
+        assert key == "spark.master"
+        if isinstance(self.master, Exception):
+            raise self.master
+        return self.master if self.master is not None else default
+
+
+class _FakeSession:
+    def __init__(self, master):
+        self.conf = _FakeConf(master)
+
+
+@pytest.mark.parametrize("master, cores", [
+    ("local", 1), ("local[3]", 3), ("local[*]", os.cpu_count()), ("local[2,4]", 2), ("local-cluster[2,1,1024]", None),
+    ("spark://10.0.0.5:7077", None), ("yarn", None), (None, None), (RuntimeError("not on Connect"), None),
+])
+def test_local_cores_reads_the_master(master, cores):
+    from laion_spark.session import local_cores
+
+    assert local_cores(_FakeSession(master)) == cores
+
+
+def test_local_cores_of_the_test_session(spark):
+    from laion_spark.session import local_cores
+
+    assert local_cores(spark) == 2  # conftest's local[2]

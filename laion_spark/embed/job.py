@@ -10,6 +10,7 @@ OUTPUT -> the embeddings table at `output` (one row per success row of images) a
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from pyspark.sql import functions as F
@@ -72,7 +73,11 @@ def run(spark, cfg) -> dict:
     rows_in, groups = _success_groups(images)
     success_rows = sum(groups.values())
     specs = model_specs(cfg.embed)
-    embeddings = embed_images(images, cfg.embed)
+    from laion_spark.session import local_cores
+
+    partitions = cfg.embed.partitions or max(1, math.ceil(success_rows / cfg.embed.rows_per_task),
+                                             min(local_cores(spark) or 1, success_rows or 1))
+    embeddings = embed_images(images, cfg.embed, partitions)
     previous = spark.conf.get(ARROW_BATCH_CONF, None)
     spark.conf.set(ARROW_BATCH_CONF, str(cfg.embed.arrow_batch_rows))
     started = time.time()
@@ -110,6 +115,7 @@ def run(spark, cfg) -> dict:
         "failure_reasons": dict(sorted(reasons.items())),
         "groups": {g: {"rows": groups.get(g, 0), "model": specs[g].name} for g in S.LANGUAGE_GROUPS},
         "models": dict(sorted(models.items())),
+        "partitions": partitions,
         "embed_seconds": round(seconds, 3),
         "images_per_s": round(embedded / seconds, 2) if seconds else None,
     }

@@ -22,8 +22,10 @@ from laion_spark import schemas as S
 REQUIRED_COLUMNS = (S.SAMPLE_ID, S.STATUS, S.IMAGE, S.TEXT)
 
 
-def embed_images(images: DataFrame, cfg) -> DataFrame:
-    """images DataFrame + EmbedConfig -> embeddings DataFrame (lazy; one row per success row)."""
+def embed_images(images: DataFrame, cfg, num_partitions: int | None = None) -> DataFrame:
+    """images DataFrame + EmbedConfig (+ number of embed tasks) -> embeddings DataFrame (lazy; one row
+    per success row). num_partitions spreads the success rows evenly over that many tasks (a small
+    table is often one file, one partition: one task would leave the other cores idle)."""
     from laion_spark.embed.model import model_specs
     from laion_spark.embed.udf import embed_partition
 
@@ -33,4 +35,6 @@ def embed_images(images: DataFrame, cfg) -> DataFrame:
     language = F.col(S.LANGUAGE) if S.LANGUAGE in images.columns else F.lit(None).cast("string")
     todo = images.filter(F.col(S.STATUS) == S.SUCCESS).select(
         S.SAMPLE_ID, S.IMAGE, S.TEXT, language.alias(S.LANGUAGE))
+    if num_partitions:
+        todo = todo.repartition(num_partitions)
     return todo.mapInPandas(embed_partition(model_specs(cfg), cfg), S.EMBEDDINGS)
