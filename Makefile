@@ -34,6 +34,7 @@ demo: install
 bench: install
 	$(RUN) $(PY) bench/extract.py
 	$(RUN) $(PY) bench/download.py  # + img2dataset in the same run when IMG2DATASET=path/to/bin/img2dataset
+	$(RUN) $(PY) bench/embed.py  # + clip-retrieval when CLIP_RETRIEVAL=path/to/bin/clip-retrieval
 
 # The toy CLIP the tests and the demo score with (cached under build/toy-clip/, keyed by its recipe).
 .PHONY: toy-clip
