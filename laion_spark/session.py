@@ -109,9 +109,10 @@ def get_spark(app_name: str = APP_NAME):
         return builder.getOrCreate()
     if not _master_configured():
         host = os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
+        # no master anywhere: spark-submit's own default (local[*]) applies; we only keep the
+        # driver on loopback and size the shuffle for a laptop
         builder = (
-            builder.master("local[*]")
-            .config("spark.driver.bindAddress", host)
+            builder.config("spark.driver.bindAddress", host)
             .config("spark.driver.host", host)
             .config("spark.ui.showConsoleProgress", "false")
             # 200 shuffle partitions (Spark's default, sized for clusters) made a laptop dedupe

@@ -45,15 +45,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from laion_spark.schemas import IMAGE, STATUS, SUCCESS, TEXT
+
 log = logging.getLogger(__name__)
 
 KEY = "key"
 CAPTION = "caption"
-TEXT = "text"
-STATUS = "status"
-IMAGE = "image"
 IMAGE_FORMAT = "image_format"
-SUCCESS = "success"
 
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 DEFAULT_SHARD_DIGITS = 5  # img2dataset's oom_shard_count

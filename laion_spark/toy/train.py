@@ -279,15 +279,13 @@ def main(argv: list[str] | None = None) -> None:
     metrics_path = Path(result.checkpoint).with_suffix(".json")
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     validation = metrics.get("validation", {})
-    print(f"model        {result.model}  ({result.model_config})")
-    print(f"checkpoint   {result.checkpoint}  ({metrics.get('checkpoint_bytes', '?')} bytes)")
-    print(f"training     {metrics.get('train_seconds', '?')} s wall, {metrics.get('train_cpu_seconds', '?')} s CPU")
-    print(f"validation   true caption above its mismatch: {validation.get('pair_accuracy')}")
-    print(
-        f"             threshold {validation.get('threshold', float('nan')):.3f}: balanced accuracy "
-        f"{validation.get('threshold_balanced_accuracy', float('nan')):.3f}"
-    )
-
+    logger.info("model        %s  (%s)", result.model, result.model_config)
+    logger.info("checkpoint   %s  (%s bytes)", result.checkpoint, metrics.get("checkpoint_bytes", "?"))
+    logger.info("training     %s s wall, %s s CPU", metrics.get("train_seconds", "?"),
+                metrics.get("train_cpu_seconds", "?"))
+    logger.info("validation   true caption above its mismatch: %s", validation.get("pair_accuracy"))
+    logger.info("             threshold %.3f: balanced accuracy %.3f", validation.get("threshold", float("nan")),
+                validation.get("threshold_balanced_accuracy", float("nan")))
 
 if __name__ == "__main__":
     main()
