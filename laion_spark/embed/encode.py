@@ -72,15 +72,19 @@ def autocast_context(device: str, autocast: str | None):
                           dtype=getattr(torch, _DTYPES[autocast]))
 
 
-def embed_rows(loaded, images: Sequence, texts: Sequence, autocast: str | None = None, pool=None) -> EmbeddedRows:
+def embed_rows(loaded, images: Sequence, texts: Sequence, autocast: str | None = None, pool=None,
+               trim_text: bool = True) -> EmbeddedRows:
     """LoadedModel + image bytes + texts (one model batch) -> EmbeddedRows.
 
     Images are decoded and preprocessed with the model's own preprocess (in `pool`'s threads when
     given: Pillow releases the GIL), texts tokenized with its tokenizer; both towers run once on the
     rows that can be embedded, under torch.inference_mode() and the autocast dtype; embeddings are
-    normalised in float32.
+    normalised in float32. trim_text runs the text tower without the tokenizer's padding where that
+    gives the same features (text.py).
     """
     import torch
+
+    from laion_spark.embed.text import encode_text
 
     pairs = list(zip(images, texts))
     prepared = list(pool.map(lambda p: _prepare(loaded.preprocess, *p), pairs)) if pool is not None \
@@ -97,7 +101,7 @@ def embed_rows(loaded, images: Sequence, texts: Sequence, autocast: str | None =
         pixels = pixels.pin_memory()
     with torch.inference_mode(), autocast_context(device, autocast):
         image = loaded.model.encode_image(pixels.to(device, non_blocking=True))
-        text = loaded.model.encode_text(tokens.to(device, non_blocking=True))
+        text = encode_text(loaded.model, tokens.to(device, non_blocking=True), trim=trim_text)
     with torch.inference_mode():
         image = image.float()
         text = text.float()

@@ -89,7 +89,8 @@ def embed_partition(specs: dict[str, ModelSpec], cfg):
         def flush(spec: ModelSpec, n: int) -> pd.DataFrame:
             ids, images, texts = buffers[spec].take(n)
             loaded = cache.get_model(spec, choice.device)
-            return embeddings_frame(loaded.name, ids, embed_rows(loaded, images, texts, choice.autocast, pool))
+            return embeddings_frame(loaded.name, ids, embed_rows(loaded, images, texts, choice.autocast, pool,
+                                                                  cfg.trim_text))
 
         try:
             for batch in batches:
