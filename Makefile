@@ -36,10 +36,11 @@ bench: install
 	$(RUN) $(PY) bench/download.py  # + img2dataset in the same run when IMG2DATASET=path/to/bin/img2dataset
 	$(RUN) $(PY) bench/embed.py  # + clip-retrieval when CLIP_RETRIEVAL=path/to/bin/clip-retrieval
 
-# The toy CLIP the tests and the demo score with (cached under build/toy-clip/, keyed by its recipe).
+# The toy CLIP the tests and the demo score with: committed in laion_spark/toy/weights/ (fp16); after a
+# change to its recipe this trains it again (under build/toy-clip/) and writes the new packaged copy.
 .PHONY: toy-clip
 toy-clip: install
-	$(RUN) $(PY) -m laion_spark.toy.train
+	$(RUN) $(PY) -m laion_spark.toy.train --package
 
 clean:
 	rm -rf demo-output bench/out spark-warehouse .pytest_cache

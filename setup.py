@@ -13,7 +13,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["laion_spark", "laion_spark.*"]),
     include_package_data=True,
-    package_data={"laion_spark": ["py.typed", "toy/*.json"]},  # toy/: the toy CLIP's model config
+    # toy/: the toy CLIP's model config; toy/weights/: its committed checkpoint
+    package_data={"laion_spark": ["py.typed", "toy/*.json", "toy/weights/*.pt", "toy/weights/*.json"]},
     # ranges for pip users; requirements.txt pins the set that the tests ran with
     install_requires=[
         "pyspark[connect]>=4.0,<5",

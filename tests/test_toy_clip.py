@@ -78,6 +78,17 @@ def test_world_is_deterministic_and_splits_are_disjoint():
     assert seen == {1, 2, 3}
 
 
+def test_packaged_checkpoint_is_the_current_recipes():
+    # The tests and the demo use the committed checkpoint; a recipe change without `make toy-clip` would
+    # silently train for minutes in every fresh checkout instead.
+    from laion_spark.toy.train import MODEL_NAME, PACKAGED, ensure_checkpoint, recipe_hash
+
+    packaged = PACKAGED / f"{MODEL_NAME}-{recipe_hash()}.pt"
+    assert packaged.is_file(), "the toy CLIP's recipe changed: run `make toy-clip` and commit laion_spark/toy/weights/"
+    assert ensure_checkpoint().checkpoint == str(packaged)
+    assert len(list(PACKAGED.glob(f"{MODEL_NAME}-*.pt"))) == 1  # no stale copies shipped
+
+
 @pytest.fixture(scope="session")
 def toy_clip():
     import open_clip

@@ -14,8 +14,11 @@ The checkpoint is a plain state_dict, loadable by open_clip like any real one:
     model, _, preprocess = open_clip.create_model_and_transforms("toy-clip", pretrained=ckpt.checkpoint)
     tokenizer = open_clip.get_tokenizer("toy-clip")
 
-`ensure_checkpoint()` returns the cached checkpoint when the recipe (config, parameters, this
-module's and the world's source) has not changed, and trains one otherwise.
+`ensure_checkpoint()` returns the packaged checkpoint (laion_spark/toy/weights/, committed: 7 MB of
+fp16 weights, so neither the tests nor the demo train) when it was made by the current recipe
+(config, parameters, this module's and the world's source), else the cached one under build/, and
+trains one when neither exists. After a change to the recipe, `make toy-clip`
+(`python -m laion_spark.toy.train --package`) trains and writes the new packaged checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "toy-clip"
 MODEL_CONFIG = Path(__file__).with_name(f"{MODEL_NAME}.json")
+# The committed checkpoint: fp16 halves it (14 -> 7 MB); open_clip loads it into the fp32 model as it is.
+PACKAGED = Path(__file__).with_name("weights")
 
 # Everything that decides the weights. A change here (or in the sources hashed with it) retrains.
 RECIPE = {
@@ -234,13 +239,16 @@ def _locked(directory: Path):
 
 
 def ensure_checkpoint(directory: str | os.PathLike | None = None, recipe: dict = RECIPE) -> ToyCheckpoint:
-    """directory (default: default_directory()) -> ToyCheckpoint; trains only when no checkpoint of this recipe exists.
+    """directory (default: the packaged checkpoint, else default_directory()) -> ToyCheckpoint; trains only
+    when no checkpoint of this recipe exists there.
 
     The checkpoint and its metrics are written under a temporary name and renamed, so an
     interrupted run leaves no half-written file that a later call would take for finished.
     """
-    directory = Path(directory) if directory is not None else default_directory()
     stem = f"{MODEL_NAME}-{recipe_hash(recipe)}"
+    if directory is None and (PACKAGED / f"{stem}.pt").is_file():
+        return ToyCheckpoint(MODEL_NAME, str(MODEL_CONFIG), str(PACKAGED / f"{stem}.pt"))
+    directory = Path(directory) if directory is not None else default_directory()
     checkpoint = directory / f"{stem}.pt"
     result = ToyCheckpoint(MODEL_NAME, str(MODEL_CONFIG), str(checkpoint))
     if checkpoint.is_file():
@@ -270,12 +278,43 @@ def _write_atomically(target: Path, write) -> int:
     return size
 
 
+def package(trained: ToyCheckpoint, recipe: dict = RECIPE) -> ToyCheckpoint:
+    """A trained checkpoint (fp32, under build/) -> the packaged fp16 copy in laion_spark/toy/weights/ with
+    its metrics re-measured on the fp16 weights; older packaged checkpoints are removed."""
+    import open_clip
+    import torch
+
+    stem = f"{MODEL_NAME}-{recipe_hash(recipe)}"
+    state = torch.load(trained.checkpoint, map_location="cpu", weights_only=True)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    PACKAGED.mkdir(exist_ok=True)
+    target = PACKAGED / f"{stem}.pt"
+    size = _write_atomically(target, lambda path: torch.save(half, path))
+    open_clip.add_model_config(str(MODEL_CONFIG))
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=str(target))
+    model.eval()
+    source = Path(trained.checkpoint).with_suffix(".json")
+    metrics = json.loads(source.read_text()) if source.is_file() else {"recipe": recipe}
+    metrics.update(weights_dtype="float16", checkpoint_bytes=size, validation=evaluate(
+        model, preprocess, open_clip.get_tokenizer(MODEL_NAME), "validation", recipe["eval_samples"], recipe["seed"]))
+    _write_atomically(target.with_suffix(".json"), lambda path: Path(path).write_text(json.dumps(metrics, indent=2)
+                                                                                       + "\n"))
+    for old in PACKAGED.glob(f"{MODEL_NAME}-*"):
+        if old.stem != stem:
+            old.unlink()
+    return ToyCheckpoint(MODEL_NAME, str(MODEL_CONFIG), str(target))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="checkpoint directory (default: build/toy-clip/)")
+    parser.add_argument("--package", action="store_true",
+                        help="train into build/ (or reuse it) and write the fp16 copy to laion_spark/toy/weights/")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    result = ensure_checkpoint(args.out)
+    result = ensure_checkpoint(args.out or (default_directory() if args.package else None))
+    if args.package:
+        result = package(result)
     metrics_path = Path(result.checkpoint).with_suffix(".json")
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     validation = metrics.get("validation", {})
