@@ -122,8 +122,10 @@ def get_spark(app_name: str = APP_NAME):
         java_options = os.environ.get("LAION_SPARK_DRIVER_JAVA_OPTIONS", LOCAL_DRIVER_JAVA_OPTIONS)
         if java_options:
             builder = builder.config("spark.driver.extraJavaOptions", java_options)
-        if not os.environ.get("PYSPARK_PYTHON"):  # local workers run this interpreter, not PATH's
-            builder = builder.config("spark.pyspark.python", sys.executable)
+        if not os.environ.get("PYSPARK_PYTHON"):
+            # local workers run this interpreter, not PATH's python3 (which may lack pandas); pyspark 4
+            # reads only the environment variable for a session built in-process, not spark.pyspark.python
+            os.environ["PYSPARK_PYTHON"] = sys.executable
     return builder.getOrCreate()
 
 

@@ -27,6 +27,9 @@ print("SHUFFLE", conf.get("spark.sql.shuffle.partitions", "-"))
 # the flags the driver JVM really runs with, from the JVM itself
 args = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
 print("C1_ONLY", "-XX:TieredStopAtLevel=1" in [str(a) for a in args])
+import sys
+worker = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("sys").prefix).first()
+print("WORKER_IS_DRIVER_PYTHON", worker == sys.prefix)  # the prefix tells a venv from its base Python
 spark.stop()
 """
 
@@ -35,7 +38,8 @@ def _clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """This process's environment without anything that names a master; an empty SPARK_CONF_DIR."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("MASTER", "PYSPARK_SUBMIT_ARGS", "SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED",
-                        "SPARK_HOME", "SPARK_LOCAL_IP", "LAION_SPARK_DRIVER_JAVA_OPTIONS")
+                        "SPARK_HOME", "SPARK_LOCAL_IP", "LAION_SPARK_DRIVER_JAVA_OPTIONS",
+                        "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")
            and not k.startswith("PYSPARK_GATEWAY")}
     conf_dir = tmp_path / "empty-conf"
     conf_dir.mkdir(exist_ok=True)
@@ -63,6 +67,8 @@ def test_no_master_configured_builds_local_on_loopback(tmp_path):
     assert "BIND 127.0.0.1 127.0.0.1" in out  # even without SPARK_LOCAL_IP in the environment
     assert f"SHUFFLE {2 * os.cpu_count()}" in out  # a few partitions per core, not 200
     assert "C1_ONLY True" in out  # the local driver JVM skips the C2 compiler
+    # without PYSPARK_PYTHON, workers run the driver's interpreter (a venv's), not PATH's python3
+    assert "WORKER_IS_DRIVER_PYTHON True" in out
     out = _show(tmp_path, LAION_SPARK_DRIVER_JAVA_OPTIONS="")  # ... unless told otherwise
     assert "MASTER local[*]" in out and "C1_ONLY False" in out
 
