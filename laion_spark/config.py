@@ -215,7 +215,8 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """demo: a generated crawl -> extract -> dedupe -> download (loopback images) -> export, all under `output`."""
+    """demo: a generated crawl -> extract -> dedupe -> download (loopback images) -> embed + filter (the toy
+    CLIP) -> export of the kept pairs, all under `output`."""
 
     seed: int = _opt(0, "seed of the generated crawl (record ids, dates, page order)", minimum=0)
     rows: int = _opt(8, "rows of pairs shown in the printed report", minimum=0)

@@ -2,9 +2,10 @@
 
 INPUT  -> GET requests for any host and path (the download stage connects here through
           `download.connect_to`, keeping the crawl's own URLs and Host headers)
-OUTPUT -> for each URL a deterministic answer chosen by a hash of host + path: mostly a generated
-          photo-like JPEG or PNG (different per URL), and on purpose a few failures so the demo
-          shows them as rows: 404, 503, an HTML page sent as image/jpeg, and a too-small image
+OUTPUT -> for a toy-shop path (/toy/<stream>/<index>.png, demo/toyshop.py) the PNG of that toy-world
+          scene; for every other URL a deterministic answer chosen by a hash of host + path: mostly
+          a generated photo-like JPEG or PNG (different per URL), and on purpose a few failures so
+          the demo shows them as rows: 404, 503, an HTML page sent as image/jpeg, and a too-small image
 
 Nothing here leaves 127.0.0.1: the server binds to it, on a port the OS picks. There is no TLS
 server: `closed_port` is a port bound on 127.0.0.1 with nobody listening, where the demo sends its
@@ -21,12 +22,16 @@ import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from laion_spark.demo.toyshop import is_toy_path, toy_png
+
 # answers by crc32(host + path) % 20 (the rest are images)
 _FAULTS = {0: "404", 1: "503", 2: "html", 3: "tiny"}
 
 
 def answer_kind(host: str, path: str) -> str:
-    """host + path -> 'image', '404', '503', 'html' or 'tiny' (what the server will answer)."""
+    """host + path -> 'toy', 'image', '404', '503', 'html' or 'tiny' (what the server will answer)."""
+    if is_toy_path(path):
+        return "toy"  # always the scene: every toy pair reaches the embed and filter stages
     return _FAULTS.get(zlib.crc32(f"{host.lower()}{path}".encode()) % 20, "image")
 
 
@@ -64,7 +69,9 @@ class _Handler(BaseHTTPRequestHandler):
         kind = answer_kind(host, path)
         with self.server.count_lock:  # handlers run in parallel threads: += alone can lose counts
             self.server.requests += 1
-        if kind in ("404", "503"):
+        if kind == "toy":
+            self._send(200, toy_png(path), "image/png")
+        elif kind in ("404", "503"):
             self._send(int(kind), b"no image here\n", "text/plain")
         elif kind == "html":
             self._send(200, b"<!doctype html><title>Not an image</title><p>Sorry.</p>", "image/jpeg")
