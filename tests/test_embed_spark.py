@@ -94,10 +94,14 @@ def test_embed_job_matches_open_clip(spark, tmp_path, models, images_table):
     assert summary["models"] == {models["a1"].clip_model: {"rows": len(success), "embedded": len(good)}}
     groups = success.language.map(S.language_group).value_counts().to_dict()
     assert {g: v["rows"] for g, v in summary["groups"].items()} == {g: groups.get(g, 0) for g in S.LANGUAGE_GROUPS}
+    # the test session schedules no GPU: every task ran on the CPU and said why; each row counted once
+    assert summary["devices"] == {"cpu: no GPU in the task's resources": {"tasks": summary["partitions"],
+                                                                          "rows": len(success)}}
     with open(f"{out}/_summary.json") as fh:
         assert json.load(fh)["embedded"] == len(good)
     report = format_report(summary)
     assert "image_decode_error" in report and models["a1"].clip_model in report
+    assert "device cpu: no GPU in the task's resources" in report
 
 
 def test_each_group_goes_through_its_own_model(spark, tmp_path, models, images_table):

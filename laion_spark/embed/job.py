@@ -4,7 +4,8 @@ INPUT  -> JobConfig with input (an images table), output and embed.*
 OUTPUT -> the embeddings table at `output` (one row per success row of images) and a summary
           dict: rows_in, success_rows, rows_out, embedded, failed with failure_reasons (by the
           error_message prefix), groups (rows and model per language group), models (rows and
-          embedded per clip_model), embed_seconds and images_per_s
+          embedded per clip_model), devices (task attempts and rows per device and why it was
+          chosen; None under Spark Connect, which has no accumulators), embed_seconds and images_per_s
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def _success_groups(images) -> tuple[int, dict[str, int]]:
     return rows, groups
 
 
+def _device_accumulator(spark):
+    """-> a DeviceCounts accumulator, or None where the session has no SparkContext (Spark Connect)."""
+    from laion_spark.embed.udf import DeviceCounts
+
+    try:
+        return spark.sparkContext.accumulator({}, DeviceCounts())
+    except Exception:  # noqa: BLE001 - Spark Connect raises its own error types for sparkContext
+        return None
+
+
 def run(spark, cfg) -> dict:
     from laion_spark.embed.model import model_specs
     from laion_spark.embed.transform import REQUIRED_COLUMNS, embed_images
@@ -77,7 +88,8 @@ def run(spark, cfg) -> dict:
 
     partitions = cfg.embed.partitions or max(1, math.ceil(success_rows / cfg.embed.rows_per_task),
                                              min(local_cores(spark) or 1, success_rows or 1))
-    embeddings = embed_images(images, cfg.embed, partitions)
+    devices = _device_accumulator(spark)
+    embeddings = embed_images(images, cfg.embed, partitions, devices)
     previous = spark.conf.get(ARROW_BATCH_CONF, None)
     spark.conf.set(ARROW_BATCH_CONF, str(cfg.embed.arrow_batch_rows))
     started = time.time()
@@ -116,6 +128,8 @@ def run(spark, cfg) -> dict:
         "groups": {g: {"rows": groups.get(g, 0), "model": specs[g].name} for g in S.LANGUAGE_GROUPS},
         "models": dict(sorted(models.items())),
         "partitions": partitions,
+        "devices": None if devices is None else {
+            key: {"tasks": tasks, "rows": rows} for key, (tasks, rows) in sorted(devices.value.items())},
         "embed_seconds": round(seconds, 3),
         "images_per_s": round(embedded / seconds, 2) if seconds else None,
     }
@@ -134,5 +148,7 @@ def format_report(summary: dict) -> str:
         lines.append(f"  group {group:<8} {info['rows']:>10} rows  {info['model']}")
     for model, info in summary["models"].items():
         lines.append(f"  model {model}: {info['embedded']} embedded of {info['rows']}")
+    for device, info in (summary.get("devices") or {}).items():
+        lines.append(f"  device {device}: {info['tasks']} tasks, {info['rows']} rows")
     lines.append(f"  {summary['embed_seconds']} s, {summary['images_per_s']} images/s")
     return "\n".join(lines)

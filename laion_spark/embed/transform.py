@@ -22,10 +22,11 @@ from laion_spark import schemas as S
 REQUIRED_COLUMNS = (S.SAMPLE_ID, S.STATUS, S.IMAGE, S.TEXT)
 
 
-def embed_images(images: DataFrame, cfg, num_partitions: int | None = None) -> DataFrame:
-    """images DataFrame + EmbedConfig (+ number of embed tasks) -> embeddings DataFrame (lazy; one row
-    per success row). num_partitions spreads the success rows evenly over that many tasks (a small
-    table is often one file, one partition: one task would leave the other cores idle)."""
+def embed_images(images: DataFrame, cfg, num_partitions: int | None = None, devices=None) -> DataFrame:
+    """images DataFrame + EmbedConfig (+ number of embed tasks, + a udf.DeviceCounts accumulator) ->
+    embeddings DataFrame (lazy; one row per success row). num_partitions spreads the success rows
+    evenly over that many tasks (a small table is often one file, one partition: one task would
+    leave the other cores idle)."""
     from laion_spark.embed.model import model_specs
     from laion_spark.embed.udf import embed_partition
 
@@ -37,4 +38,4 @@ def embed_images(images: DataFrame, cfg, num_partitions: int | None = None) -> D
         S.SAMPLE_ID, S.IMAGE, S.TEXT, language.alias(S.LANGUAGE))
     if num_partitions:
         todo = todo.repartition(num_partitions)
-    return todo.mapInPandas(embed_partition(model_specs(cfg), cfg), S.EMBEDDINGS)
+    return todo.mapInPandas(embed_partition(model_specs(cfg), cfg, devices), S.EMBEDDINGS)

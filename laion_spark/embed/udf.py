@@ -9,7 +9,8 @@ torch's thread count set to the task's CPUs. Rows are buffered per model (the la
 that share a model share a buffer) and go through the model in full batches of
 embed.model_batch_size, whatever the Arrow batch size or the mix of groups; the rest at the end of
 the partition. Models come from the worker's cache (cache.py) on first use, so a partition with no
-rows loads nothing.
+rows loads nothing. With a `devices` accumulator (DeviceCounts), each task adds its device choice
+and its rows to it, so the job's summary can say where the work ran (worker logs are seldom seen).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
+from pyspark.accumulators import AccumulatorParam
 
 from laion_spark import schemas as S
 from laion_spark.embed.model import ModelSpec
@@ -66,8 +68,22 @@ def embeddings_frame(name: str, ids: list, rows) -> pd.DataFrame:
     }, columns=OUTPUT_COLUMNS)
 
 
-def embed_partition(specs: dict[str, ModelSpec], cfg):
-    """{language group: ModelSpec} + EmbedConfig -> the mapInPandas function of one task."""
+class DeviceCounts(AccumulatorParam):
+    """Accumulator of {"<device>: <why>": [task attempts, rows]} (a retried task counts again)."""
+
+    def zero(self, value):
+        return {}
+
+    def addInPlace(self, total, more):
+        for key, (tasks, rows) in more.items():
+            before = total.get(key, (0, 0))
+            total[key] = [before[0] + tasks, before[1] + rows]
+        return total
+
+
+def embed_partition(specs: dict[str, ModelSpec], cfg, devices=None):
+    """{language group: ModelSpec} + EmbedConfig (+ a DeviceCounts accumulator) -> the mapInPandas
+    function of one task."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
@@ -85,8 +101,11 @@ def embed_partition(specs: dict[str, ModelSpec], cfg):
             torch.cuda.set_device(torch.device(choice.device))
         pool = ThreadPoolExecutor(threads, thread_name_prefix="embed-decode") if threads > 1 else None
         buffers: dict[ModelSpec, _Buffer] = {}
+        rows = 0
 
         def flush(spec: ModelSpec, n: int) -> pd.DataFrame:
+            nonlocal rows
+            rows += n
             ids, images, texts = buffers[spec].take(n)
             loaded = cache.get_model(spec, choice.device)
             return embeddings_frame(loaded.name, ids, embed_rows(loaded, images, texts, choice.autocast, pool,
@@ -112,6 +131,8 @@ def embed_partition(specs: dict[str, ModelSpec], cfg):
             for spec, buf in buffers.items():
                 if len(buf):
                     yield flush(spec, len(buf))
+            if devices is not None:
+                devices.add({f"{choice.device}: {choice.reason}": [1, rows]})
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
