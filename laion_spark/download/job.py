@@ -62,6 +62,12 @@ def _status_counts(df) -> dict[str, dict]:
                           "bytes": r["bytes"] or 0} for r in rows}
 
 
+def task_count(download_cfg, rows: int) -> int:
+    """DownloadConfig + rows to download -> download tasks: download.partitions, else rows /
+    download.rows_per_task (the job and the notebook use the same count)."""
+    return download_cfg.partitions or max(1, math.ceil(rows / download_cfg.rows_per_task))
+
+
 def run(spark, cfg) -> dict:
     from laion_spark.download.transform import download_images, split_retry
 
@@ -81,7 +87,7 @@ def run(spark, cfg) -> dict:
         kept, todo = split.kept, split.todo
         reused = _status_counts(kept)
     to_download = rows_in - sum(v["rows"] for v in reused.values())
-    partitions = d.partitions or max(1, math.ceil(to_download / d.rows_per_task))
+    partitions = task_count(d, to_download)
     images = download_images(todo, d, partitions)
     out = kept.unionByName(images) if kept is not None else images
     started = time.time()

@@ -10,6 +10,7 @@ OUTPUT -> the embeddings table at `output` (one row per success row of images) a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -62,6 +63,30 @@ def _success_groups(images) -> tuple[int, dict[str, int]]:
     return rows, groups
 
 
+def task_count(spark, embed_cfg, success_rows: int) -> int:
+    """session + EmbedConfig + success rows -> embed tasks: embed.partitions, else success rows /
+    embed.rows_per_task, and at least a local master's cores (a small table is often one file)."""
+    from laion_spark.session import local_cores
+
+    return embed_cfg.partitions or max(1, math.ceil(success_rows / embed_cfg.rows_per_task),
+                                       min(local_cores(spark) or 1, success_rows or 1))
+
+
+@contextlib.contextmanager
+def arrow_batch_rows(spark, rows: int):
+    """Within the block, Spark hands the embed UDF Arrow batches of `rows` rows; the session's own
+    setting is put back afterwards (a notebook's session outlives the stage)."""
+    previous = spark.conf.get(ARROW_BATCH_CONF, None)
+    spark.conf.set(ARROW_BATCH_CONF, str(rows))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(ARROW_BATCH_CONF)
+        else:
+            spark.conf.set(ARROW_BATCH_CONF, previous)
+
+
 def _device_accumulator(spark):
     """-> a DeviceCounts accumulator, or None where the session has no SparkContext (Spark Connect)."""
     from laion_spark.embed.udf import DeviceCounts
@@ -84,22 +109,12 @@ def run(spark, cfg) -> dict:
     rows_in, groups = _success_groups(images)
     success_rows = sum(groups.values())
     specs = model_specs(cfg.embed)
-    from laion_spark.session import local_cores
-
-    partitions = cfg.embed.partitions or max(1, math.ceil(success_rows / cfg.embed.rows_per_task),
-                                             min(local_cores(spark) or 1, success_rows or 1))
+    partitions = task_count(spark, cfg.embed, success_rows)
     devices = _device_accumulator(spark)
     embeddings = embed_images(images, cfg.embed, partitions, devices)
-    previous = spark.conf.get(ARROW_BATCH_CONF, None)
-    spark.conf.set(ARROW_BATCH_CONF, str(cfg.embed.arrow_batch_rows))
     started = time.time()
-    try:
+    with arrow_batch_rows(spark, cfg.embed.arrow_batch_rows):
         write_table(embeddings, cfg.output, S.EMBEDDINGS, "embeddings", cfg.mode)
-    finally:
-        if previous is None:
-            spark.conf.unset(ARROW_BATCH_CONF)
-        else:
-            spark.conf.set(ARROW_BATCH_CONF, previous)
     seconds = time.time() - started
     written = spark.read.parquet(cfg.output)  # counts of the written table, never a second embedding run
     reason = F.substring_index(F.col(S.ERROR_MESSAGE), ":", 1)
