@@ -65,7 +65,8 @@ def read_table(spark, uri: str, schema: StructType) -> DataFrame:
 def write_table(df: DataFrame, uri: str, schema: StructType, table: str, mode: str = "error") -> None:
     """DataFrame -> Parquet at uri, after checking it matches the table's schema."""
     check_schema(df, schema, table)
-    df.write.mode("overwrite" if mode == "overwrite" else "errorifexists").parquet(uri)
+    # "error", not its synonym "errorifexists": Spark Connect's writer knows only the short name
+    df.write.mode("overwrite" if mode == "overwrite" else "error").parquet(uri)
 
 
 def write_json(uri: str, data: dict) -> None:

@@ -126,3 +126,70 @@ remote.stop()
     assert "REFUSED PySparkRuntimeError SESSION_ALREADY_EXIST" in res.stdout
     assert "CLASSIC 4 pyspark.sql.classic.column" in res.stdout
     assert "REMOTE 3 pyspark.sql.connect.column 1" in res.stdout
+
+
+EMBED_FILTER_CLIENT = r"""
+import json, sys, tempfile
+
+from laion_spark import cli
+from laion_spark.packaging import build_pyfiles_zip
+from laion_spark.session import get_spark
+
+args = json.loads(sys.argv[1])
+spark = get_spark()  # SPARK_REMOTE is set: the Connect session
+spark.addArtifacts(str(build_pyfiles_zip(tempfile.mkdtemp())), pyfile=True)
+out = {}
+for stage, overrides in (("embed", args["embed"]), ("filter", args["filter"])):
+    cfg, module = cli.prepare(stage, [], overrides)
+    out[stage] = cli.run(stage, cfg, module, spark)
+print("RESULT " + json.dumps(out))
+spark.stop()
+"""
+
+
+@pytest.mark.slow
+def test_embed_and_filter_through_spark_connect(connect_url, tmp_path):
+    # the embed stage's pandas UDF, model cache and job (conf set and reset, no SparkContext) and the
+    # filter through a Connect server, checked against open_clip called here directly
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from embed_fixtures import CORRUPT_ID, TINY_A, images_frame, reference_embeddings, write_model
+
+    model = write_model(tmp_path / "model", "tiny-a", TINY_A, seed=1)
+    frame = images_frame(10)
+    images = tmp_path / "images"
+    images.mkdir()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), images / "part-0.parquet")
+    good = frame[(frame.status == "success") & (frame.sample_id != CORRUPT_ID)]
+    want_image, want_text = reference_embeddings(model, good.image.tolist(), good.text.tolist())
+    similarity = dict(zip(good.sample_id, (want_image * want_text).sum(axis=1)))
+    ordered = sorted(similarity.values())
+    k = len(ordered) // 2
+    threshold = float(ordered[k - 1] + ordered[k]) / 2  # half kept, half below, no row near the line
+    embeddings, dataset = tmp_path / "embeddings", tmp_path / "dataset"
+    args = {
+        "embed": [f"input={images}", f"output={embeddings}", *model.overrides(), "embed.model_batch_size=3"],
+        "filter": [f"input={images}", f"embeddings={embeddings}", f"output={dataset}",
+                   *(f"filter.threshold.{g}={threshold}" for g in ("en", "multi", "nolang"))],
+    }
+    res = _run_client(EMBED_FILTER_CLIENT, connect_url, tmp_path, json.dumps(args))
+    assert res.returncode == 0, res.stderr[-6000:]
+    out = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+    got = pq.read_table(embeddings).to_pandas().set_index("sample_id")
+    assert sorted(got.index) == sorted(frame[frame.status == "success"].sample_id)
+    np.testing.assert_allclose(np.stack(got.loc[good.sample_id].image_embedding), want_image, atol=1e-5)
+    np.testing.assert_allclose(np.stack(got.loc[good.sample_id].text_embedding), want_text, atol=1e-5)
+    assert got.loc[CORRUPT_ID].error_message.startswith("image_decode_error: ")
+    assert out["embed"]["embedded"] == len(good) and out["embed"]["devices"] is None  # no accumulators on Connect
+
+    kept = set(pq.read_table(dataset).column("sample_id").to_pylist())
+    rejected = pq.read_table(f"{dataset}_rejected").to_pandas().set_index("sample_id").reason.to_dict()
+    assert len(kept) + len(rejected) == len(frame) and not kept & set(rejected)
+    assert kept == {sid for sid, sim in similarity.items() if sim >= threshold}
+    for sid, status in zip(frame.sample_id, frame.status):
+        if status != "success":
+            assert rejected[sid] == f"download_failed:{status}"
+    assert rejected[CORRUPT_ID] == "not_embedded"
+    assert {sid for sid, why in rejected.items() if why == "below_threshold"} == set(similarity) - kept
