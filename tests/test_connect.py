@@ -128,7 +128,7 @@ remote.stop()
     assert "REMOTE 3 pyspark.sql.connect.column 1" in res.stdout
 
 
-EMBED_FILTER_CLIENT = r"""
+STAGES_CLIENT = r"""
 import json, sys, tempfile
 
 from laion_spark import cli
@@ -139,7 +139,7 @@ args = json.loads(sys.argv[1])
 spark = get_spark()  # SPARK_REMOTE is set: the Connect session
 spark.addArtifacts(str(build_pyfiles_zip(tempfile.mkdtemp())), pyfile=True)
 out = {}
-for stage, overrides in (("embed", args["embed"]), ("filter", args["filter"])):
+for stage, overrides in args.items():  # in order: each stage's output is a later one's input
     cfg, module = cli.prepare(stage, [], overrides)
     out[stage] = cli.run(stage, cfg, module, spark)
 print("RESULT " + json.dumps(out))
@@ -173,7 +173,7 @@ def test_embed_and_filter_through_spark_connect(connect_url, tmp_path):
         "filter": [f"input={images}", f"embeddings={embeddings}", f"output={dataset}",
                    *(f"filter.threshold.{g}={threshold}" for g in ("en", "multi", "nolang"))],
     }
-    res = _run_client(EMBED_FILTER_CLIENT, connect_url, tmp_path, json.dumps(args))
+    res = _run_client(STAGES_CLIENT, connect_url, tmp_path, json.dumps(args))
     assert res.returncode == 0, res.stderr[-6000:]
     out = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
@@ -193,3 +193,45 @@ def test_embed_and_filter_through_spark_connect(connect_url, tmp_path):
             assert rejected[sid] == f"download_failed:{status}"
     assert rejected[CORRUPT_ID] == "not_embedded"
     assert {sid for sid, why in rejected.items() if why == "below_threshold"} == set(similarity) - kept
+
+
+@pytest.mark.slow
+def test_download_and_export_through_spark_connect(connect_url, tmp_path):
+    # the download stage's UDF (address guard, fetcher, image checks) and the webdataset export through a
+    # Connect server, from the demo image server on 127.0.0.1; expectations from what the server answers
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from laion_spark.demo.images import DemoImageServer, answer_kind
+
+    urls = [f"http://shop{i % 3}.example.com/img/{i}.jpg" for i in range(30)]
+    kinds = {url: answer_kind(url.split("/")[2], "/" + url.split("/", 3)[3]) for url in urls}
+    assert {"image", "404"} <= set(kinds.values())  # the list has successes and failures
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    pq.write_table(pa.table({"sample_id": pa.array(range(len(urls)), pa.int64()), "url": urls,
+                             "text": [f"picture number {i}" for i in range(len(urls))]}), pairs / "part-0.parquet")
+    images, shards = tmp_path / "images", tmp_path / "shards"
+    with DemoImageServer() as server:
+        args = {
+            "download": [f"input={pairs}", f"output={images}", "download.allowed_networks=127.0.0.1/32",
+                         f"download.connect_to=*:80=127.0.0.1:{server.port}", "download.retries=0"],
+            "export": [f"input={images}", f"output={shards}", "export.format=webdataset"],
+        }
+        res = _run_client(STAGES_CLIENT, connect_url, tmp_path, json.dumps(args))
+    assert res.returncode == 0, res.stderr[-6000:]
+    out = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+    rows = pq.read_table(images, columns=["url", "status", "http_status"]).to_pylist()
+    assert sorted(r["url"] for r in rows) == sorted(urls)  # one row per pair
+    status = {"image": "success", "404": "http_error", "503": "http_error", "html": "not_image", "tiny": "too_small"}
+    assert {r["url"]: r["status"] for r in rows} == {url: status[kind] for url, kind in kinds.items()}
+    successes = sum(kind == "image" for kind in kinds.values())
+    assert out["download"]["statuses"]["success"] == successes
+    names = []
+    for shard in sorted(shards.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            names += tar.getnames()
+    assert sum(n.endswith(".jpg") for n in names) == successes and out["export"]["successes"] == successes
