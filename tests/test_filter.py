@@ -381,6 +381,10 @@ def test_npy_rerun_is_byte_identical_and_overwrite_cleans(spark, tables, tmp_pat
     assert sorted(n for n in all_files(folder) if n != "notes.txt") == [
         "img_emb/img_emb_0.npy", "metadata/metadata_0.parquet", "text_emb/text_emb_0.npy"]
     assert assert_npy_matches_embeddings(folder, "float16") == ["0"]
+    # overwrite without npy: the old shards no longer describe the dataset, so they go (notes.txt stays)
+    summary = run_filter(spark, images, embeddings, out, "mode=overwrite")
+    assert summary["stale_npy_removed"] == 3
+    assert sorted(all_files(folder)) == ["notes.txt"]
 
 
 def test_npy_of_several_models_go_to_one_folder_each(spark, tables, tmp_path):

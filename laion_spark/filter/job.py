@@ -142,6 +142,20 @@ def _group_counts(spark, cfg) -> tuple[dict, dict, dict]:
     return kept, dict(sorted(reasons.items())), pairs
 
 
+def _remove_stale_npy(cfg) -> int:
+    """mode=overwrite without filter.npy: shards an earlier run wrote at npy_uri(cfg) describe a dataset
+    that is now replaced (an index built from them would point at rows that may be gone), so the shard
+    files go -> how many; other files in that folder stay."""
+    folder = fsspec_uri(npy_uri(cfg))
+    if not exists(folder):
+        return 0
+    removed = N.remove_files(folder)
+    if removed:
+        log.warning("filter: removed %d .npy shard files of an earlier run from %s (filter.npy=false now)",
+                    removed, folder)
+    return removed
+
+
 def write_npy(spark, cfg, embeddings) -> dict:
     """The written dataset + embeddings -> .npy shards of the kept rows at npy_uri(cfg) -> summary."""
     f = cfg.filter
@@ -211,6 +225,8 @@ def run(spark, cfg) -> dict:
         "rejected_output": rejected_uri(cfg),
         "npy": write_npy(spark, cfg, embeddings) if f.npy else None,
     }
+    if not f.npy and cfg.mode == "overwrite":
+        summary["stale_npy_removed"] = _remove_stale_npy(cfg)
     log.info("filter: %s rows -> %s kept, %s rejected (%s)", rows_in, kept_rows, rejected_rows, reasons)
     return summary
 
