@@ -187,6 +187,8 @@ class EmbedConfig:
     partitions: int = _opt(0, "embed tasks (0: success rows / rows_per_task, and at least a local master's cores)",
                            minimum=0)
     rows_per_task: int = _opt(2048, "success rows per embed task when partitions=0", minimum=1)
+    max_pixels: int = _opt(89_478_484, "decompression-bomb guard: stored images with more pixels (from the "
+                           "header) are not decoded: too_many_pixels", minimum=1)
     trim_text: bool = _opt(True, "run the text tower without the tokenizer's padding where that gives the same "
                            "features (causal text towers pooled at end-of-text, e.g. every OpenAI/LAION CLIP)")
 

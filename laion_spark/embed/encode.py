@@ -23,6 +23,8 @@ NO_IMAGE = "no_image"
 IMAGE_DECODE_ERROR = "image_decode_error"
 PREPROCESS_ERROR = "preprocess_error"
 NO_TEXT = "no_text"
+TOO_MANY_PIXELS = "too_many_pixels"
+UNSUPPORTED_FORMAT = "unsupported_format"
 
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
@@ -37,23 +39,53 @@ class EmbeddedRows:
     errors: list  # None, or "reason: detail"
 
 
-def decode_image(data: bytes):
-    """Stored image bytes -> a fully decoded Pillow image (raises what Pillow raises)."""
+class ImageRefused(ValueError):
+    """Stored bytes that are not decoded at all: `reason` is the error_message prefix."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def decode_image(data: bytes, max_pixels: int = 89_478_484):
+    """Stored image bytes -> a fully decoded Pillow image (raises what Pillow raises, or ImageRefused).
+
+    Pillow's own decompression-bomb guard is off in a worker that ran the download stage (its header
+    check replaces it, laion_spark/download/image.py), and an images table may come from elsewhere:
+    so the size is checked here before any pixel is decoded, with the download stage's own header
+    readers (a GIF's canvas is allocated inside Image.open; icon containers decode frames of
+    unchecked size there, so they are refused).
+    """
     from PIL import Image
 
+    from laion_spark.download.image import CONTAINER_FORMATS, gif_canvas_size, sniff_format
+
+    fmt = sniff_format(data[:16])
+    if fmt in CONTAINER_FORMATS:
+        raise ImageRefused(UNSUPPORTED_FORMAT, f"{fmt} containers decode their frames unchecked; not embedded")
+    def check(size) -> None:
+        if size and size[0] * size[1] > max_pixels:
+            raise ImageRefused(TOO_MANY_PIXELS, f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels > "
+                                                f"embed.max_pixels {max_pixels}")
+
+    if fmt == "gif":
+        check(gif_canvas_size(data))  # before open, which allocates that canvas
     im = Image.open(io.BytesIO(data))
+    check(im.size)  # the header's size, before any pixel is decoded
     im.load()
     return im
 
 
-def _prepare(preprocess, data, text):
+def _prepare(preprocess, data, text, max_pixels: int = 89_478_484):
     """(image bytes, text) -> (pixel tensor, None) or (None, error message)."""
     if data is None:
         return None, f"{NO_IMAGE}: the success row has no stored image"
     if text is None:
         return None, f"{NO_TEXT}: the row has no text"
     try:
-        im = decode_image(bytes(data))
+        im = decode_image(bytes(data), max_pixels)
+    except ImageRefused as exc:
+        return None, f"{exc.reason}: {exc}"
     except Exception as exc:  # noqa: BLE001 - any decoder failure (OSError, SyntaxError, bomb, ...) is this row's
         return None, f"{IMAGE_DECODE_ERROR}: {type(exc).__name__}: {exc}"
     try:
@@ -73,22 +105,22 @@ def autocast_context(device: str, autocast: str | None):
 
 
 def embed_rows(loaded, images: Sequence, texts: Sequence, autocast: str | None = None, pool=None,
-               trim_text: bool = True) -> EmbeddedRows:
+               trim_text: bool = True, max_pixels: int = 89_478_484) -> EmbeddedRows:
     """LoadedModel + image bytes + texts (one model batch) -> EmbeddedRows.
 
     Images are decoded and preprocessed with the model's own preprocess (in `pool`'s threads when
     given: Pillow releases the GIL), texts tokenized with its tokenizer; both towers run once on the
     rows that can be embedded, under torch.inference_mode() and the autocast dtype; embeddings are
     normalised in float32. trim_text runs the text tower without the tokenizer's padding where that
-    gives the same features (text.py).
+    gives the same features (text.py). Images over max_pixels are refused before decoding.
     """
     import torch
 
     from laion_spark.embed.text import encode_text
 
     pairs = list(zip(images, texts))
-    prepared = list(pool.map(lambda p: _prepare(loaded.preprocess, *p), pairs)) if pool is not None \
-        else [_prepare(loaded.preprocess, *p) for p in pairs]
+    prepared = list(pool.map(lambda p: _prepare(loaded.preprocess, *p, max_pixels), pairs)) if pool is not None \
+        else [_prepare(loaded.preprocess, *p, max_pixels) for p in pairs]
     n = len(pairs)
     out = EmbeddedRows([None] * n, [None] * n, [None] * n, [err for _, err in prepared])
     ok = [i for i, (pixels, _) in enumerate(prepared) if pixels is not None]

@@ -109,7 +109,7 @@ def embed_partition(specs: dict[str, ModelSpec], cfg, devices=None):
             ids, images, texts = buffers[spec].take(n)
             loaded = cache.get_model(spec, choice.device)
             return embeddings_frame(loaded.name, ids, embed_rows(loaded, images, texts, choice.autocast, pool,
-                                                                  cfg.trim_text))
+                                                                  cfg.trim_text, cfg.max_pixels))
 
         try:
             for batch in batches:
