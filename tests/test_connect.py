@@ -182,7 +182,11 @@ def test_embed_and_filter_through_spark_connect(connect_url, tmp_path):
     np.testing.assert_allclose(np.stack(got.loc[good.sample_id].image_embedding), want_image, atol=1e-5)
     np.testing.assert_allclose(np.stack(got.loc[good.sample_id].text_embedding), want_text, atol=1e-5)
     assert got.loc[CORRUPT_ID].error_message.startswith("image_decode_error: ")
-    assert out["embed"]["embedded"] == len(good) and out["embed"]["devices"] is None  # no accumulators on Connect
+    assert out["embed"]["embedded"] == len(good)
+    # the device report works on Connect too (an Observation, not an accumulator): every row on the CPU
+    cpu = "cpu: no GPU in the task's resources"
+    assert list(out["embed"]["devices"]) == [cpu]
+    assert out["embed"]["devices"][cpu]["rows"] == len(frame[frame.status == "success"])
 
     kept = set(pq.read_table(dataset).column("sample_id").to_pylist())
     rejected = pq.read_table(f"{dataset}_rejected").to_pandas().set_index("sample_id").reason.to_dict()

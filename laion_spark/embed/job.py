@@ -4,8 +4,8 @@ INPUT  -> JobConfig with input (an images table), output and embed.*
 OUTPUT -> the embeddings table at `output` (one row per success row of images) and a summary
           dict: rows_in, success_rows, rows_out, embedded, failed with failure_reasons (by the
           error_message prefix), groups (rows and model per language group), models (rows and
-          embedded per clip_model), devices (task attempts and rows per device and why it was
-          chosen; None under Spark Connect, which has no accumulators), embed_seconds and images_per_s
+          embedded per clip_model), devices (tasks and rows per device and why it was chosen),
+          embed_seconds and images_per_s
 """
 
 from __future__ import annotations
@@ -87,19 +87,11 @@ def arrow_batch_rows(spark, rows: int):
             spark.conf.set(ARROW_BATCH_CONF, previous)
 
 
-def _device_accumulator(spark):
-    """-> a DeviceCounts accumulator, or None where the session has no SparkContext (Spark Connect)."""
-    from laion_spark.embed.udf import DeviceCounts
-
-    try:
-        return spark.sparkContext.accumulator({}, DeviceCounts())
-    except Exception:  # noqa: BLE001 - Spark Connect raises its own error types for sparkContext
-        return None
-
-
 def run(spark, cfg) -> dict:
+    from pyspark.sql import Observation
+
     from laion_spark.embed.model import model_specs
-    from laion_spark.embed.transform import REQUIRED_COLUMNS, embed_images
+    from laion_spark.embed.transform import REQUIRED_COLUMNS, device_counts, embed_images
 
     images = spark.read.parquet(cfg.input)
     missing = [c for c in REQUIRED_COLUMNS if c not in images.columns]
@@ -110,7 +102,7 @@ def run(spark, cfg) -> dict:
     success_rows = sum(groups.values())
     specs = model_specs(cfg.embed)
     partitions = task_count(spark, cfg.embed, success_rows)
-    devices = _device_accumulator(spark)
+    devices = Observation("embed_devices")  # an accumulator would need the SparkContext: not on Connect
     embeddings = embed_images(images, cfg.embed, partitions, devices)
     started = time.time()
     with arrow_batch_rows(spark, cfg.embed.arrow_batch_rows):
@@ -143,8 +135,7 @@ def run(spark, cfg) -> dict:
         "groups": {g: {"rows": groups.get(g, 0), "model": specs[g].name} for g in S.LANGUAGE_GROUPS},
         "models": dict(sorted(models.items())),
         "partitions": partitions,
-        "devices": None if devices is None else {
-            key: {"tasks": tasks, "rows": rows} for key, (tasks, rows) in sorted(devices.value.items())},
+        "devices": device_counts(devices),
         "embed_seconds": round(seconds, 3),
         "images_per_s": round(embedded / seconds, 2) if seconds else None,
     }

@@ -23,12 +23,13 @@ REQUIRED_COLUMNS = (S.SAMPLE_ID, S.STATUS, S.IMAGE, S.TEXT)
 
 
 def embed_images(images: DataFrame, cfg, num_partitions: int | None = None, devices=None) -> DataFrame:
-    """images DataFrame + EmbedConfig (+ number of embed tasks, + a udf.DeviceCounts accumulator) ->
-    embeddings DataFrame (lazy; one row per success row). num_partitions spreads the success rows
-    evenly over that many tasks (a small table is often one file, one partition: one task would
-    leave the other cores idle)."""
+    """images DataFrame + EmbedConfig (+ number of embed tasks, + a pyspark Observation) -> embeddings
+    DataFrame (lazy; one row per success row). num_partitions spreads the success rows evenly over
+    that many tasks (a small table is often one file, one partition: one task would leave the other
+    cores idle). With `devices`, once the result has been written, devices.get["frames"] lists per
+    output frame its task's device choice, its rows and whether it started its task (device_counts)."""
     from laion_spark.embed.model import model_specs
-    from laion_spark.embed.udf import embed_partition
+    from laion_spark.embed.udf import DEVICE, FRAME_ROWS, TASK_START, WITH_DEVICE, embed_partition
 
     missing = [c for c in REQUIRED_COLUMNS if c not in images.columns]
     if missing:
@@ -38,4 +39,20 @@ def embed_images(images: DataFrame, cfg, num_partitions: int | None = None, devi
         S.SAMPLE_ID, S.IMAGE, S.TEXT, language.alias(S.LANGUAGE))
     if num_partitions:
         todo = todo.repartition(num_partitions)
-    return todo.mapInPandas(embed_partition(model_specs(cfg), cfg, devices), S.EMBEDDINGS)
+    if devices is None:
+        return todo.mapInPandas(embed_partition(model_specs(cfg), cfg), S.EMBEDDINGS)
+    report = todo.mapInPandas(embed_partition(model_specs(cfg), cfg, with_device=True), WITH_DEVICE)
+    frames = F.collect_list(F.when(F.col(DEVICE).isNotNull(), F.struct(
+        F.col(DEVICE).alias("device"), F.col(FRAME_ROWS).alias("rows"), F.col(TASK_START).alias("task_start"))))
+    return report.observe(devices, frames.alias("frames")).drop(DEVICE, FRAME_ROWS, TASK_START)
+
+
+def device_counts(devices) -> dict[str, dict[str, int]]:
+    """The Observation given to embed_images, after the write -> {device choice: {"tasks", "rows"}}
+    (tasks that had rows)."""
+    out: dict[str, dict[str, int]] = {}
+    for frame in devices.get.get("frames") or []:
+        counts = out.setdefault(frame["device"], {"tasks": 0, "rows": 0})
+        counts["tasks"] += int(bool(frame["task_start"]))
+        counts["rows"] += frame["rows"]
+    return dict(sorted(out.items()))

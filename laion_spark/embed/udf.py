@@ -9,8 +9,10 @@ torch's thread count set to the task's CPUs. Rows are buffered per model (the la
 that share a model share a buffer) and go through the model in full batches of
 embed.model_batch_size, whatever the Arrow batch size or the mix of groups; the rest at the end of
 the partition. Models come from the worker's cache (cache.py) on first use, so a partition with no
-rows loads nothing. With a `devices` accumulator (DeviceCounts), each task adds its device choice
-and its rows to it, so the job's summary can say where the work ran (worker logs are seldom seen).
+rows loads nothing. With with_device, each output frame also carries DEVICE_COLUMNS, set on its first
+row only: the task's device choice ("cuda:0: Spark gave the task GPU 0"), the frame's rows, and
+whether it is the task's first frame; the job collects them with an Observation (Spark Connect has
+no accumulators), so its summary can say where the work ran (worker logs are seldom seen).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
-from pyspark.accumulators import AccumulatorParam
+from pyspark.sql.types import BooleanType, LongType, StringType, StructField, StructType
 
 from laion_spark import schemas as S
 from laion_spark.embed.model import ModelSpec
@@ -29,6 +31,10 @@ from laion_spark.embed.model import ModelSpec
 log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = S.EMBEDDINGS.fieldNames()
+# the device report's columns (with_device only): dropped before anything is written
+DEVICE, FRAME_ROWS, TASK_START = "_embed_device", "_embed_frame_rows", "_embed_task_start"
+WITH_DEVICE = StructType([*S.EMBEDDINGS.fields, StructField(DEVICE, StringType()),
+                          StructField(FRAME_ROWS, LongType()), StructField(TASK_START, BooleanType())])
 
 
 class _Buffer:
@@ -68,22 +74,9 @@ def embeddings_frame(name: str, ids: list, rows) -> pd.DataFrame:
     }, columns=OUTPUT_COLUMNS)
 
 
-class DeviceCounts(AccumulatorParam):
-    """Accumulator of {"<device>: <why>": [task attempts, rows]} (a retried task counts again)."""
-
-    def zero(self, value):
-        return {}
-
-    def addInPlace(self, total, more):
-        for key, (tasks, rows) in more.items():
-            before = total.get(key, (0, 0))
-            total[key] = [before[0] + tasks, before[1] + rows]
-        return total
-
-
-def embed_partition(specs: dict[str, ModelSpec], cfg, devices=None):
-    """{language group: ModelSpec} + EmbedConfig (+ a DeviceCounts accumulator) -> the mapInPandas
-    function of one task."""
+def embed_partition(specs: dict[str, ModelSpec], cfg, with_device: bool = False):
+    """{language group: ModelSpec} + EmbedConfig -> the mapInPandas function of one task (output
+    schemas.EMBEDDINGS, or WITH_DEVICE with with_device)."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
@@ -101,15 +94,21 @@ def embed_partition(specs: dict[str, ModelSpec], cfg, devices=None):
             torch.cuda.set_device(torch.device(choice.device))
         pool = ThreadPoolExecutor(threads, thread_name_prefix="embed-decode") if threads > 1 else None
         buffers: dict[ModelSpec, _Buffer] = {}
-        rows = 0
+        task_start = True
 
         def flush(spec: ModelSpec, n: int) -> pd.DataFrame:
-            nonlocal rows
-            rows += n
+            nonlocal task_start
             ids, images, texts = buffers[spec].take(n)
             loaded = cache.get_model(spec, choice.device)
-            return embeddings_frame(loaded.name, ids, embed_rows(loaded, images, texts, choice.autocast, pool,
-                                                                  cfg.trim_text, cfg.max_pixels))
+            frame = embeddings_frame(loaded.name, ids, embed_rows(loaded, images, texts, choice.autocast, pool,
+                                                                   cfg.trim_text, cfg.max_pixels))
+            if with_device:
+                blank = [None] * (n - 1)
+                frame[DEVICE] = [f"{choice.device}: {choice.reason}", *blank]
+                frame[FRAME_ROWS] = pd.array([n, *blank], dtype="Int64")
+                frame[TASK_START] = pd.array([task_start, *blank], dtype="boolean")
+                task_start = False
+            return frame
 
         try:
             for batch in batches:
@@ -131,8 +130,6 @@ def embed_partition(specs: dict[str, ModelSpec], cfg, devices=None):
             for spec, buf in buffers.items():
                 if len(buf):
                     yield flush(spec, len(buf))
-            if devices is not None:
-                devices.add({f"{choice.device}: {choice.reason}": [1, rows]})
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
