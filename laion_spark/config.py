@@ -30,6 +30,9 @@ def _opt(default, help: str, choices: tuple | None = None, minimum: float | None
     return field(default=default, metadata=meta)
 
 
+# LAION / img2dataset decompression-bomb limit (half of Pillow's 179 Mpx error), for download and embed
+MAX_PIXELS = 89_478_484
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """extract: web archives (WARC / ARC / WAT) -> candidates."""
@@ -128,7 +131,7 @@ class DownloadConfig:
     # image checks (LAION's defaults)
     min_image_bytes: int = _opt(5120, "downloads smaller than this are too_small", minimum=0)
     min_image_side: int = _opt(0, "images whose shorter side is under this are too_small", minimum=0)
-    max_pixels: int = _opt(89_478_484, "decompression-bomb guard, checked from the header: too_many_pixels",
+    max_pixels: int = _opt(MAX_PIXELS, "decompression-bomb guard, checked from the header: too_many_pixels",
                            minimum=1)
     allowed_formats: tuple = _opt(
         ("jpeg", "png", "webp"), "image formats kept (others of gif, bmp, tiff, ...: unsupported_format)"
@@ -187,7 +190,7 @@ class EmbedConfig:
     partitions: int = _opt(0, "embed tasks (0: success rows / rows_per_task, and at least a local master's cores)",
                            minimum=0)
     rows_per_task: int = _opt(2048, "success rows per embed task when partitions=0", minimum=1)
-    max_pixels: int = _opt(89_478_484, "decompression-bomb guard: stored images with more pixels (from the "
+    max_pixels: int = _opt(MAX_PIXELS, "decompression-bomb guard: stored images with more pixels (from the "
                            "header) are not decoded: too_many_pixels", minimum=1)
     trim_text: bool = _opt(True, "run the text tower without the tokenizer's padding where that gives the same "
                            "features (causal text towers pooled at end-of-text, e.g. every OpenAI/LAION CLIP)")

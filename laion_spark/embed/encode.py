@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from laion_spark.config import MAX_PIXELS
+
 # error_message prefixes (the job counts failures by them)
 NO_IMAGE = "no_image"
 IMAGE_DECODE_ERROR = "image_decode_error"
@@ -47,7 +49,7 @@ class ImageRefused(ValueError):
         self.reason = reason
 
 
-def decode_image(data: bytes, max_pixels: int = 89_478_484):
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS):
     """Stored image bytes -> a fully decoded Pillow image (raises what Pillow raises, or ImageRefused).
 
     Pillow's own decompression-bomb guard is off in a worker that ran the download stage (its header
@@ -76,7 +78,7 @@ def decode_image(data: bytes, max_pixels: int = 89_478_484):
     return im
 
 
-def _prepare(preprocess, data, text, max_pixels: int = 89_478_484):
+def _prepare(preprocess, data, text, max_pixels: int):
     """(image bytes, text) -> (pixel tensor, None) or (None, error message)."""
     if data is None:
         return None, f"{NO_IMAGE}: the success row has no stored image"
@@ -105,7 +107,7 @@ def autocast_context(device: str, autocast: str | None):
 
 
 def embed_rows(loaded, images: Sequence, texts: Sequence, autocast: str | None = None, pool=None,
-               trim_text: bool = True, max_pixels: int = 89_478_484) -> EmbeddedRows:
+               trim_text: bool = True, max_pixels: int = MAX_PIXELS) -> EmbeddedRows:
     """LoadedModel + image bytes + texts (one model batch) -> EmbeddedRows.
 
     Images are decoded and preprocessed with the model's own preprocess (in `pool`'s threads when
