@@ -33,6 +33,7 @@ def _opt(default, help: str, choices: tuple | None = None, minimum: float | None
 # LAION / img2dataset decompression-bomb limit (half of Pillow's 179 Mpx error), for download and embed
 MAX_PIXELS = 89_478_484
 
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """extract: web archives (WARC / ARC / WAT) -> candidates."""
