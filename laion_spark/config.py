@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from laion_spark import __version__
+
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names the key."""
@@ -109,8 +111,8 @@ class DownloadConfig:
         10.0, "429/503 Retry-After is honoured up to this many seconds; a longer one fails the row", minimum=0
     )
     user_agent: str = _opt(
-        "Mozilla/5.0 (compatible; laion-spark/0.1; +https://github.com/laion-spark/laion-spark)",
-        "User-Agent header",
+        f"Mozilla/5.0 (compatible; laion-spark/{__version__})",
+        "User-Agent header (download.contact goes inside its parentheses)",
     )
     user_agent_token: str = _opt(
         "laion-spark", "our crawler token: matched by `X-Robots-Tag: TOKEN: noai` and robots.txt"
