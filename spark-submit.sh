@@ -105,11 +105,12 @@ if [[ $HELP -eq 1 ]]; then
     exit 0
 fi
 [[ -n "$STAGE" ]] || die "no STAGE given (see -h)"
-APP="$REPO/jobs/$STAGE.py"
-if [[ ! -f "$APP" ]]; then
-    stages="$(cd "$REPO/jobs" && ls -1 ./*.py 2>/dev/null | sed 's|^\./||; s|\.py$||' | tr '\n' ' ')"
-    die "unknown stage '$STAGE'; stages: $stages"
+# the stage registry (laion_spark/stages.py) is the one list of stages; jobs/STAGE.py is its entry
+if ! py -m laion_spark.stages has "$STAGE"; then
+    die "unknown stage '$STAGE'; stages: $(py -m laion_spark.stages names | tr '\n' ' ')"
 fi
+APP="$REPO/jobs/$STAGE.py"
+[[ -f "$APP" ]] || die "stage '$STAGE' has no entry $APP (every stage of laion_spark/stages.py needs one)"
 
 # Spark settings: $SPARK_SUBMIT_ARGS (word-split on purpose), then the flags after `--`.
 SUBMIT_FLAGS=()

@@ -2,8 +2,11 @@
 
 INPUT  -> argv
 OUTPUT -> the stage run (config -> session -> read -> transform -> write), its summary printed
-          and written to <output>/_summary.json; exit code 0, or 2 for a usage/config error
-          (reported before any Spark session starts), or 1 for a failed run
+          and written to <output>/_summary.json, the stage's completion marker (marker.py); exit code
+          0, or 2 for a usage/config error (reported before any Spark session starts), or 1 for a
+          failed run (its outputs are left without a marker and with _FAILED.json)
+
+The stages, their modules, usage lines and short table keys come from laion_spark.stages.
 """
 
 from __future__ import annotations
@@ -16,27 +19,27 @@ import sys
 import time
 
 from laion_spark import config as config_mod
+from laion_spark import marker, stages
 from laion_spark.config import ConfigError
-from laion_spark.io import OutputExistsError, check_output, write_json
+from laion_spark.io import OutputExistsError, check_output
 
 log = logging.getLogger(__name__)
 
-# stage -> module with `prepare(cfg)` (checks before Spark) and `run(spark, cfg) -> summary dict`;
-# optional module attributes: NEEDS_INPUT = False (the stage makes its own input, e.g. demo) and
-# format_report(summary) -> str (what main prints instead of the summary's JSON)
-STAGE_MODULES = {
-    "extract": "laion_spark.extract.job",
-    "dedupe": "laion_spark.dedupe.job",
-    "download": "laion_spark.download.job",
-    "embed": "laion_spark.embed.job",
-    "filter": "laion_spark.filter.job",
-    "export": "laion_spark.export.job",
-    "demo": "laion_spark.demo.job",
-}
+# stage -> module with `prepare(cfg)` (checks before Spark) and `run(spark, cfg) -> summary dict`
+# (optional: format_report(summary) -> str, what main prints instead of the summary's JSON); kept as a
+# view of the registry for callers that only need the module
+STAGE_MODULES = {name: s.module for name, s in stages.STAGES.items()}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in stages.STAGES)
+    lines = ["usage: laion-spark STAGE [--config FILE ...] [key=value ...]", "stages:"]
+    lines += [f"  {name:<{width}}  {s.summary}" for name, s in stages.STAGES.items()]
+    return "\n".join(lines)
 
 
 def _help_text(stage: str) -> str:
-    lines = [f"usage: laion-spark {stage} [--config FILE ...] [key=value ...]", "", "keys (key=default  what it does):"]
+    lines = [f"usage: {stages.get(stage).usage()}", "", "keys (key=default  what it does):"]
     entries = []
     for key, default, help_line in config_mod.iter_keys(stage):
         shown = ",".join(default) if isinstance(default, tuple) else default
@@ -55,12 +58,11 @@ def _parse(argv: list[str]) -> tuple[str, list[str], list[str]]:
     parser.add_argument("--config", action="append", default=[])
     parser.add_argument("-h", "--help", action="store_true")
     args, rest = parser.parse_known_args(argv)
-    stages = ", ".join(STAGE_MODULES)
-    if not args.stage or args.stage not in STAGE_MODULES:
+    if not args.stage or args.stage not in stages.STAGES:
         if args.help or not args.stage:
-            print(f"usage: laion-spark STAGE [--config FILE ...] [key=value ...]\nstages: {stages}")
+            print(_usage())
             raise SystemExit(0 if args.help else 2)
-        raise ConfigError(f"unknown stage {args.stage!r}; valid stages: {stages}")
+        raise ConfigError(f"unknown stage {args.stage!r}; valid stages: {', '.join(stages.STAGES)}")
     if args.help:
         print(_help_text(args.stage))
         raise SystemExit(0)
@@ -72,33 +74,48 @@ def _parse(argv: list[str]) -> tuple[str, list[str], list[str]]:
 
 def prepare(stage: str, config_files: list[str], overrides: list[str]):
     """Stage + config sources -> (validated JobConfig, stage module); raises before Spark starts."""
-    cfg = config_mod.load_config(config_files, overrides)
-    module = importlib.import_module(STAGE_MODULES[stage])
-    needs_input = getattr(module, "NEEDS_INPUT", True)
-    usage = f"laion-spark {stage} input=URI output=URI" if needs_input else f"laion-spark {stage} output=URI"
-    if needs_input and not cfg.input:
-        raise ConfigError(f"input is required: {usage}")
-    if not cfg.output:
-        raise ConfigError(f"output is required: {usage}")
+    entry = stages.get(stage)
+    cfg = config_mod.load_config(config_files, overrides, stage=stage)
+    for key in entry.required_keys:
+        if not marker._get(cfg, key):
+            spelled = next((a for a, k in entry.aliases.items() if k == key), key)
+            raise ConfigError(f"{spelled} is required: {entry.usage()}")
+    module = importlib.import_module(entry.module)
     module.prepare(cfg)
-    check_output(cfg.output, cfg.mode)
+    if cfg.output:
+        check_output(cfg.output, cfg.mode)
     return cfg, module
 
 
 def run(stage: str, cfg, module, spark=None) -> dict:
-    """Run one prepared stage in `spark` (default: get_spark()) -> its summary (also written)."""
+    """Run one prepared stage in `spark` (default: get_spark()) -> its summary, also written as the
+    completion marker of its outputs once run() returned (its row accounting check held).
+
+    A run that raises leaves its outputs visibly incomplete (marker.fail) and re-raises.
+    """
     from laion_spark.session import get_spark
 
+    entry = stages.get(stage)
+    inputs = marker.inputs_of(entry, cfg)  # warns now, before any work, about incomplete inputs
+    marker.clear(entry, cfg)
     spark = spark or get_spark()
     started = time.time()
-    summary = module.run(spark, cfg)
+    try:
+        summary = module.run(spark, cfg)
+    except BaseException as exc:
+        left = marker.fail(entry, cfg, exc)
+        if left:
+            log.error("%s failed (%s: %s); left without its completion marker %s (see %s there): %s",
+                      stage, type(exc).__name__, exc, marker.MARKER, marker.FAILED, ", ".join(left))
+        raise
     summary = {
         "stage": stage,
         "config": config_mod.stage_values(cfg, stage),
         **summary,
         "seconds": round(time.time() - started, 3),
     }
-    write_json(cfg.output.rstrip("/") + "/_summary.json", summary)
+    if entry.main_output is not None:
+        summary = marker.commit(entry, cfg, summary, inputs)
     return summary
 
 

@@ -24,9 +24,16 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names the key."""
 
 
-def _opt(default, help: str, choices: tuple | None = None, minimum: float | None = None):
-    """A dataclass field with its help line and constraints in the metadata."""
-    meta = {"help": help, "choices": choices, "min": minimum}
+def _opt(default, help: str, choices: tuple | None = None, minimum: float | None = None,
+         output: bool = True, content: bool = False):
+    """A dataclass field with its help line and constraints in the metadata.
+
+    output=False: the key changes how a stage runs (threads, batch sizes, devices, where a table is
+    written), not what it writes, so it is left out of the completion marker's output hash (a rerun
+    with more threads is not a different table). content=True: the value names files (checkpoints,
+    lists) that the hash takes by content, not by path.
+    """
+    meta = {"help": help, "choices": choices, "min": minimum, "output": output, "content": content}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults: configs are frozen")
     return field(default=default, metadata=meta)
@@ -53,16 +60,17 @@ class ExtractConfig:
     paths_prefix: str = _opt(
         "https://data.commoncrawl.org/", "prefix for the relative paths inside a *.paths(.gz) input"
     )
-    retries: int = _opt(5, "re-opens of a remote file after 503/SlowDown/reset before it counts as failed", minimum=0)
-    retry_backoff_s: float = _opt(0.5, "first retry wait in seconds, doubled each time", minimum=0)
+    retries: int = _opt(5, "re-opens of a remote file after 503/SlowDown/reset before it counts as failed", minimum=0,
+                        output=False)
+    retry_backoff_s: float = _opt(0.5, "first retry wait in seconds, doubled each time", minimum=0, output=False)
     task_mb: int = _opt(
         32,
         "files are grouped into Spark tasks of about this many MB (a bigger file, or one of unknown "
         "size such as a *.paths.gz entry, is a task of its own)",
-        minimum=1,
+        minimum=1, output=False,
     )
-    arrow_batch_rows: int = _opt(10000, "rows per Arrow batch emitted by the extract UDF", minimum=1)
-    errors_output: str = _opt("", "URI of the extract_errors table (default: <output>_errors)")
+    arrow_batch_rows: int = _opt(10000, "rows per Arrow batch emitted by the extract UDF", minimum=1, output=False)
+    errors_output: str = _opt("", "URI of the extract_errors table (default: <output>_errors)", output=False)
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,9 @@ class DedupeConfig:
 
     key: str = _opt("url_text", "what counts as a duplicate: the (url, text) pair or the url alone",
                     choices=("url_text", "url"))
-    previous: str = _opt("", "comma-separated URIs of earlier pairs tables whose pairs are dropped")
+    previous: str = _opt("", "comma-separated URIs of earlier pairs tables whose pairs are dropped", output=False)
     blocklist: str = _opt("", "URI of a text file, one a line: a URL, or an integer = Spark's xxhash64(url) "
-                          "of the URL alone; blank lines and # comments ignored")
+                          "of the URL alone; blank lines and # comments ignored", content=True)
     hash_bits: int = _opt(64, "bits of sample_id kept (tests force collisions with a tiny hash)", minimum=2)
     max_rehash_rounds: int = _opt(4, "re-hash rounds (seeds 1..N) for colliding ids; one still colliding fails the job",
                                   minimum=1)
@@ -84,20 +92,22 @@ class DownloadConfig:
     """download: pairs (any table with url, text, sample_id) -> images, one row per input row."""
 
     # concurrency and politeness
-    threads: int = _opt(32, "concurrent requests in one Spark task", minimum=1)
-    per_host_connections: int = _opt(4, "most concurrent requests to one host from one task", minimum=1)
+    threads: int = _opt(32, "concurrent requests in one Spark task", minimum=1, output=False)
+    per_host_connections: int = _opt(4, "most concurrent requests to one host from one task", minimum=1,
+                                     output=False)
     max_bodies_in_flight: int = _opt(
-        16, "response bodies one task holds at once (memory <= this x max_body_bytes)", minimum=1
+        16, "response bodies one task holds at once (memory <= this x max_body_bytes)", minimum=1, output=False
     )
-    partitions: int = _opt(0, "download tasks (0: input rows / rows_per_task)", minimum=0)
-    rows_per_task: int = _opt(2500, "rows per download task when partitions=0", minimum=1)
+    partitions: int = _opt(0, "download tasks (0: input rows / rows_per_task)", minimum=0, output=False)
+    rows_per_task: int = _opt(2500, "rows per download task when partitions=0", minimum=1, output=False)
     host_rows_per_task: int = _opt(
-        2500, "a host with more rows than this is spread (salted) over several tasks", minimum=1
+        2500, "a host with more rows than this is spread (salted) over several tasks", minimum=1, output=False
     )
     max_tasks_per_host: int = _opt(
-        8, "most tasks one host is spread over (total per-host load <= this x per_host_connections)", minimum=1
+        8, "most tasks one host is spread over (total per-host load <= this x per_host_connections)", minimum=1,
+        output=False,
     )
-    arrow_batch_rows: int = _opt(256, "rows per Arrow batch emitted by the download UDF", minimum=1)
+    arrow_batch_rows: int = _opt(256, "rows per Arrow batch emitted by the download UDF", minimum=1, output=False)
     # HTTP
     connect_timeout_s: float = _opt(10.0, "TCP/TLS connect timeout in seconds", minimum=0.001)
     read_timeout_s: float = _opt(10.0, "longest wait for the next bytes (headers or body) in seconds", minimum=0.001)
@@ -112,12 +122,13 @@ class DownloadConfig:
     )
     user_agent: str = _opt(
         f"Mozilla/5.0 (compatible; laion-spark/{__version__})",
-        "User-Agent header (download.contact goes inside its parentheses)",
+        "User-Agent header (download.contact goes inside its parentheses)", output=False,
     )
     user_agent_token: str = _opt(
         "laion-spark", "our crawler token: matched by `X-Robots-Tag: TOKEN: noai` and robots.txt"
     )
-    contact: str = _opt("", "contact (URL or e-mail) appended to the User-Agent so site owners can reach you")
+    contact: str = _opt("", "contact (URL or e-mail) appended to the User-Agent so site owners can reach you",
+                        output=False)
     disallowed_header_directives: tuple = _opt(
         ("noai", "noimageai"), "X-Robots-Tag directives that opt a page out: status opted_out"
     )
@@ -152,7 +163,7 @@ class DownloadConfig:
     # reruns
     retry_from: str = _opt(
         "", "URI of an earlier images table: keep its successes and final failures, re-download only its "
-        "retryable failures (and input rows it lacks)"
+        "retryable failures (and input rows it lacks)", output=False,
     )
 
 
@@ -169,9 +180,12 @@ class ExportConfig:
 class EmbedGroupModels:
     """Per language group: MODEL,PRETRAINED[,MODEL_CONFIG] replacing embed.model / pretrained / model_config."""
 
-    en: tuple = _opt((), "the model for `en` rows: MODEL,PRETRAINED[,MODEL_CONFIG] (empty: embed.model)")
-    multi: tuple = _opt((), "the model for `multi` rows (every language but en): MODEL,PRETRAINED[,MODEL_CONFIG]")
-    nolang: tuple = _opt((), "the model for `nolang` rows (CLD3 unreliable): MODEL,PRETRAINED[,MODEL_CONFIG]")
+    en: tuple = _opt((), "the model for `en` rows: MODEL,PRETRAINED[,MODEL_CONFIG] (empty: embed.model)",
+                     content=True)
+    multi: tuple = _opt((), "the model for `multi` rows (every language but en): MODEL,PRETRAINED[,MODEL_CONFIG]",
+                        content=True)
+    nolang: tuple = _opt((), "the model for `nolang` rows (CLD3 unreliable): MODEL,PRETRAINED[,MODEL_CONFIG]",
+                         content=True)
 
 
 @dataclass(frozen=True)
@@ -180,23 +194,25 @@ class EmbedConfig:
 
     model: str = _opt("ViT-B-32", "open_clip architecture name (open_clip.list_models(), or the name in model_config)")
     pretrained: str = _opt("laion2b_s34b_b79k", "open_clip pretrained tag (needs the hub or its cache) or a local "
-                           "checkpoint file (.pt / .bin / .safetensors)")
-    model_config: str = _opt("", "JSON model config of a custom architecture, registered with open_clip under `model`")
+                           "checkpoint file (.pt / .bin / .safetensors)", content=True)
+    model_config: str = _opt("", "JSON model config of a custom architecture, registered with open_clip under `model`",
+                             content=True)
     models: EmbedGroupModels = field(default_factory=EmbedGroupModels)
-    model_batch_size: int = _opt(256, "images (and texts) per forward pass", minimum=1)
+    model_batch_size: int = _opt(256, "images (and texts) per forward pass", minimum=1, output=False)
     device: str = _opt("auto", "auto: the GPU Spark gave the task, else CPU; cpu; cuda",
-                       choices=("auto", "cpu", "cuda"))
+                       choices=("auto", "cpu", "cuda"), output=False)
     precision: str = _opt("auto", "auto: fp16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "fp16", "bf16"))
     cpu_threads: int = _opt(0, "torch threads per task on CPU (0: the executor's cores / its concurrent tasks)",
-                            minimum=0)
-    arrow_batch_rows: int = _opt(1024, "rows per Arrow batch handed to the embed UDF", minimum=1)
+                            minimum=0, output=False)
+    arrow_batch_rows: int = _opt(1024, "rows per Arrow batch handed to the embed UDF", minimum=1, output=False)
     partitions: int = _opt(0, "embed tasks (0: success rows / rows_per_task, and at least a local master's cores)",
-                           minimum=0)
-    rows_per_task: int = _opt(2048, "success rows per embed task when partitions=0", minimum=1)
+                           minimum=0, output=False)
+    rows_per_task: int = _opt(2048, "success rows per embed task when partitions=0", minimum=1, output=False)
     max_pixels: int = _opt(MAX_PIXELS, "decompression-bomb guard: stored images with more pixels (from the "
                            "header) are not decoded: too_many_pixels", minimum=1)
     trim_text: bool = _opt(True, "run the text tower without the tokenizer's padding where that gives the same "
-                           "features (causal text towers pooled at end-of-text, e.g. every OpenAI/LAION CLIP)")
+                           "features (causal text towers pooled at end-of-text, e.g. every OpenAI/LAION CLIP)",
+                           output=False)
 
 
 @dataclass(frozen=True)
@@ -212,11 +228,11 @@ class FilterThresholds:
 class FilterConfig:
     """filter: images + embeddings -> dataset (kept) + rejected (every other row, with its reason)."""
 
-    embeddings: str = _opt("", "URI of the embeddings table (the embed stage's output)")
+    embeddings: str = _opt("", "URI of the embeddings table (the embed stage's output; embeddings=URI)", output=False)
     threshold: FilterThresholds = field(default_factory=FilterThresholds)
-    rejected_output: str = _opt("", "URI of the rejected table (default: <output>_rejected)")
+    rejected_output: str = _opt("", "URI of the rejected table (default: <output>_rejected)", output=False)
     npy: bool = _opt(False, "also write clip-retrieval style img_emb / text_emb .npy shards + metadata parquet")
-    npy_output: str = _opt("", "folder of the .npy shards (default: <output>_emb)")
+    npy_output: str = _opt("", "folder of the .npy shards (default: <output>_emb)", output=False)
     npy_dtype: str = _opt("float16", "dtype of the .npy shards", choices=("float16", "float32"))
     npy_rows_per_shard: int = _opt(100000, "rows per .npy shard (about)", minimum=1)
 
@@ -227,16 +243,17 @@ class DemoConfig:
     CLIP) -> export of the kept pairs, all under `output`."""
 
     seed: int = _opt(0, "seed of the generated crawl (record ids, dates, page order)", minimum=0)
-    rows: int = _opt(8, "rows of pairs shown in the printed report", minimum=0)
+    rows: int = _opt(8, "rows of pairs shown in the printed report", minimum=0, output=False)
 
 
 @dataclass(frozen=True)
 class JobConfig:
     """The keys every stage takes, plus one section per stage."""
 
-    input: str = _opt("", "input URI(s): a table, or archive files / globs / *.paths.gz, comma-separated")
-    output: str = _opt("", "output URI of the stage's main table")
-    mode: str = _opt("error", "what to do when the output exists", choices=("error", "overwrite"))
+    input: str = _opt("", "input URI(s): a table, or archive files / globs / *.paths.gz, comma-separated",
+                      output=False)
+    output: str = _opt("", "output URI of the stage's main table", output=False)
+    mode: str = _opt("error", "what to do when the output exists", choices=("error", "overwrite"), output=False)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
@@ -246,7 +263,6 @@ class JobConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-STAGES = ("extract", "dedupe", "download", "embed", "filter", "export", "demo")
 COMMON_KEYS = ("input", "output", "mode")
 
 
@@ -264,11 +280,18 @@ def _leaf_fields(cls, prefix: str = ""):
             yield f"{prefix}{f.name}", f, hints[f.name]
 
 
+def _section_of(stage: str) -> str | None:
+    from laion_spark.stages import get
+
+    return get(stage).section
+
+
 def iter_keys(stage: str | None = None):
     """-> (dotted key, default, help) for the common keys and one stage's section (all if None)."""
+    own = _section_of(stage) if stage is not None else None
     for key, f, _ in _leaf_fields(JobConfig):
         section = key.split(".", 1)[0] if "." in key else None
-        if stage is not None and section is not None and section != stage:
+        if stage is not None and section is not None and section != own:
             continue
         yield key, f.default, f.metadata.get("help", "")
 
@@ -364,22 +387,22 @@ def build_config(values: dict[str, Any]) -> JobConfig:
     return _build(JobConfig, coerced)
 
 
-# short spellings of a stage's second input, as the stage's usage line writes them
-ALIASES = {"embeddings": "filter.embeddings"}
-
-
-def parse_override(text: str) -> tuple[str, str]:
-    """'key.sub=value' -> (key.sub, value); an alias (embeddings=) -> its full key."""
+def parse_override(text: str, aliases: dict[str, str] | None = None) -> tuple[str, str]:
+    """'key.sub=value' -> (key.sub, value); a stage's short spelling (filter's embeddings=) -> its full key."""
     if "=" not in text:
         raise ConfigError(f"expected key=value, got {text!r} (see --help for the keys)")
     key, value = text.split("=", 1)
     key = key.strip()
-    return ALIASES.get(key, key), value
+    return (aliases or {}).get(key, key), value
 
 
-def load_config(config_files: list[str] = (), overrides: list[str] = ()) -> JobConfig:
-    """YAML overlay URIs (in order) + 'key=value' overrides -> JobConfig."""
+def load_config(config_files: list[str] = (), overrides: list[str] = (), stage: str | None = None) -> JobConfig:
+    """YAML overlay URIs (in order) + 'key=value' overrides (with `stage`'s short table keys) -> JobConfig."""
     import fsspec
+
+    from laion_spark.stages import get
+
+    aliases = get(stage).aliases if stage else {}
 
     values: dict[str, Any] = {}
     for uri in config_files:
@@ -394,7 +417,7 @@ def load_config(config_files: list[str] = (), overrides: list[str] = ()) -> JobC
             raise ConfigError(f"config file {uri} must hold a mapping of keys")
         values.update(_flatten(data))
     for text in overrides:
-        key, value = parse_override(text)
+        key, value = parse_override(text, aliases)
         values[key] = value
     return build_config(values)
 
@@ -402,7 +425,36 @@ def load_config(config_files: list[str] = (), overrides: list[str] = ()) -> JobC
 def stage_values(cfg: JobConfig, stage: str) -> dict[str, Any]:
     """JobConfig -> flat dict of the common keys and one stage's keys (for summaries)."""
     out = {k: getattr(cfg, k) for k in COMMON_KEYS}
-    section = getattr(cfg, stage, None)
+    name = _section_of(stage)
+    section = getattr(cfg, name, None) if name else None
     if section is not None:
-        out.update(_flatten(dataclasses.asdict(section), f"{stage}."))
+        out.update(_flatten(dataclasses.asdict(section), f"{name}."))
     return out
+
+
+def output_values(cfg: JobConfig, stage: str, file_hash=None) -> dict[str, Any]:
+    """JobConfig -> the stage's keys that change what it writes (metadata output=True), with the files
+    of content keys (checkpoints, lists) given by `file_hash(uri)` instead of their path.
+
+    file_hash: URI -> content hash, or None when the value is not a file (a hub tag, a model name).
+    """
+    valid = _valid_keys()
+    out: dict[str, Any] = {}
+    for key, value in stage_values(cfg, stage).items():
+        meta = valid[key][1]
+        if not meta.get("output", True):
+            continue
+        if meta.get("content") and file_hash is not None:
+            value = _by_content(value, file_hash)
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _by_content(value, file_hash):
+    """A content key's value (a URI, or MODEL,PRETRAINED[,CONFIG] parts) -> each file part as 'sha256:HASH'."""
+    parts = list(value) if isinstance(value, tuple) else [value]
+    done = []
+    for part in parts:
+        digest = file_hash(part) if part else None
+        done.append(f"sha256:{digest}" if digest else part)
+    return tuple(done) if isinstance(value, tuple) else done[0]

@@ -56,7 +56,8 @@ shown_rows = 20  # kept rows displayed at the end
 
 run = run_uri.rstrip("/")
 images_uri, embeddings_uri, dataset_uri = f"{run}/images", f"{run}/embeddings", f"{run}/dataset"
-cfg = load_config([], [f"input={pairs_uri}", f"output={dataset_uri}", f"embeddings={embeddings_uri}", *overrides])
+cfg = load_config([], [f"input={pairs_uri}", f"output={dataset_uri}", f"embeddings={embeddings_uri}", *overrides],
+                  stage="filter")
 rejected_uri = filter_job.rejected_uri(cfg)  # filter.rejected_output, else <dataset>_rejected
 # a model that cannot load (unknown tag, missing checkpoint) fails here, before anything is downloaded
 for spec in dict.fromkeys(model_specs(cfg.embed).values()):

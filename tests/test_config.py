@@ -35,11 +35,14 @@ def test_nested_sections_from_yaml_and_overrides(tmp_path):
     overlay = tmp_path / "laion400m.yaml"
     overlay.write_text("filter:\n  threshold: {en: 0.3, multi: 0.3, nolang: 0.3}\n"
                        "embed:\n  models:\n    multi: [xlm-roberta-base-ViT-B-32, laion5b_s13b_b90k]\n")
-    cfg = load_config([str(overlay)], ["filter.threshold.nolang=0.25", "embeddings=/runs/emb"])
+    cfg = load_config([str(overlay)], ["filter.threshold.nolang=0.25", "embeddings=/runs/emb"], stage="filter")
     assert (cfg.filter.threshold.en, cfg.filter.threshold.multi, cfg.filter.threshold.nolang) == (0.3, 0.3, 0.25)
     assert cfg.embed.models.multi == ("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k")
     assert cfg.embed.models.en == ()  # untouched: the default model
     assert cfg.filter.embeddings == "/runs/emb"  # `embeddings=` is filter.embeddings
+    # a stage's short table keys belong to that stage only
+    with pytest.raises(ConfigError, match="unknown key 'embeddings'"):
+        load_config([], ["embeddings=/runs/emb"], stage="download")
     defaults = load_config([], [])
     assert (defaults.filter.threshold.en, defaults.filter.threshold.multi) == (0.28, 0.26)  # LAION-5B's
     with pytest.raises(ConfigError, match="unknown key 'filter.threshold.de'"):

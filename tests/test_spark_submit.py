@@ -80,9 +80,11 @@ def test_usage(env, tmp_path):
     res = run_submit([], env, tmp_path)
     assert res.returncode == 2 and "Usage:" in res.stderr
     res = run_submit(["nosuch", "input=x"], env, tmp_path)
-    # every job script under jobs/ is a stage; the error names them all, sorted
-    stages = " ".join(sorted(p.stem for p in (REPO / "jobs").glob("*.py")))
-    assert res.returncode == 2 and f"unknown stage 'nosuch'; stages: {stages}" in res.stderr
+    # the stages are the registry's, in its order; each has its jobs/ entry and nothing else is there
+    from laion_spark.stages import STAGES
+
+    assert sorted(p.stem for p in (REPO / "jobs").glob("*.py")) == sorted(STAGES)
+    assert res.returncode == 2 and f"unknown stage 'nosuch'; stages: {' '.join(STAGES)} " in res.stderr
 
 
 def test_dry_run_command_line(env, tmp_path):
@@ -101,7 +103,8 @@ def test_dry_run_command_line(env, tmp_path):
     assert tail == ["--master", "spark://10.1.2.3:7077", "--executor-memory", "4g", "--conf", "spark.x=1",
                     str(REPO / "jobs" / "dedupe.py"), "--config", "conf/local.yaml", "input=in", "output=out"]
     assert "SPARK_LOCAL_IP=" in lines  # a cluster master: the driver must stay reachable
-    assert f"PYSPARK_PYTHON={REPO / '.venv' / 'bin' / 'python'}" in lines or "PYSPARK_PYTHON=" not in lines
+    # PYSPARK_PYTHON unset: the executors get the driver's own interpreter (PYTHON, the checkout's venv)
+    assert f"PYSPARK_PYTHON={REPO / '.venv' / 'bin' / 'python'}" in lines, lines
     # no master anywhere: spark-submit's default local[*], on 127.0.0.1 only
     del env["SPARK_SUBMIT_ARGS"]
     res = run_submit(["extract", "--dry-run", "input=in", "output=out"], env, tmp_path)

@@ -1,0 +1,137 @@
+"""The one list of stages: name, config section, input and output tables, required keys, module.
+
+INPUT  -> nothing (a constant registry)
+OUTPUT -> STAGES (name -> Stage), read by the CLI (dispatch, usage, help, key aliases), config.py
+          (which sections a stage takes), spark-submit.sh (`python -m laion_spark.stages names`),
+          the completion markers (which inputs a stage reads, which tables it writes) and, later, the
+          pipeline's dependency graph (a stage depends on the stages whose output tables it reads)
+
+Why one list: the CLI, config.py and spark-submit.sh each kept their own and `demo` ran in one but
+not another. A stage's table keys (`embeddings=` for filter) are declared with the stage, so a short
+spelling means something only where it is that stage's table.
+
+Shapes the registry covers: a stage that writes one main table (`output`) and secondary ones beside
+it (`<output>_errors`); a stage without output (search, serve: `outputs=()`); a stage that works on a
+run directory (`run_dir`, e.g. report and pipeline) instead of input/output.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Table:
+    """One input or output of a stage: the config key that holds its URI and the table it is."""
+
+    key: str  # "input", "output", "filter.embeddings", "run_dir", ...
+    table: str  # DESIGN.md's table name: candidates, pairs, images, ... ("archives": files, not a table)
+    alias: str = ""  # the short spelling on the command line (embeddings=URI)
+    required: bool = True
+    suffix: str = ""  # an output whose default URI is <output><suffix> when its key is empty
+    ours: bool = True  # a table some stage of ours writes (so it should carry a completion marker)
+    many: bool = False  # the key holds comma-separated URIs (dedupe.previous)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the CLI: `laion-spark NAME ...` runs `module.run(spark, cfg)` after `module.prepare(cfg)`."""
+
+    name: str
+    module: str  # has prepare(cfg) and run(spark, cfg) -> summary dict; optional format_report(summary)
+    summary: str  # one line, for the usage text
+    section: str | None = None  # the config section it reads (JobConfig attribute), None: common keys only
+    inputs: tuple[Table, ...] = ()
+    outputs: tuple[Table, ...] = ()
+    requires: tuple[str, ...] = field(default=())  # keys that must be non-empty (beyond required tables)
+
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        keys = [t.key for t in (*self.inputs, *self.outputs) if t.required]
+        return tuple(dict.fromkeys([*keys, *self.requires]))
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Short spelling -> full key, for this stage's own tables only."""
+        return {t.alias: t.key for t in (*self.inputs, *self.outputs) if t.alias}
+
+    @property
+    def main_output(self) -> Table | None:
+        return next((t for t in self.outputs if t.key in ("output", "run_dir")), None)
+
+    def usage(self) -> str:
+        parts = []
+        for t in (*self.inputs, *self.outputs):
+            spelled = t.alias or t.key
+            item = f"{spelled}=<{t.table}>"
+            parts.append(item if t.required else f"[{item}]")
+        return f"laion-spark {self.name} " + " ".join(parts) + " [key=value ...]"
+
+
+def _stage(name, summary, inputs=(), outputs=(), section=None, requires=()):
+    return Stage(name=name, module=f"laion_spark.{name}.job", summary=summary, section=section or name,
+                 inputs=tuple(inputs), outputs=tuple(outputs), requires=tuple(requires))
+
+
+_REGISTRY = (
+    _stage("extract", "web archives (WARC / ARC / WAT, globs, *.paths.gz) -> candidates",
+           inputs=[Table("input", "archives", ours=False)],
+           outputs=[Table("output", "candidates"),
+                    Table("extract.errors_output", "candidates_errors", required=False, suffix="_errors")]),
+    _stage("dedupe", "candidates -> pairs (sample_id; exact duplicates, earlier runs and a blocklist removed)",
+           inputs=[Table("input", "candidates", many=True),
+                   Table("dedupe.previous", "pairs", required=False, many=True),
+                   Table("dedupe.blocklist", "blocklist", required=False, ours=False)],
+           outputs=[Table("output", "pairs")]),
+    _stage("download", "pairs -> images (one row per pair, failures included)",
+           inputs=[Table("input", "pairs"), Table("download.retry_from", "images", required=False)],
+           outputs=[Table("output", "images")]),
+    _stage("embed", "images -> embeddings (CLIP image + text embeddings of the success rows)",
+           inputs=[Table("input", "images")],
+           outputs=[Table("output", "embeddings")]),
+    _stage("filter", "images + embeddings -> dataset + rejected (cosine-similarity thresholds per language group)",
+           inputs=[Table("input", "images"), Table("filter.embeddings", "embeddings", alias="embeddings")],
+           outputs=[Table("output", "dataset"),
+                    Table("filter.rejected_output", "dataset_rejected", required=False, suffix="_rejected"),
+                    Table("filter.npy_output", "emb", required=False, suffix="_emb")]),
+    _stage("export", "dataset (or images) -> webdataset shards (img2dataset layout)",
+           inputs=[Table("input", "dataset")],
+           outputs=[Table("output", "webdataset")]),
+    _stage("demo", "a generated crawl -> every stage above, under one run directory (loopback only)",
+           outputs=[Table("output", "run_dir")]),
+)
+
+STAGES: dict[str, Stage] = {s.name: s for s in _REGISTRY}
+
+
+def get(name: str) -> Stage:
+    """Stage name -> Stage (KeyError naming the valid stages)."""
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; valid stages: {', '.join(STAGES)}") from None
+
+
+def names() -> list[str]:
+    return list(STAGES)
+
+
+def producers() -> dict[str, str]:
+    """Table name -> the stage whose output it is (the pipeline's dependency edges start here)."""
+    return {t.table: s.name for s in STAGES.values() for t in s.outputs}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m laion_spark.stages names` (one a line) | `... has NAME` (exit 0 if a stage): for spark-submit.sh."""
+    if argv[:1] == ["names"]:
+        print("\n".join(names()))
+        return 0
+    if len(argv) == 2 and argv[0] == "has":
+        return 0 if argv[1] in STAGES else 1
+    print("usage: python -m laion_spark.stages names | has STAGE", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
