@@ -1,0 +1,137 @@
+"""The stage registry (laion_spark/stages.py) is the one list: the CLI, config sections, jobs/ and the
+usage lines follow it, and it can describe the stages still to come (no output, a run directory)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from laion_spark import cli, config, stages
+from laion_spark.config import ConfigError, JobConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+# written from DESIGN.md's tables, not read from the registry: which stage writes which table
+DESIGN_PRODUCERS = {
+    "candidates": "extract", "candidates_errors": "extract", "pairs": "dedupe", "images": "download",
+    "embeddings": "embed", "dataset": "filter", "dataset_rejected": "filter",
+}
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "laion_spark.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_every_stage_has_a_module_a_section_and_a_job_entry():
+    sections = {f.name for f in dataclasses.fields(JobConfig)}
+    for name, stage in stages.STAGES.items():
+        module = importlib.import_module(stage.module)
+        assert callable(module.prepare) and callable(module.run), name
+        assert stage.section in sections, name
+        assert (REPO / "jobs" / f"{name}.py").is_file(), name
+    assert sorted(p.stem for p in (REPO / "jobs").glob("*.py")) == sorted(stages.STAGES)
+
+
+def test_the_tables_form_the_design_graph():
+    produced = stages.producers()
+    for table, stage in DESIGN_PRODUCERS.items():
+        assert produced[table] == stage, table
+    # filter reads what download and embed write: the pipeline's edges come from here
+    filter_inputs = {t.table for t in stages.get("filter").inputs}
+    assert {produced[t] for t in filter_inputs} == {"download", "embed"}
+    assert stages.get("filter").aliases == {"embeddings": "filter.embeddings"}
+    assert all(not s.aliases for n, s in stages.STAGES.items() if n != "filter")
+
+
+def test_cli_usage_lists_the_registry_and_demo_is_a_stage():
+    res = _cli("--help")
+    assert res.returncode == 0
+    listed = [line.split()[0] for line in res.stdout.splitlines()[2:] if line.strip()]
+    assert listed == list(stages.STAGES)
+    assert "demo" in listed
+    res = _cli("nosuch")
+    assert res.returncode == 2 and f"valid stages: {', '.join(stages.STAGES)}" in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("filter", "input=/x", "output=/y"), "embeddings is required: laion-spark filter input=<images> "
+                                          "embeddings=<embeddings> output=<dataset>"),
+    (("download", "output=/y"), "input is required: laion-spark download input=<pairs>"),
+    (("demo",), "output is required: laion-spark demo output=<run_dir>"),
+    (("download", "input=/x", "output=/y", "embeddings=/e"), "unknown key 'embeddings'"),
+])
+def test_required_keys_and_stage_owned_aliases(args, message):
+    res = _cli(*args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr
+
+
+def test_help_shows_only_the_stage_section():
+    res = _cli("filter", "--help")
+    assert res.returncode == 0
+    assert "usage: laion-spark filter input=<images> embeddings=<embeddings> output=<dataset>" in res.stdout
+    assert "filter.threshold.en=0.28" in res.stdout and "download.threads" not in res.stdout
+
+
+def test_stages_module_answers_spark_submit():
+    out = subprocess.run([sys.executable, "-m", "laion_spark.stages", "names"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == list(stages.STAGES)
+    assert subprocess.run([sys.executable, "-m", "laion_spark.stages", "has", "demo"]).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "laion_spark.stages", "has", "nosuch"]).returncode == 1
+
+
+def test_shapes_of_the_stages_to_come(monkeypatch, tmp_path):
+    # search (no output) and report (a run directory) as the next issues will add them
+    search = stages.Stage("search", "laion_spark.demo.job", "index -> results", section="demo",
+                          inputs=(stages.Table("input", "index"),))
+    report = stages.Stage("report", "laion_spark.demo.job", "run_dir -> report", section="demo",
+                          outputs=(stages.Table("output", "run_dir"),))
+    monkeypatch.setitem(stages.STAGES, "search", search)
+    monkeypatch.setitem(stages.STAGES, "report", report)
+    assert search.main_output is None and search.required_keys == ("input",)
+    assert search.usage() == "laion-spark search input=<index> [key=value ...]"
+    assert report.required_keys == ("output",)
+    with pytest.raises(ConfigError, match="input is required: laion-spark search input=<index>"):
+        cli.prepare("search", [], [])
+    # a stage without output needs no output key and leaves no marker
+    cfg, module = cli.prepare("search", [], [f"input={tmp_path}"])
+    assert cfg.output == ""
+
+
+def test_output_hash_ignores_how_a_stage_runs_but_not_what_it_writes(tmp_path):
+    from laion_spark.marker import file_hash, output_hash
+
+    filt = stages.get("filter")
+    base = config.load_config([], ["input=/a", "output=/b", "embeddings=/e"], stage="filter")
+    same = config.load_config([], ["input=/a", "output=/other", "embeddings=/e", "mode=overwrite",
+                                   "filter.rejected_output=/r"], stage="filter")
+    other = config.load_config([], ["input=/a", "output=/b", "embeddings=/e", "filter.threshold.en=0.3"],
+                               stage="filter")
+    assert output_hash(filt, base)[0] == output_hash(filt, same)[0]
+    assert output_hash(filt, base)[0] != output_hash(filt, other)[0]
+    embed = stages.get("embed")
+    runs = [config.load_config([], ["input=/a", "output=/b", *extra], stage="embed") for extra in
+            ([], ["embed.device=cpu", "embed.model_batch_size=8", "embed.cpu_threads=3", "embed.partitions=9"])]
+    assert output_hash(embed, runs[0])[0] == output_hash(embed, runs[1])[0]
+    # checkpoints by content: two different epoch_latest.pt are two models, one file copied is one
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "a" / "epoch_latest.pt").write_bytes(b"weights one")
+    (tmp_path / "b" / "epoch_latest.pt").write_bytes(b"weights two")
+    (tmp_path / "c" / "copy.pt").write_bytes(b"weights one")
+    hashes = [output_hash(embed, config.load_config([], ["input=/a", "output=/b", f"embed.pretrained={p}"],
+                                                    stage="embed"))
+              for p in (tmp_path / "a" / "epoch_latest.pt", tmp_path / "b" / "epoch_latest.pt",
+                        tmp_path / "c" / "copy.pt")]
+    assert hashes[0][0] != hashes[1][0] and hashes[0][0] == hashes[2][0]
+    assert hashes[0][1]["embed.pretrained"] == "sha256:" + file_hash(str(tmp_path / "c" / "copy.pt"))
+    hub = output_hash(embed, runs[0])[1]
+    assert hub["embed.pretrained"] == "laion2b_s34b_b79k"  # a hub tag is no file: kept as the name
