@@ -85,6 +85,10 @@ def test_usage(env, tmp_path):
 
     assert sorted(p.stem for p in (REPO / "jobs").glob("*.py")) == sorted(STAGES)
     assert res.returncode == 2 and f"unknown stage 'nosuch'; stages: {' '.join(STAGES)} " in res.stderr
+    # demo is a stage here too (it was one of the CLI's only)
+    res = run_submit(["demo", "--dry-run", "output=x"], env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1].split()[-2:] == [str(REPO / "jobs" / "demo.py"), "output=x"]
 
 
 def test_dry_run_command_line(env, tmp_path):
