@@ -106,3 +106,12 @@ def png_claiming(width: int, height: int, color_type: int = 2) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     idat = zlib.compress(b"\x00" * (1 + min(width, 4096) * channels))
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def webp_claiming(width: int, height: int) -> bytes:
+    """A WebP whose VP8X chunk claims a width x height canvas (RIFF, 'WEBP', VP8X: 4 bytes of flags
+    and reserved bits, then 24-bit width-1 and height-1, per the WebP container spec) and holds no
+    image data: a header bomb."""
+    vp8x = b"VP8X" + (10).to_bytes(4, "little") + b"\x00" * 4 + (width - 1).to_bytes(3, "little") \
+        + (height - 1).to_bytes(3, "little")
+    return b"RIFF" + (4 + len(vp8x)).to_bytes(4, "little") + b"WEBP" + vp8x

@@ -22,11 +22,13 @@ import pytest
 from PIL import Image, ImageCms, ImageFile, JpegImagePlugin
 
 from laion_spark.config import DownloadConfig
+from laion_spark.download import image as image_module
 from laion_spark.download.image import gif_canvas_size, process_image
 from laion_spark.download.resize import plan_resize
 from tests import images as G
 from tests.corpora import require
 
+PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3  # Image.MAX_IMAGE_PIXELS as Pillow ships it (89,478,485)
 EVERY_STATUS = {"success", "not_image", "unsupported_format", "too_small", "too_many_pixels", "decode_error"}
 
 
@@ -432,8 +434,12 @@ def test_gif_bomb_is_refused_before_pillow_opens_it(monkeypatch):
     body = screen + control + frame
     assert gif_canvas_size(body) == (65535, 65535)
     opened = []
-    original_open = Image.open
-    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a) or original_open(*a, **k))
+    original_open = image_module.open_image
+    monkeypatch.setattr(image_module, "open_image", lambda *a, **k: opened.append(a) or original_open(*a, **k))
+    # the spy sees opens: a small GIF is opened through it
+    assert process_image(G.make_image("GIF", (40, 40)), config(allowed_formats=("gif",))).status == "success"
+    assert len(opened) == 1
+    opened.clear()
     result = process_image(body, config(allowed_formats=("gif",)))
     assert result.status == "too_many_pixels" and opened == []
     corpus = require("images/pillow")
@@ -441,9 +447,22 @@ def test_gif_bomb_is_refused_before_pillow_opens_it(monkeypatch):
     assert bomb.status == "too_many_pixels" and opened == []
 
 
-def test_our_limit_decides_not_pillows():
-    """Pillow's defaults warn above 89,478,485 pixels and refuse above twice that; max_pixels rules."""
-    assert Image.MAX_IMAGE_PIXELS is None and ImageFile.LOAD_TRUNCATED_IMAGES is False
+def test_webp_canvas_is_checked_from_the_header_before_pillow_opens_it():
+    """libwebp's decoder is created with the canvas size: it is read and checked before any plugin runs
+    (Pillow's own check would raise without a size, or, as the host configured it, not at all)."""
+    result = process_image(G.webp_claiming(20000, 15000), config(allowed_formats=("webp",)))
+    assert result.status == "too_many_pixels", result
+    assert "20000x15000 = 300000000 pixels" in result.error_message
+    assert (result.original_width, result.original_height) == (20000, 15000)
+    small = G.make_image("WEBP", (120, 90), lossless=True)
+    assert process_image(small, config(allowed_formats=("webp",), max_pixels=120 * 90)).status == "success"
+    assert process_image(small, config(allowed_formats=("webp",), max_pixels=120 * 90 - 1)).status == "too_many_pixels"
+
+
+def test_our_limit_decides_not_pillows(monkeypatch):
+    """Pillow's defaults warn above 89,478,485 pixels and refuse above twice that; max_pixels rules,
+    and Pillow's process-wide limit is left as Pillow (or the host) set it."""
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_LIMIT and ImageFile.LOAD_TRUNCATED_IMAGES is False
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         warned = process_image(G.png_claiming(12000, 8000, color_type=0), config(max_pixels=100_000_000))
@@ -453,6 +472,12 @@ def test_our_limit_decides_not_pillows():
     assert "truncated" in warned.error_message and "truncated" in refused.error_message
     assert process_image(G.make_image("PNG", (100, 100)), config(max_pixels=9_999)).status == "too_many_pixels"
     assert process_image(G.make_image("PNG", (100, 100)), config(max_pixels=10_000)).status == "success"
+    # a host that lowered Pillow's limit: Image.open itself would now refuse the 10,000-pixel PNG
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(G.make_image("PNG", (100, 100))))
+    assert process_image(G.make_image("PNG", (100, 100)), config(max_pixels=10_000)).status == "success"
+    assert Image.MAX_IMAGE_PIXELS == 1_000
 
 
 def test_truncated_and_corrupt_files_are_decode_errors():

@@ -10,7 +10,8 @@ OUTPUT -> an ImageResult: a status of schemas.DOWNLOAD_STATUSES (success, not_im
 Order of the checks, each one cheaper than the next:
 1. sniff: the magic-byte checks of Pillow's plugins name the format; one outside allowed_formats
    (or an icon container, see CONTAINER_FORMATS) -> unsupported_format, without Pillow parsing
-   it. Then Image.open, limited to the allowed plugins, reads the header only. Bytes no plugin
+   it. Then open_image (Image.open without Pillow's process-wide bomb check), limited to the
+   allowed plugins, reads the header only. Bytes no plugin
    claims -> not_image; a header that an allowed format's plugin recognised but cannot read
    (a PNG with a broken IHDR) -> decode_error (too_small when under min_image_bytes).
 2. header size: width * height > max_pixels -> too_many_pixels, never decoded; then
@@ -48,15 +49,18 @@ from laion_spark.download.resize import Plan, crop_and_pad, plan_resize, resampl
 if TYPE_CHECKING:
     from laion_spark.config import DownloadConfig
 
-# Our own header check (max_pixels, before any decoding) is the decompression-bomb guard: Pillow's
-# (a warning above 89 Mpx, an error above 179 Mpx, raised inside Image.open) would refuse images a
-# config allows, or be what refuses them, with no size known. Set once at import, not per call:
-# process_image runs in threads, and a per-call save/restore of a module global races.
-# With Pillow's guard off, Image.open must itself allocate nothing pixel-sized. Audited for JPEG/MPO,
+# Our own header check (max_pixels, before any decoding) is the decompression-bomb guard, and
+# Pillow's process-wide one (Image.MAX_IMAGE_PIXELS: a warning above 89 Mpx, an error above 179 Mpx,
+# inside Image.open) is left to the host process: its value is the host's setting (a notebook's, a
+# shared cluster's), so it is neither changed nor saved and restored (process_image runs in 32
+# threads: a save/restore of a module global races). open_image() is Image.open's plugin loop
+# without the open-time check, so that our max_pixels decides, with the header's size known.
+# Without that check Image.open must itself allocate nothing pixel-sized. Audited for JPEG/MPO,
 # PNG/APNG, WebP (libwebp validates the canvas against the frames), BMP and TIFF (header parsing
 # only); GIF fills a frame-0 "dispose" canvas inside open, so its canvas is checked before open
 # (gif_canvas_size); ICO / CUR / ICNS decode embedded frames of unchecked size: CONTAINER_FORMATS.
-Image.MAX_IMAGE_PIXELS = None
+# A few plugins still call Pillow's check themselves (WebP's and GIF's open, TIFF's load), against
+# the host's limit: a DecompressionBombError from them is a too_many_pixels row.
 
 # Decode JPEGs at a reduced DCT scale no smaller than the resize target times this (Pillow's
 # thumbnail() keeps the same 2x margin): the final area-average resize then has real pixels to
@@ -79,9 +83,11 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _SWAPS_SIDES = (5, 6, 7, 8)
+# what the download stage can store (encode_format, or a download kept as it is): what embed reads
+STORED_FORMATS = frozenset(name.lower() for _, kept in _ENCODERS.values() for name in kept)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # Icon containers: Pillow sizes and decodes their embedded PNG/BMP frames inside Image.open()/load()
-# (ICO even decodes in open), past any header check of ours, and with MAX_IMAGE_PIXELS off nothing
+# (ICO even decodes in open), past any header check of ours, and with Pillow's check left out nothing
 # else stops a bomb frame. Refused as unsupported_format even when listed in allowed_formats.
 CONTAINER_FORMATS = frozenset({"ico", "cur", "icns"})
 
@@ -147,13 +153,15 @@ def process_image(body: bytes, cfg: DownloadConfig) -> ImageResult:
     if magic is not None and (magic not in allowed or magic in CONTAINER_FORMATS):
         # decided on the magic bytes alone: Pillow never parses a format we would not keep
         return _fail(result, "unsupported_format", _not_allowed(magic, cfg))
-    canvas = gif_canvas_size(body) if magic == "gif" else None
+    canvas = canvas_size(body, magic)
     if canvas and canvas[0] * canvas[1] > cfg.max_pixels:
         result.original_width, result.original_height = canvas
         return _fail(result, "too_many_pixels",
                      f"{canvas[0]}x{canvas[1]} = {canvas[0] * canvas[1]} pixels > max_pixels {cfg.max_pixels}")
     try:
-        im = Image.open(io.BytesIO(body), formats=_pillow_formats(allowed))
+        im = open_image(body, _pillow_formats(allowed))
+    except Image.DecompressionBombError as exc:  # a plugin's own check, against the host's limit
+        return _fail(result, "too_many_pixels", f"Pillow's Image.MAX_IMAGE_PIXELS of this process refused it: {exc}")
     except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, or a plugin choking on a header
         if magic is None:
             other = _identify_without_magic(body, allowed)
@@ -185,6 +193,57 @@ def process_image(body: bytes, cfg: DownloadConfig) -> ImageResult:
             return _decode_resize_encode(im, body, result, cfg)
         except Exception as exc:  # noqa: BLE001 - corrupt data fails in many ways; it is a row, never a crash
             return _fail(result, "decode_error", f"{type(exc).__name__}: {exc}")
+
+
+def open_image(body: bytes, formats) -> ImageFile.ImageFile:
+    """Bytes + Pillow plugin names -> the image, its header read and nothing decoded (Image.open's
+    errors: UnidentifiedImageError when no plugin takes it).
+
+    Image.open's own loop (Pillow 13, `_open_core`): each plugin's magic check on the first 16 bytes,
+    then its factory; the errors a factory raises on a file of another format pass to the next
+    plugin. What it leaves out is Image.open's decompression-bomb check, which reads the process-wide
+    Image.MAX_IMAGE_PIXELS: the callers check the header's size against their own max_pixels right
+    after, before any pixel is decoded, so the host's setting is neither needed nor touched.
+    """
+    Image.init()
+    fp = io.BytesIO(body)
+    prefix = body[:16]
+    for name in formats:
+        factory, accept = Image.OPEN[name.upper()]
+        if accept is not None and accept(prefix) is not True:  # a str is a "possibly, but" warning: no
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):  # not this plugin's file, as in Image.open
+            continue
+    raise Image.UnidentifiedImageError(f"cannot identify image file (tried {', '.join(formats) or 'no format'})")
+
+
+def canvas_size(body: bytes, fmt: str | None) -> tuple[int, int] | None:
+    """Body + its sniffed format -> (w, h) of the canvas that opening it allocates or checks, read
+    before any plugin runs (GIF: its dispose canvas; WebP: the size libwebp's decoder is created
+    with, which Pillow's WebP open checks against the host's limit itself); None for other formats."""
+    if fmt == "gif":
+        return gif_canvas_size(body)
+    if fmt == "webp":
+        return webp_canvas_size(body)
+    return None
+
+
+def webp_canvas_size(body: bytes) -> tuple[int, int] | None:
+    """WebP bytes -> (w, h) from the RIFF header's first chunk (VP8 key frame, VP8L, or VP8X canvas),
+    the fields Pillow 13's WebP plugin reads before creating its decoder; None when absent."""
+    chunk = body[12:16]
+    if chunk == b"VP8 " and len(body) >= 30 and body[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack_from("<HH", body, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8X" and len(body) >= 30:
+        return int.from_bytes(body[24:27], "little") + 1, int.from_bytes(body[27:30], "little") + 1
+    if chunk == b"VP8L" and len(body) >= 25 and body[20] == 0x2F:
+        bits = int.from_bytes(body[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
 
 
 def gif_canvas_size(body: bytes) -> tuple[int, int] | None:
@@ -222,7 +281,7 @@ def _identify_without_magic(body: bytes, allowed: frozenset[str]) -> str | None:
     Image.init()
     formats = [name for name in Image.ID if Image.OPEN[name][1] is None and name.lower() not in allowed]
     try:
-        with Image.open(io.BytesIO(body), formats=formats) as im:
+        with open_image(body, formats) as im:
             return (im.format or "").lower() or None
     except Exception:  # noqa: BLE001 - not one of those either
         return None

@@ -12,7 +12,6 @@ No Spark here: this is the row logic the UDF maps over partitions, and what the 
 from __future__ import annotations
 
 import contextlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,27 +51,32 @@ class ImageRefused(ValueError):
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS):
     """Stored image bytes -> a fully decoded Pillow image (raises what Pillow raises, or ImageRefused).
 
-    Pillow's own decompression-bomb guard is off in a worker that ran the download stage (its header
-    check replaces it, laion_spark/download/image.py), and an images table may come from elsewhere:
-    so the size is checked here before any pixel is decoded, with the download stage's own header
-    readers (a GIF's canvas is allocated inside Image.open; icon containers decode frames of
-    unchecked size there, so they are refused).
+    Only the formats the download stage stores (JPEG, PNG, WebP: download/image.py STORED_FORMATS)
+    are opened, with the download stage's own opener, which leaves Pillow's process-wide bomb guard
+    (Image.MAX_IMAGE_PIXELS, the host's setting) out: an images table may come from elsewhere, so
+    the size is checked here from the header before any pixel is decoded. Other formats (a GIF
+    allocates its canvas inside open, icon containers decode frames of unchecked size) are refused
+    from their magic bytes, unparsed. Bytes no magic check knows are tried as the stored formats,
+    and fail as a decode error.
     """
     from PIL import Image
 
-    from laion_spark.download.image import CONTAINER_FORMATS, gif_canvas_size, sniff_format
+    from laion_spark.download.image import STORED_FORMATS, canvas_size, open_image, sniff_format
 
     fmt = sniff_format(data[:16])
-    if fmt in CONTAINER_FORMATS:
-        raise ImageRefused(UNSUPPORTED_FORMAT, f"{fmt} containers decode their frames unchecked; not embedded")
+    if fmt is not None and fmt not in STORED_FORMATS:
+        raise ImageRefused(UNSUPPORTED_FORMAT, f"stored image is {fmt}; embed reads what download stores: "
+                                               f"{', '.join(sorted(STORED_FORMATS))}")
     def check(size) -> None:
         if size and size[0] * size[1] > max_pixels:
             raise ImageRefused(TOO_MANY_PIXELS, f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels > "
                                                 f"embed.max_pixels {max_pixels}")
 
-    if fmt == "gif":
-        check(gif_canvas_size(data))  # before open, which allocates that canvas
-    im = Image.open(io.BytesIO(data))
+    check(canvas_size(data, fmt))  # a WebP's canvas, before its decoder is created
+    try:
+        im = open_image(data, sorted(STORED_FORMATS))
+    except Image.DecompressionBombError as exc:  # WebP's open checks against the host's limit itself
+        raise ImageRefused(TOO_MANY_PIXELS, f"Pillow's Image.MAX_IMAGE_PIXELS of this process: {exc}") from None
     check(im.size)  # the header's size, before any pixel is decoded
     im.load()
     return im
