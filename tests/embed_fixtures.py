@@ -11,6 +11,7 @@ preprocess, get_tokenizer) and Pillow: none of laion_spark's helpers.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ class TinyModel:
 
     @property
     def clip_model(self) -> str:
-        return f"{self.name}/{Path(self.checkpoint).name}"
+        """What the clip_model column must say: the file name and 12 hex digits of the file's sha256."""
+        return clip_model_name(self.name, self.checkpoint)
 
     def overrides(self, key: str = "embed") -> list[str]:
         """CLI overrides naming this model as embed.model/pretrained/model_config (key=embed) or as
@@ -52,6 +54,12 @@ class TinyModel:
             return [f"embed.model={self.name}", f"embed.pretrained={self.checkpoint}",
                     f"embed.model_config={self.config}"]
         return [f"{key}={self.name},{self.checkpoint},{self.config}"]
+
+
+def clip_model_name(model: str, checkpoint: str) -> str:
+    """A model's architecture + checkpoint file -> MODEL/<file name>@<first 12 hex digits of its sha256>."""
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
+    return f"{model}/{Path(checkpoint).name}@{digest}"
 
 
 def write_model(folder: Path, name: str, config: dict, seed: int, checkpoint_name: str | None = None) -> TinyModel:

@@ -36,6 +36,7 @@ from laion_spark.demo.crawl import (
 )
 from laion_spark.demo.images import answer_kind
 from laion_spark.toy import world
+from tests.embed_fixtures import clip_model_name
 
 # --- expectations from the page specs ------------------------------------------------------
 
@@ -369,7 +370,7 @@ def test_demo_embeds_and_filters_with_the_toy_clip(spark, demo_run):
     output, _, module, summary = demo_run
     checkpoint = ensure_checkpoint()  # cached: the demo built or found it
     threshold = json.loads(Path(checkpoint.checkpoint).with_suffix(".json").read_text())["validation"]["threshold"]
-    clip_model = f"{checkpoint.model}/{Path(checkpoint.checkpoint).name}"
+    clip_model = clip_model_name(checkpoint.model, checkpoint.checkpoint)  # file name @ sha256 of its bytes
 
     images = read_table(spark, str(output / "images"), S.images_schema(S.PAIRS)).collect()
     embeddings = {r[S.SAMPLE_ID]: r for r in spark.read.parquet(str(output / "embeddings")).collect()}

@@ -7,6 +7,8 @@ out by hand; no test reaches the network (HF_HUB_OFFLINE is set and socket conne
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import socket
 from pathlib import Path
 
@@ -119,7 +121,8 @@ def test_local_checkpoint_loads_and_embeds_as_open_clip_does(models, no_network)
 
     spec = ModelSpec("tiny-a", models["a"].checkpoint, Path(models["a"].config).read_text())
     loaded = load_model(spec)
-    assert loaded.name == "tiny-a/tiny-a-seed1.pt" == models["a"].clip_model
+    digest = hashlib.sha256(Path(models["a"].checkpoint).read_bytes()).hexdigest()[:12]
+    assert loaded.name == f"tiny-a/tiny-a-seed1.pt@{digest}" == models["a"].clip_model
     got = embed_rows(loaded, images, texts)
     assert got.errors == [None] * len(images)
     np.testing.assert_allclose(np.stack(got.image), want_image, atol=1e-5)
@@ -198,11 +201,32 @@ def test_model_specs_per_group(models):
 
     specs = model_specs(embed_cfg(*models["a"].overrides(), *models["b"].overrides("embed.models.multi")))
     assert specs["en"] is specs["nolang"]
-    assert specs["en"].name == "tiny-a/tiny-a-seed1.pt"
-    assert specs["multi"].name == "tiny-b/tiny-b-seed2.pt"
+    assert specs["en"].name == models["a"].clip_model and specs["en"].name.startswith("tiny-a/tiny-a-seed1.pt@")
+    assert specs["multi"].name == models["b"].clip_model and specs["multi"].name.startswith("tiny-b/tiny-b-seed2.pt@")
     # a group override naming the default model is the same model (one cache entry, one batch buffer)
     same = model_specs(embed_cfg(*models["a"].overrides(), *models["a"].overrides("embed.models.en")))
     assert same["en"] == same["nolang"] and hash(same["en"]) == hash(same["nolang"])
+
+
+def test_checkpoints_are_named_by_content_not_by_file_name_alone(tmp_path):
+    """Two different epoch_latest.pt are two embedding spaces; one file copied elsewhere is one."""
+    first = write_model(tmp_path / "run1", "tiny-a", TINY_A, seed=1, checkpoint_name="epoch_latest.pt")
+    second = write_model(tmp_path / "run2", "tiny-a", TINY_A, seed=2, checkpoint_name="epoch_latest.pt")
+    copy = tmp_path / "copy" / "epoch_latest.pt"
+    copy.parent.mkdir()
+    shutil.copyfile(first.checkpoint, copy)
+    names = {uri: model_specs(embed_cfg("embed.model=tiny-a", f"embed.pretrained={uri}",
+                                        f"embed.model_config={first.config}"))["en"].name
+             for uri in (first.checkpoint, second.checkpoint, str(copy))}
+    assert names[first.checkpoint] != names[second.checkpoint]
+    assert names[first.checkpoint] == names[str(copy)] == first.clip_model
+    assert names[second.checkpoint] == second.clip_model
+    for name in names.values():
+        readable, _, digest = name.partition("@")
+        assert readable == "tiny-a/epoch_latest.pt" and len(digest) == 12
+        assert set(digest) <= set("0123456789abcdef")
+    # a ModelSpec made by hand (no checksum taken by model_specs) is named the same way
+    assert ModelSpec("tiny-a", second.checkpoint).name == second.clip_model
 
 
 # --- device ----------------------------------------------------------------------------------------

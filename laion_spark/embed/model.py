@@ -34,6 +34,9 @@ from laion_spark.schemas import LANGUAGE_GROUPS
 
 log = logging.getLogger(__name__)
 
+# hex digits of a checkpoint's sha256 in its clip_model name: 48 bits, enough to tell a user's
+# checkpoints apart, short enough to read
+CHECKSUM_CHARS = 12
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 _CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")  # what open_clip needs to accept a model config
 
@@ -50,6 +53,9 @@ class ModelSpec:
     pretrained: str  # pretrained tag, or checkpoint file / URI
     model_config: str = ""  # JSON text of a custom architecture ('' = one of open_clip's)
     setting: str = field(default="embed", compare=False)  # the config key it came from, for messages
+    # a checkpoint's content hash (checkpoint_checksum), taken on the driver by model_specs so that
+    # workers need not read a remote file to name it; '' = taken when the name is first asked for
+    checksum: str = ""
 
     @property
     def is_checkpoint(self) -> bool:
@@ -57,9 +63,14 @@ class ModelSpec:
 
     @property
     def name(self) -> str:
-        """The clip_model column: MODEL/TAG, or MODEL/<checkpoint file name>."""
+        """The clip_model column: MODEL/TAG, or MODEL/<checkpoint file name>@<checksum>.
+
+        A checkpoint is named by its content too: two different `epoch_latest.pt` files are two
+        embedding spaces, which filter and index must never take for one; the file name stays, to
+        be read. A hub tag names its weights already (ViT-B-32/laion2b_s34b_b79k)."""
         if self.is_checkpoint:
-            return f"{self.model}/{self.pretrained.rstrip('/').rsplit('/', 1)[-1]}"
+            checksum = self.checksum or checkpoint_checksum(self.pretrained)
+            return f"{self.model}/{self.pretrained.rstrip('/').rsplit('/', 1)[-1]}@{checksum}"
         return f"{self.model}/{self.pretrained}"
 
     @property
@@ -93,6 +104,18 @@ def _is_remote(uri: str) -> bool:
     return ("://" in uri and not uri.startswith("file://")) or uri.startswith("dbfs:")
 
 
+def _local_path(uri: str) -> str:
+    return os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
+def checkpoint_checksum(uri: str) -> str:
+    """A checkpoint file or URI -> the first CHECKSUM_CHARS hex digits of the sha256 of its bytes
+    (FileNotFoundError when absent); read once per process (laion_spark.checksum caches it)."""
+    from laion_spark.checksum import content_hash
+
+    return content_hash(uri if _is_remote(uri) else _local_path(uri), CHECKSUM_CHARS)
+
+
 # --- config -> specs (driver) ----------------------------------------------------------------------
 
 def _read_model_config(uri: str, setting: str) -> str:
@@ -122,7 +145,13 @@ def _spec(model: str, pretrained: str, model_config: str, setting: str) -> Model
         raise ConfigError(f"{setting}: pretrained is empty; give an open_clip pretrained tag (e.g. "
                           "laion2b_s34b_b79k) or a checkpoint file: random weights would differ per worker")
     text = _read_model_config(model_config, setting) if model_config else ""
-    return ModelSpec(model, pretrained, text, setting)
+    checksum = ""
+    if looks_like_checkpoint(pretrained):
+        try:
+            checksum = checkpoint_checksum(pretrained)
+        except FileNotFoundError:
+            raise ConfigError(f"{setting}.pretrained: checkpoint file not found: {pretrained}") from None
+    return ModelSpec(model, pretrained, text, setting, checksum)
 
 
 def model_specs(cfg) -> dict[str, ModelSpec]:
@@ -270,7 +299,7 @@ def _tag_preprocess(tag_cfg: dict) -> tuple:
 def local_checkpoint(uri: str) -> str:
     """A checkpoint file or URI -> a local path (a remote one is copied once per machine), or ModelLoadError."""
     if not _is_remote(uri):
-        path = os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri)
+        path = _local_path(uri)
         if not os.path.isfile(path):
             raise ModelLoadError(f"checkpoint file not found: {uri}")
         return path
@@ -350,35 +379,46 @@ def _load_error(spec: ModelSpec, weights: Weights, exc: BaseException) -> ModelL
 
 
 @contextlib.contextmanager
-def _quiet_open_clip():
-    """open_clip logs 'initialized randomly' on the root logger when building a weightless model."""
+def _root_handlers_kept():
+    """open_clip logs with the module functions (logging.info(...)), which run logging.basicConfig()
+    when the root logger has no handler: a host that had none would be left with a stderr handler,
+    and its own later basicConfig(...) would silently do nothing. The handlers that appear during
+    the call, on a root that had none, are removed again. The root's level is never changed:
+    open_clip's messages reach the host's root logger at the host's levels."""
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    before = list(root.handlers)
     try:
         yield
     finally:
-        root.setLevel(level)
+        if not before:
+            for handler in [h for h in root.handlers if h not in before]:
+                root.removeHandler(handler)
+                handler.close()
 
 
 def _check_fit(spec: ModelSpec, weights: Weights) -> None:
     """Load the checkpoint into the architecture built on the meta device (shapes only, no weights
-    allocated): a file of another architecture fails here, on the driver, not in every task."""
-    import warnings
+    allocated): a file of another architecture fails here, on the driver, not in every task.
+
+    open_clip logs (on the root logger) that this weightless model is "initialized randomly": that
+    is the point of a meta model, and the weights are checked right after."""
+    import functools
 
     import open_clip
 
+    log.info("%s: checking that %s fits %s (open_clip builds it without weights first)", spec.setting,
+             spec.pretrained, spec.model)
     try:
-        with _quiet_open_clip(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            meta = open_clip.create_model(spec.arch, pretrained=None, device="meta", pretrained_text=False)
+        meta = open_clip.create_model(spec.arch, pretrained=None, device="meta", pretrained_text=False)
     except Exception as exc:  # noqa: BLE001 - e.g. a tower that needs the hub to be built: the worker will say
         log.info("%s: skipping the driver-side checkpoint check (%s: %s)", spec.setting, type(exc).__name__, exc)
         return
+    # assign=True on this instance only: copying into meta parameters is a no-op that torch warns about
+    # once per parameter, and a warnings filter to hide that would be process-wide; shapes and keys
+    # are checked all the same (strict)
+    meta.load_state_dict = functools.partial(meta.load_state_dict, assign=True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # copying into meta parameters is a no-op, and says so
-            open_clip.load_checkpoint(meta, weights.pretrained, strict=True)
+        open_clip.load_checkpoint(meta, weights.pretrained, strict=True)
     except Exception as exc:
         raise _load_error(spec, weights, exc) from exc
 
@@ -386,6 +426,11 @@ def _check_fit(spec: ModelSpec, weights: Weights) -> None:
 def check_spec(spec: ModelSpec) -> None:
     """Driver-side checks before Spark: architecture, tag (cached when offline), checkpoint present and
     fitting. Raises ModelLoadError."""
+    with _root_handlers_kept():
+        _check_spec(spec)
+
+
+def _check_spec(spec: ModelSpec) -> None:
     register_config(spec)
     _check_arch(spec)
     weights = resolve_weights(spec, fetch=False)
@@ -400,16 +445,20 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
 
     Raises ModelLoadError with a message that names the setting and what to do.
     """
+    with _root_handlers_kept():
+        return _load_model(spec, device)
+
+
+def _load_model(spec: ModelSpec, device: str) -> LoadedModel:
     import open_clip
 
     register_config(spec)
     _check_arch(spec)
     weights = resolve_weights(spec)
     try:
-        with _quiet_open_clip():
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.arch, pretrained=weights.pretrained, device=device, force_quick_gelu=weights.quick_gelu,
-                **dict(weights.preprocess))
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.arch, pretrained=weights.pretrained, device=device, force_quick_gelu=weights.quick_gelu,
+            **dict(weights.preprocess))
     except Exception as exc:
         raise _load_error(spec, weights, exc) from exc
     try:
