@@ -421,8 +421,9 @@ def test_user_agent_and_request_headers(srv):
     srv.add_handler("/ua", record)
     r, _ = fetch(srv.url("/ua"), contact="ops@example.org")
     check(r, "success")
-    assert seen["User-Agent"] == ("Mozilla/5.0 (compatible; laion-spark/0.1; +https://github.com/laion-spark/"
-                                  "laion-spark; contact: ops@example.org)")
+    from laion_spark import __version__
+
+    assert seen["User-Agent"] == f"Mozilla/5.0 (compatible; laion-spark/{__version__}; contact: ops@example.org)"
     assert seen["Accept-Encoding"] == "gzip, deflate"
     assert "Cookie" not in seen
     cfg = DownloadConfig(user_agent="mybot/1.0", contact="https://x.example/contact")

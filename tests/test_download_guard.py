@@ -65,12 +65,25 @@ BLOCKED = [
     ("2002:a00:1::1", "private"),  # 6to4 of 10.0.0.1
     ("2002:7f00:1::1", "loopback"),  # 6to4 of 127.0.0.1
     ("64:ff9b::a9fe:a9fe", "metadata"),  # NAT64 of 169.254.169.254
+    ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
+    ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
+    ("64:ff9b:1::5db8:d70e", "local-use nat64"),  # RFC 8215 local-use prefix: refused even for a public v4
+    ("64:ff9b:1:abcd::1", "local-use nat64"),
     ("2001:db8::1", "documentation"),
     ("2001:0:4136:e378:8000:63bf:3f57:fdf2", "teredo"),  # RFC 4380 example; client 192.168.2.13 obfuscated
 ]
 
 ALLOWED = ["93.184.215.14", "8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "11.0.0.1", "192.169.0.1",
-           "2606:4700::1", "2a00:1450:4001::1", "::ffff:93.184.215.14", "2002:5db8:d70e::1"]
+           "2606:4700::1", "2a00:1450:4001::1", "::ffff:93.184.215.14", "2002:5db8:d70e::1",
+           # NAT64 well-known prefix (RFC 6052) of public IPv4 addresses: what DNS64 gives IPv6-only executors
+           "64:ff9b::5db8:d70e", "64:ff9b::808:808", "64:ff9b::1.1.1.1"]
+
+
+def test_local_use_nat64_is_let_through_only_when_allowed():
+    assert blocked_reason(ip("64:ff9b:1::5db8:d70e"), [ipaddress.ip_network("64:ff9b:1::/48")]) is None
+    # the well-known prefix is judged by the embedded address, also against allowed_networks
+    assert blocked_reason(ip("64:ff9b::7f00:1"), [ipaddress.ip_network("127.0.0.1/32")]) is None
+    assert blocked_reason(ip("64:ff9b::7f00:2"), [ipaddress.ip_network("127.0.0.1/32")]) is not None
 
 
 @pytest.mark.parametrize("addr,word", BLOCKED)

@@ -88,7 +88,12 @@ _V6_BLOCKS = [
 ]
 _V4_NETS = [(ipaddress.ip_network(n), why) for n, why in _V4_BLOCKS]
 _V6_NETS = [(ipaddress.ip_network(n), why) for n, why in _V6_BLOCKS]
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# NAT64 (RFC 6052): the well-known prefix carries the IPv4 address in its last 32 bits, so it is judged
+# by that address (IPv6-only executors behind DNS64 reach every IPv4-only site this way). The local-use
+# prefix (RFC 8215) is translated by a network's own gateway with a prefix length we cannot know (the
+# IPv4 address sits elsewhere for /48../64), so it is refused unless allowed_networks names it.
+_NAT64_WKP = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 def parse_networks(cidrs) -> list[IPNetwork]:
@@ -102,7 +107,7 @@ def _embedded_v4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str]
         return ip.ipv4_mapped, "IPv4-mapped"
     if ip.sixtofour is not None:
         return ip.sixtofour, "6to4"
-    if any(ip in net for net in _NAT64):
+    if ip in _NAT64_WKP:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "NAT64"
     if ip.teredo is not None:
         return ip.teredo[1], "Teredo"
@@ -134,6 +139,10 @@ def blocked_reason(ip: IPAddress, allowed=()) -> str | None:
             inner = blocked_reason(v4, allowed)
             if inner is not None:
                 return f"{how} address embedding {v4}: {inner}"
+            if how == "NAT64":  # the gateway connects to the public v4 itself (Python calls ::/8 reserved)
+                return None
+        if ip in _NAT64_LOCAL:
+            return "local-use NAT64 (RFC 8215): the embedded IPv4 address cannot be judged"
         for net, why in _V6_NETS:
             if ip in net:
                 return why

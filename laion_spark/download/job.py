@@ -30,6 +30,11 @@ class DownloadError(RuntimeError):
 def prepare(cfg) -> None:
     """Checks that need no Spark: input and retry_from exist, output is neither, guard settings parse."""
     d = cfg.download
+    if not d.contact.strip():
+        # site owners who see our traffic need a way to reach whoever runs it (LAION's crawler etiquette)
+        log.warning("download.contact is empty: the User-Agent (%r) tells site owners no way to reach you; "
+                    "set download.contact=you@example.org (or a URL such as https://example.org/crawler)",
+                    d.user_agent)
     if not exists(cfg.input):
         raise ConfigError(f"input not found: {cfg.input}")
     if d.retry_from and not exists(d.retry_from):
