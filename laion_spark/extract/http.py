@@ -5,7 +5,9 @@ INPUT:  the raw HTTP/1.x response as archived: status line, headers, body; possi
         without trailers, sometimes broken) and a gzip/deflate/brotli Content-Encoding.
 OUTPUT: HttpResponse(status, headers, body): lower-case header names (repeats joined with ', '),
         the body with Transfer-Encoding: chunked and Content-Encoding undone where that works and
-        left raw where it does not. Never raises.
+        left raw where it does not, cut to the caller's ``max_body`` bytes (extract passes
+        ``extract.max_html_bytes``: one cap for raw, gzip, deflate and brotli bodies, applied while
+        decoding, so a decompression bomb never inflates past it). Never raises.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
+from laion_spark.config import ExtractConfig
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["HttpResponse", "parse_http_response"]
 
 _HEADER_END = re.compile(rb"\r?\n\r*\n")
 _STATUS = re.compile(rb"HTTP/\d(?:\.\d)?\s+(\d{3})")
-_MAX_DECODED = 1 << 27  # decompressed body cap (128 MiB): a gzip bomb in one record must not OOM
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # int(x, 16) alone takes '-5', '+5', '0x5', '1_0'
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +49,9 @@ def _dechunk(data: bytes) -> bytes | None:
             return b"".join(out) if out else None
         crlf = nl > pos and data[nl - 1] == 0x0D  # chunk data must end the way its size line did
         size_field = data[pos:nl].split(b";", 1)[0].strip()
-        try:
-            size = int(size_field, 16)
-        except ValueError:
-            return None
+        if not _CHUNK_SIZE.fullmatch(size_field):
+            return None  # a negative size would walk the position backwards
+        size = int(size_field, 16)
         pos = nl + 1
         if size == 0:
             return b"".join(out)  # trailers after the last chunk are ignored
@@ -66,32 +69,35 @@ def _dechunk(data: bytes) -> bytes | None:
             return None
 
 
-def _decompress(body: bytes, coding: str) -> bytes | None:
+def _decompress(body: bytes, coding: str, cap: int) -> bytes | None:
+    """One content-coding undone, at most ``cap`` output bytes (what is beyond is never produced).
+
+    Each decoder stops at the cap by itself, so a bomb (a few KB that inflate to GBs) costs
+    O(cap) time and memory: zlib through ``max_length``, brotli through ``output_buffer_limit``
+    (brotli >= 1.1; an older brotli rejects the argument and the body is kept raw, never inflated
+    without a limit).
+    """
     try:
         if coding in ("gzip", "x-gzip"):
-            d = zlib.decompressobj(47)  # gzip or zlib header, auto-detected
-            out = d.decompress(body, _MAX_DECODED)
-        elif coding == "deflate":
+            return zlib.decompressobj(47).decompress(body, cap)  # gzip or zlib header, auto-detected
+        if coding == "deflate":
             try:  # "deflate" is zlib-wrapped per RFC, raw deflate in practice too
-                d = zlib.decompressobj(15)
-                out = d.decompress(body, _MAX_DECODED)
+                return zlib.decompressobj(15).decompress(body, cap)
             except zlib.error:
-                d = zlib.decompressobj(-15)
-                out = d.decompress(body, _MAX_DECODED)
-        elif coding == "br":
+                return zlib.decompressobj(-15).decompress(body, cap)
+        if coding == "br":
             import brotli
 
-            out = brotli.decompress(body)
-        else:
-            return None
+            # the limit stops the output buffer growing once it reaches the cap; it may end a
+            # little past it, hence the cut
+            return brotli.Decompressor().process(body, output_buffer_limit=cap)[:cap]
     except Exception as exc:  # noqa: BLE001  (any decoder failure means: keep the raw body)
         logger.debug("content-encoding %s not undone: %s", coding, exc)
-        return None
-    return out
+    return None
 
 
-def parse_http_response(block: bytes) -> HttpResponse:
-    """Parse an archived HTTP response; see the module docstring."""
+def parse_http_response(block: bytes, max_body: int = ExtractConfig.max_html_bytes) -> HttpResponse:
+    """Parse an archived HTTP response; the body is cut to ``max_body`` bytes (see the module docstring)."""
     m = _HEADER_END.search(block)
     if m is None:
         head, body = block, b""  # headers only, no blank line
@@ -123,8 +129,8 @@ def parse_http_response(block: bytes) -> HttpResponse:
     for coding in reversed(codings):  # codings apply in order, so undo them last first
         if coding == "identity":
             continue
-        decoded = _decompress(body, coding)
+        decoded = _decompress(body, coding, max_body)
         if decoded is None:
             break  # already decoded by the archiver (ClueWeb09) or broken: keep what we have
         body = decoded
-    return HttpResponse(status, headers, body)
+    return HttpResponse(status, headers, body[:max_body])

@@ -16,7 +16,7 @@ from laion_spark import schemas as S
 from laion_spark.config import ConfigError
 from laion_spark.extract.remote import expand_inputs
 from laion_spark.extract.transform import extract_candidates
-from laion_spark.io import check_output, write_table
+from laion_spark.io import check_output, fsspec_uri, write_table
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def plan_tasks(files: list[str], task_mb: int) -> list[tuple[int, str]]:
     out, task, filled = [], 0, 0
     for uri in files:
         size = limit
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = fsspec.core.url_to_fs(fsspec_uri(uri))
         if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
             try:
                 size = fs.size(path)

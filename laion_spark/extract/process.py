@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from laion_spark.extract.html import ImageLink, PageImages, parse_page
 from laion_spark.extract.http import parse_http_response
@@ -47,8 +48,33 @@ class ExtractRow:
     counts: str | None = None  # JSON {reason: count}, on the stats row
 
 
+# The instants a candidates row can hold: mapInPandas hands crawl_time to Arrow as pandas
+# datetime64[ns], which ends at these; a WARC-Date of 9999-12-31 or 0001-01-01 outside them would
+# raise OutOfBoundsDatetime while the batch is built (outside any per-record guard) and fail the
+# whole task. No crawl happened outside them, so such a date is "unparseable": null (DESIGN.md).
+CRAWL_TIME_MIN = datetime(1677, 9, 22, tzinfo=UTC)
+CRAWL_TIME_MAX = datetime(2262, 4, 11, tzinfo=UTC)
+# Lone UTF-16 surrogates are valid in a Python str (a WAT's JSON "\ud800" escape gives one) but
+# not in UTF-8: Arrow refuses to encode them (UnicodeEncodeError for the whole batch), and so does CLD3.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def crawl_time(date: datetime | None) -> datetime | None:
+    """A record's WARC-Date -> the crawl_time stored: None when the table cannot hold it."""
+    if date is None or not CRAWL_TIME_MIN <= date <= CRAWL_TIME_MAX:
+        return None
+    return date
+
+
+def utf8_text(value: str | None) -> str | None:
+    """A str as it can be stored (UTF-8): lone surrogates become U+FFFD, like any undecodable byte."""
+    if value is None or value.isascii():
+        return value
+    return _SURROGATE.sub("\ufffd", value)
+
+
 def _error(uri: str, offset: int | None, message: str) -> ExtractRow:
-    return ExtractRow(kind="error", source_uri=uri, source_offset=offset, error=message)
+    return ExtractRow(kind="error", source_uri=uri, source_offset=offset, error=utf8_text(message))
 
 
 def _mime(content_type: str | None) -> str:
@@ -60,15 +86,15 @@ def _page_from_response(record, cfg, counts: Counter) -> tuple[PageImages | None
     if not record.block.startswith(b"HTTP/"):
         counts["records_not_http"] += 1
         return None, None
-    response = parse_http_response(record.block)
+    # one cap for every body, raw or content-encoded: decoding stops there (bombs included)
+    response = parse_http_response(record.block, max_body=cfg.max_html_bytes)
     content_type = response.headers.get("content-type")
     if _mime(content_type) not in cfg.html_content_types:
         counts["records_not_html"] += 1
         return None, None
     counts["html_pages"] += 1
     page_url = record.target_uri or ""
-    body = response.body[: cfg.max_html_bytes]
-    return parse_page(body, content_type, page_url, lazy_attributes=cfg.lazy_attributes), page_url
+    return parse_page(response.body, content_type, page_url, lazy_attributes=cfg.lazy_attributes), page_url
 
 
 def _page_from_wat(record, counts: Counter) -> tuple[PageImages | None, str | None]:
@@ -86,6 +112,29 @@ def _page_from_wat(record, counts: Counter) -> tuple[PageImages | None, str | No
     # WAT leaves `alt` out when the tag has none: like parse_page, only imgs with an alt count
     images = [ImageLink(src=src, alt=alt) for src, alt in wat.images if alt and alt.strip() and src]
     return PageImages(images=images, base_href=wat.base_href, license=license_url), page_url
+
+
+def _candidate_rows(record, page: PageImages, page_url: str, kept, uri: str) -> Iterator[ExtractRow]:
+    """Kept (url, text) pairs of one page -> candidate rows whose every value the table can hold."""
+    page_url = utf8_text(page_url)
+    license_url = utf8_text(page.license)
+    when = crawl_time(record.date)
+    for url, text in kept:
+        text = utf8_text(text)
+        language, prob = detect_language(text)
+        yield ExtractRow(
+            kind="candidate",
+            source_uri=uri,
+            source_offset=record.offset,
+            source_length=record.length,
+            url=utf8_text(url),
+            text=text,
+            page_url=page_url,
+            language=language,
+            language_prob=prob,
+            license=license_url,
+            crawl_time=when,
+        )
 
 
 def process_file(uri: str, cfg) -> Iterator[ExtractRow]:
@@ -129,6 +178,8 @@ def _process_records(stream, uri: str, cfg, counts: Counter) -> Iterator[Extract
             if page is None:
                 continue
             kept, drops = page_candidates(page, page_url, cfg)
+            # built inside the guard: language detection and text checks see input values too
+            rows = list(_candidate_rows(record, page, page_url, kept, uri))
         except Exception as exc:  # noqa: BLE001 - one bad page costs that page only
             counts["record_errors"] += 1
             yield _error(uri, record.offset, f"{type(exc).__name__}: {exc}")
@@ -136,21 +187,7 @@ def _process_records(stream, uri: str, cfg, counts: Counter) -> Iterator[Extract
         for reason, n in drops.items():
             counts[f"dropped_{reason}"] += n
         counts["images_seen"] += len(kept) + sum(drops.values())
-        for url, text in kept:
-            language, prob = detect_language(text)
-            counts["candidates"] += 1
-            yield ExtractRow(
-                kind="candidate",
-                source_uri=uri,
-                source_offset=record.offset,
-                source_length=record.length,
-                url=url,
-                text=text,
-                page_url=page_url,
-                language=language,
-                language_prob=prob,
-                license=page.license,
-                crawl_time=record.date,
-            )
+        counts["candidates"] += len(rows)
+        yield from rows
     if file_failed:
         counts["files_with_errors"] += 1

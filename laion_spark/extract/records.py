@@ -425,11 +425,26 @@ def _parse_date(value: str) -> datetime | None:
             dt = datetime.strptime(value[:14], "%Y%m%d%H%M%S")
         else:
             dt = datetime.fromisoformat(value)
-    except ValueError:
+        if dt.tzinfo is None:
+            return dt.replace(tzinfo=UTC)
+        # OverflowError: 0001-01-01T00:00+01:00 or 9999-12-31T23:00-05:00 has no UTC datetime;
+        # uncaught it would end the whole file as an "unexpected reader failure"
+        return dt.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    if dt.tzinfo is None:
-        return dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+
+
+_DIGITS = re.compile(rb"\d{1,18}")  # a length with more digits is beyond int64 and no length at all
+
+
+def _parse_length(value: bytes) -> int | None:
+    """A Content-Length / ARC length field -> int, None unless it is plain ASCII digits.
+
+    int() alone would take '+5', '1_000', ' 7 ' and 5,000-digit numbers; none is a length a
+    writer produced, so each is treated as a missing length (the block is then resynchronised).
+    """
+    value = value.strip()
+    return int(value) if _DIGITS.fullmatch(value) else None
 
 
 def _clean_uri(value: str) -> str | None:
@@ -444,9 +459,8 @@ def _parse_arc_header(line: bytes) -> tuple[str, str, str, int] | None:
     fields = line.rstrip(b"\r").split(b" ")
     if len(fields) < 5:
         return None
-    try:
-        length = int(fields[-1])
-    except ValueError:
+    length = _parse_length(fields[-1])
+    if length is None:
         return None
     if fields[-3].isdigit() and len(fields[-3]) >= 12:  # v1: url ip date type length
         url_fields, date, ctype = fields[:-4], fields[-3], fields[-2]
@@ -457,7 +471,7 @@ def _parse_arc_header(line: bytes) -> tuple[str, str, str, int] | None:
     if not url_fields or b":" not in url_fields[0]:
         return None
     url = b" ".join(url_fields).decode("utf-8", "replace")  # ARC URLs may hold spaces
-    return url, date.decode("ascii", "replace"), ctype.decode("latin-1"), max(length, 0)
+    return url, date.decode("ascii", "replace"), ctype.decode("latin-1"), length
 
 
 class _Reader:
@@ -671,12 +685,7 @@ class _Reader:
                 name = key.strip().lower()
                 fields.setdefault(name, value.strip())
         rtype = fields.get(b"warc-type", b"").decode("latin-1").lower() or "unknown"
-        try:
-            declared: int | None = int(fields.get(b"content-length", b""))
-            if declared < 0:
-                declared = None
-        except ValueError:
-            declared = None
+        declared = _parse_length(fields.get(b"content-length", b""))
         block_end, nxt, errors = self._block_bounds(block_start, declared, f"{rtype} record")
         span = s.span(start, nxt)
         if self.want is None or rtype in self.want:

@@ -6,7 +6,11 @@ OUTPUT: ``open_uri`` -> a read-only binary file-like object that streams the fil
         on a transient failure (HTTP 5xx/429, S3 SlowDown, connection reset, timeout), reopens it
         with backoff and resumes at the current position (HTTP Range request; fsspec seek), at most
         ``retries`` consecutive times, then raises OSError with the URI and the last error.
-        ``expand_inputs`` -> the sorted, de-duplicated file URIs, each with its input's protocol.
+        ``expand_inputs`` -> the sorted, de-duplicated file URIs, each spelled the way its input was
+        (``dbfs:/``, ``s3a://``, ``file://``, a plain path), which is what becomes ``source_uri``.
+
+Every non-http URI goes through ``laion_spark.io.fsspec_uri`` (the mapping every later stage uses:
+``dbfs:/x`` -> ``/dbfs/x``, ``s3a://`` -> ``s3://``) before fsspec lists or opens it.
 
 http(s) is read with ``requests`` directly (stream=True, ``Range: bytes=N-`` on resume; a server
 that ignores Range is re-read and the first N bytes skipped); everything else goes through fsspec.
@@ -21,6 +25,8 @@ import time
 from collections.abc import Callable
 
 import fsspec
+
+from laion_spark.io import fsspec_uri
 
 logger = logging.getLogger(__name__)
 
@@ -179,16 +185,25 @@ def open_uri(uri: str, retries: int = 5, backoff_s: float = 0.5, timeout_s: floa
     if uri.startswith(("http://", "https://")):
         opener = _http_opener(uri, timeout_s)
     else:
-        opener = _fsspec_opener(uri, timeout_s)
+        # the one Spark-URI -> fsspec mapping of every stage (dbfs:/, s3a://, ...); messages keep uri
+        opener = _fsspec_opener(fsspec_uri(uri), timeout_s)
     return _RetryingReader(uri, opener, retries, backoff_s)
 
 
 def _paths_file_lines(uri: str) -> list[str]:
-    with fsspec.open(uri, "rb") as handle:
+    with fsspec.open(fsspec_uri(uri), "rb") as handle:
         data = handle.read()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     return [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def _prefixes(given: str, mapped: str) -> tuple[str, str]:
+    """(given URI, its fsspec form) -> the two prefixes that differ; fsspec_uri changes only a prefix."""
+    n = 0
+    while n < min(len(given), len(mapped)) and given[-1 - n] == mapped[-1 - n]:
+        n += 1
+    return given[: len(given) - n], mapped[: len(mapped) - n]
 
 
 def expand_inputs(inputs: list[str], paths_prefix: str) -> list[str]:
@@ -205,22 +220,27 @@ def expand_inputs(inputs: list[str], paths_prefix: str) -> list[str]:
         if item.startswith(("http://", "https://")):
             out.add(item)  # no listing over plain HTTP
             continue
-        fs, path = fsspec.core.url_to_fs(item)
-        has_protocol = "://" in item
+        mapped = fsspec_uri(item)
+        fs, path = fsspec.core.url_to_fs(mapped)
+        given, listed = _prefixes(item, mapped)
+        has_protocol = "://" in mapped
 
-        def keep_protocol(p: str, fs=fs, has_protocol=has_protocol) -> str:
-            return fs.unstrip_protocol(p) if has_protocol else p
+        def as_given(p: str, fs=fs, has_protocol=has_protocol, given=given, listed=listed) -> str:
+            # a listed file in the spelling the user gave (dbfs:/..., s3a://...), which
+            # becomes its source_uri; open_uri maps it again
+            found = fs.unstrip_protocol(p) if has_protocol else p
+            return given + found[len(listed):] if found.startswith(listed) else found
 
         if any(ch in path for ch in "*?["):
             found = [p for p in fs.glob(path) if fs.isfile(p)]
             if not found:
                 logger.warning("input glob %s matches no file", item)
-            out.update(keep_protocol(p) for p in found)
+            out.update(as_given(p) for p in found)
         elif fs.isdir(path):
             for p in fs.find(path):
                 name = p.rstrip("/").rsplit("/", 1)[-1]
                 if not name.startswith((".", "_")):  # _SUCCESS, .crc and other markers are not inputs
-                    out.add(keep_protocol(p))
+                    out.add(as_given(p))
         else:
             out.add(item)
     return sorted(out)
