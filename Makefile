@@ -26,7 +26,7 @@ lint: install
 	$(VENV)/bin/ruff check laion_spark jobs tests bench notebooks setup.py
 
 test: install lint
-	$(RUN) $(PY) -m pytest -q tests
+	$(RUN) $(PY) -m pytest -q -rs tests  # -rs: every skip with its reason
 
 demo: install
 	$(RUN) $(VENV)/bin/laion-spark demo output=demo-output mode=overwrite
