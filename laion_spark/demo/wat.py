@@ -1,4 +1,4 @@
-"""WARC -> WAT: Common Crawl's metadata records (JSON envelope), written with lxml, not the extract parser.
+"""WARC -> WAT: Common Crawl's metadata records (JSON envelope), written with Python's html.parser, not extract's.
 
 INPUT  -> a WARC file URI (read with warcio, which also undoes chunked transfer and gzip/deflate
           content encoding) and the URI of the WAT file to write
@@ -9,9 +9,10 @@ OUTPUT -> a gzip WAT file (one member per record): a warcinfo record, then one `
           -> HTML-Metadata -> Head (Title, Base, Metas, Link, Scripts) and Links
           ({"path": "IMG@/src", "url", "alt", "title"}, {"path": "A@/href", "url", "text", "rel"}, ...)
 
-The page is parsed by lxml (libxml2's HTML parser), on purpose a different parser from the one
-extract uses (lexbor via selectolax): the WAT path and the WARC path of extract are then checked
-against each other (tests/test_wat_equivalence.py). Conventions follow ia-web-commons'
+The page is read by the standard library's HTML tokenizer (html.parser), on purpose a different
+parser from the one extract uses (lexbor via selectolax), so the WAT path and the WARC path of
+extract are checked against each other (tests/test_wat_equivalence.py); and one that every Python
+has, so the demo runs from a plain install, without the test-only lxml. Conventions follow ia-web-commons'
 ExtractingParseObserver: attribute values with character references decoded, an `alt` key only
 when the attribute is there, anchor text trimmed and cut to 128 characters, `<link>` in Head.Link.
 Two deliberate differences: Head.Base is the first `<base href>` (the HTML standard; ia-web-commons
@@ -27,6 +28,7 @@ import json
 import logging
 import re
 import uuid
+from html.parser import HTMLParser
 
 log = logging.getLogger(__name__)
 
@@ -80,25 +82,30 @@ def _pairs(**values) -> dict:
     return {k.replace("_", "-"): v for k, v in values.items() if v is not None}
 
 
-def html_metadata(text: str) -> dict:
-    """Decoded HTML -> the WAT `HTML-Metadata` object (Head and Links), parsed by lxml."""
-    import lxml.etree
-    import lxml.html
+class _MetadataParser(HTMLParser):
+    """The standard library's HTML tokenizer -> Head and Links as ia-web-commons lists them.
 
-    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True)
-    try:
-        root = lxml.html.document_fromstring(text.encode("utf-8", "surrogatepass"), parser=parser)
-    except (lxml.etree.ParserError, ValueError):  # an empty document
-        return {}
-    head: dict = {}
-    links: list = []
-    for node in root.iter():
-        if not isinstance(node.tag, str):
-            continue
-        tag = node.tag.lower()
-        get = node.attrib.get
-        if tag == "title" and "Title" not in head:
-            head["Title"] = " ".join((node.text_content() or "").split())[:MAX_TEXT_LEN]
+    Attribute values come with character references decoded (convert_charrefs); a valueless
+    attribute is '' (as in a DOM); a repeated attribute keeps its first value (the HTML standard);
+    <script> / <style> contents are text (never tags), comments are skipped, and <noscript>
+    content is markup (no scripting, as LAION's crawler and lexbor with scripting off read it).
+    A new <a> ends an open one (HTML's rule for nested anchors)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.head: dict = {}
+        self.links: list = []
+        self._title: list[str] | None = None  # text parts while inside the first <title>
+        self._anchor: tuple[dict, list[str]] | None = None  # (link, text parts) while inside an <a>
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        values: dict[str, str] = {}
+        for name, value in attrs:
+            values.setdefault(name, "" if value is None else value)
+        get = values.get
+        head, links = self.head, self.links
+        if tag == "title" and "Title" not in head and self._title is None:
+            self._title = []
         elif tag == "base" and get("href") is not None and "Base" not in head:
             head["Base"] = get("href")
         elif tag == "meta":
@@ -112,14 +119,14 @@ def html_metadata(text: str) -> dict:
         elif tag == "script" and get("src") is not None:
             head.setdefault("Scripts", []).append(
                 {"path": "SCRIPT@/src", "url": get("src"), **_pairs(type=get("type"))})
-        elif tag == "a" and get("href") is not None:
-            link = {"path": "A@/href", "url": get("href"),
-                    **_pairs(target=get("target"), alt=get("alt"), title=get("title"), rel=get("rel"),
-                             hreflang=get("hreflang"), type=get("type"))}
-            anchor_text = " ".join((node.text_content() or "").split())[:MAX_TEXT_LEN]
-            if anchor_text:
-                link["text"] = anchor_text
-            links.append(link)
+        elif tag == "a":
+            self._end_anchor()
+            if get("href") is not None:
+                link = {"path": "A@/href", "url": get("href"),
+                        **_pairs(target=get("target"), alt=get("alt"), title=get("title"), rel=get("rel"),
+                                 hreflang=get("hreflang"), type=get("type"))}
+                links.append(link)
+                self._anchor = (link, [])
         elif tag == "area" and get("href") is not None:
             links.append({"path": "AREA@/href", "url": get("href"), **_pairs(rel=get("rel"))})
         elif tag == "img":
@@ -134,12 +141,50 @@ def html_metadata(text: str) -> dict:
             for attr in _SRC_TAGS[tag]:
                 if get(attr) is not None:
                     links.append({"path": f"{tag.upper()}@/{attr}", "url": get(attr)})
-    out: dict = {}
-    if head:
-        out["Head"] = head
-    if links:
-        out["Links"] = links
-    return out
+
+    def handle_data(self, data: str) -> None:
+        if self._title is not None:
+            self._title.append(data)
+        if self._anchor is not None:
+            self._anchor[1].append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._end_title()
+        elif tag == "a":
+            self._end_anchor()
+
+    def _end_title(self) -> None:
+        if self._title is not None:
+            self.head["Title"] = " ".join("".join(self._title).split())[:MAX_TEXT_LEN]
+            self._title = None
+
+    def _end_anchor(self) -> None:
+        if self._anchor is not None:
+            link, parts = self._anchor
+            text = " ".join("".join(parts).split())[:MAX_TEXT_LEN]
+            if text:
+                link["text"] = text
+            self._anchor = None
+
+    def finish(self) -> dict:
+        self.close()
+        self._end_title()  # an unclosed <title> or <a> ends with the document
+        self._end_anchor()
+        out: dict = {}
+        if self.head:
+            out["Head"] = self.head
+        if self.links:
+            out["Links"] = self.links
+        return out
+
+
+def html_metadata(text: str) -> dict:
+    """Decoded HTML -> the WAT `HTML-Metadata` object (Head and Links), from the standard library's
+    HTML tokenizer (html.parser)."""
+    parser = _MetadataParser()
+    parser.feed(text)
+    return parser.finish()
 
 
 def wat_envelope(record, container: dict) -> dict:
@@ -194,7 +239,7 @@ def warc_to_wat(warc_uri: str, wat_uri: str) -> int:
             for record in records:
                 if not info_written:
                     info_written = True
-                    info = (f"Software-Info: laion-spark demo WAT writer (lxml)\r\nWARC-Filename: {name}\r\n"
+                    info = (f"Software-Info: laion-spark demo WAT writer (html.parser)\r\nWARC-Filename: {name}\r\n"
                             "format: WARC File Format 1.0\r\n").encode()
                     writer.write_record(writer.create_warc_record(
                         "", "warcinfo", payload=io.BytesIO(info), length=len(info),
