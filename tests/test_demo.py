@@ -386,6 +386,8 @@ def test_demo_embeds_and_filters_with_the_toy_clip(spark, demo_run):
     # filter: every images row in exactly one of dataset and rejected
     assert len(images) == len(dataset) + len(rejected)
     assert set(dataset) | set(rejected) == {r[S.SAMPLE_ID] for r in images} and not set(dataset) & set(rejected)
+    # each loop below has rows to check: failed downloads, kept rows, success rows under the threshold
+    assert any(r[S.STATUS] != "success" for r in images) and dataset and successes - set(dataset)
     for row in images:
         if row[S.STATUS] != "success":
             assert rejected[row[S.SAMPLE_ID]][S.REASON] == f"download_failed:{row[S.STATUS]}", row[S.URL]

@@ -121,7 +121,9 @@ def test_every_notebook_has_one_parameters_cell_of_plain_assignments():
         assert len(parameters) == 1, path.name
         # values assigned after the cell replace these names; a value computed from another
         # parameter, or any other statement, would keep the notebook's default instead
-        for stmt in ast.parse(parameters[0]).body:
+        statements = ast.parse(parameters[0]).body
+        assert statements, f"{path.name}: the parameters cell sets nothing"
+        for stmt in statements:
             assert isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets), (
                 path.name, ast.unparse(stmt))
             assert not any(isinstance(node, ast.Name) for node in ast.walk(stmt.value)), (path.name, ast.unparse(stmt))
@@ -257,6 +259,7 @@ def test_download_embed_filter_notebook_keeps_true_captions_and_rejects_the_rest
     # filter: every images row in exactly one table; failures rejected with their status
     assert len(images) == len(dataset) + len(rejected) and not set(dataset) & set(rejected)
     assert set(dataset) | set(rejected) == {r[S.SAMPLE_ID] for r in images}
+    assert any(row[S.STATUS] != "success" for row in images)  # the loop below has failures to check
     for row in images:
         if row[S.STATUS] != "success":
             assert rejected[row[S.SAMPLE_ID]][S.REASON] == f"download_failed:{row[S.STATUS]}"
