@@ -49,6 +49,11 @@ Built-in routes (query parameters in brackets, times in seconds):
     /slow-headers?s=S              waits S before the status line, then 200 + a small body
     /slow-body?s=S                 headers (Content-Length 10) at once, body after S
     /trickle?every=S               200, chunked, one byte every S forever (until the client leaves)
+    /trickle-status?every=S&max=T  the status line one byte every S (for at most T, default 60, then the
+                                   rest at once), then headers and TRICKLE_BODY at once
+    /trickle-headers?every=S&max=T the status line at once, the header block one byte every S (same T)
+    /header-flood?every=S&max=T    the status line, then one short header line every S (each quick: no
+                                   read timeout fires) for T, then the end of the headers and TRICKLE_BODY
     /never-ending                  200, chunked, 64 KiB chunks as fast as the client reads, forever
     /huge?n=N[&length=0]           N bytes of b"x", with Content-Length N (length=0: without, close-delimited)
     /lying-length?claim=N&send=M   Content-Length N, M < N bytes of body, then the connection is closed
@@ -62,6 +67,9 @@ Built-in routes (query parameters in brackets, times in seconds):
     /xrobots?tag=V[&tag=V2...]     200 image/jpeg; one X-Robots-Tag header per tag value
     /html-as-jpeg                  HTML body served as image/jpeg
     /empty                         200, Content-Length 0
+
+TLS-handshake target: `SilentServer(host)` accepts TCP connections and never sends a byte (so a TLS
+client waits in its handshake); `.port`, `.connections`, a context manager.
 
 Connect-timeout target: `Blackhole(host)` is a listening socket that never accepts, with its
 backlog full, so on Linux a further connect() gets no SYN-ACK and times out (tested in
@@ -84,6 +92,7 @@ from urllib.parse import parse_qs, urlsplit
 
 FLAKY_BODY = b"flaky-ok"
 CHAIN_BODY = b"end-of-chain"
+TRICKLE_BODY = b"finally-done"
 HTML_BODY = b"<!doctype html><html><head><title>not an image</title></head><body>hello</body></html>"
 
 
@@ -220,6 +229,55 @@ class FaultHandler(BaseHTTPRequestHandler):
         while not self.wait(every):
             self.write_chunk(b"x")
         self.close_connection = True
+
+    def _trickle(self, data: bytes, every: float, until: float) -> bool:
+        """Write `data` one byte every `every` s until time `until`, then the rest at once; False if stopped."""
+        for i in range(len(data)):
+            if time.monotonic() >= until:
+                self.wfile.write(data[i:])
+                break
+            self.wfile.write(data[i:i + 1])
+            self.wfile.flush()
+            if self.wait(every):
+                return False
+        self.wfile.flush()
+        return True
+
+    def _raw_head(self, extra: bytes = b"") -> tuple[bytes, bytes]:
+        status = b"HTTP/1.1 200 OK\r\n"
+        headers = (b"Content-Type: image/jpeg\r\n" + extra + b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                   % len(TRICKLE_BODY))
+        self.close_connection = True
+        return status, headers
+
+    def _limits(self) -> tuple[float, float]:
+        return float(self.q("every", "0.2")), time.monotonic() + float(self.q("max", "60"))
+
+    def route_trickle_status(self, args):
+        every, until = self._limits()
+        status, headers = self._raw_head()
+        if self._trickle(status, every, until):
+            self.write_body(headers + TRICKLE_BODY)
+
+    def route_trickle_headers(self, args):
+        every, until = self._limits()
+        status, headers = self._raw_head(b"X-Padding: " + b"p" * 200 + b"\r\n")
+        self.wfile.write(status)
+        if self._trickle(headers, every, until):
+            self.write_body(TRICKLE_BODY)
+
+    def route_header_flood(self, args):
+        every, until = self._limits()
+        status, headers = self._raw_head()
+        self.wfile.write(status)
+        n = 0
+        while time.monotonic() < until:
+            self.wfile.write(b"X-Flood-%d: %s\r\n" % (n, b"f" * 20))
+            self.wfile.flush()
+            n += 1
+            if self.wait(every):
+                return
+        self.write_body(headers + TRICKLE_BODY)
 
     def route_never_ending(self, args):
         self._chunked_headers()
@@ -550,6 +608,61 @@ class FaultServer:
         """TLS only: the server names (SNI) clients sent, one per handshake."""
         with self._srv.lock:
             return list(self._srv.sni_names)
+
+
+class SilentServer:
+    """A loopback listener that accepts connections and never sends anything (a stalled TLS handshake)."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
+        self._listener: socket.socket | None = None
+        self._accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SilentServer:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.bind((self.host, 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.05)
+        self._thread = threading.Thread(target=self._accept, name="SilentServer", daemon=True)
+        self._thread.start()
+        return self
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            self._accepted.append(conn)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            if self._thread.is_alive():
+                raise RuntimeError("SilentServer thread still alive after stop")
+        for c in self._accepted:
+            c.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    @property
+    def port(self) -> int:
+        return self._listener.getsockname()[1]
+
+    @property
+    def connections(self) -> int:
+        return len(self._accepted)
+
+    def __enter__(self) -> SilentServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 class Blackhole:

@@ -10,9 +10,16 @@ Every connection, redirect hops and robots.txt included, goes through the addres
 Redirects are followed here, not by requests, so each hop gets its scheme re-validated, its robots.txt
 checked, and is counted against max_redirects and the one per-URL deadline.
 
+deadline_s bounds everything one URL does: resolution, connecting (all of a host's addresses
+together), TLS, status line, headers, body, every redirect hop, robots.txt and every retry or host
+pause wait. It is enforced from outside the blocking calls (guard.Watchdog cuts the socket, name
+resolution is waited on in a helper thread), since a server that sends its status line or headers one
+byte just inside every read timeout is never stopped by a socket timeout. A URL stopped this way is
+`timeout` with the phase that was running in its message; a socket that was cut never goes back to
+the connection pool.
+
 Why a hand-written body loop: the cap (max_body_bytes) must hold while streaming, on decoded bytes
-(a gzip bomb is a few KB on the wire), and the deadline must hold against a server that trickles one
-byte just inside every read timeout. urllib3 2.8 decodes at most the requested amount per read, so
+(a gzip bomb is a few KB on the wire). urllib3 2.8 decodes at most the requested amount per read, so
 reading cap + 1 bytes at most keeps memory at the cap whatever the encoding; each read is one socket
 read (read1) with the socket timeout clipped to what is left of the deadline.
 """
@@ -33,7 +40,15 @@ from urllib.robotparser import RobotFileParser
 import requests
 import urllib3.exceptions as u3
 
-from laion_spark.download.guard import AddressGuard, BlockedAddress, DnsError, guarded_session
+from laion_spark.download.guard import (
+    AddressGuard,
+    BlockedAddress,
+    Deadline,
+    DeadlineExceeded,
+    DnsError,
+    Watchdog,
+    guarded_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +204,11 @@ def _chain(exc: BaseException):
 class Fetcher:
     """One per Spark task, shared by its threads (thread-safe): url -> FetchResult."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, resolver=None):
+        """resolver: getaddrinfo's stand-in for the address guard (tests); None: socket.getaddrinfo."""
         self.cfg = cfg
-        self.guard = AddressGuard(cfg.allowed_networks, cfg.connect_to)
+        self.guard = AddressGuard(cfg.allowed_networks, cfg.connect_to, resolver=resolver)
+        self.watchdog = Watchdog()
         # one session shared by the task's threads; each host's pool holds up to `threads` connections
         self.session = guarded_session(self.guard, pool_maxsize=max(cfg.threads, cfg.per_host_connections),
                                        num_pools=max(64, 2 * cfg.threads))
@@ -209,11 +226,11 @@ class Fetcher:
     # --- public -----------------------------------------------------------------------------
     def fetch(self, url: str) -> FetchResult:
         """URL -> FetchResult; never raises for a per-URL problem."""
-        deadline = time.monotonic() + self.cfg.deadline_s
         try:
             if self._closed.is_set():
                 return _fail("connect_error", "fetcher is closed", url)
-            return self._fetch(url, deadline, robots_mode=False)
+            with self.watchdog.deadline(self.cfg.deadline_s) as deadline:
+                return self._fetch(url, deadline, robots_mode=False)
         except Exception as exc:  # a bug here must cost one row, not the Spark task (logged with traceback)
             log.exception("unexpected error fetching %r", url)
             return _fail(_status_of_unexpected(exc), f"unexpected {type(exc).__name__}: {exc}", url)
@@ -221,6 +238,7 @@ class Fetcher:
     def close(self) -> None:
         """Stop: waits between attempts end at once, no new attempt starts, pooled connections close."""
         self._closed.set()
+        self.watchdog.close()  # cuts the sockets of fetches still running: they end now, as timeouts
         self.session.close()
 
     def __enter__(self):
@@ -230,7 +248,7 @@ class Fetcher:
         self.close()
 
     # --- one URL: redirects and retries -----------------------------------------------------
-    def _fetch(self, url: str, deadline: float, robots_mode: bool) -> FetchResult:
+    def _fetch(self, url: str, deadline: Deadline, robots_mode: bool) -> FetchResult:
         bad = check_url(url)
         if bad:
             return _fail("invalid_url", bad, url if isinstance(url, str) else None)
@@ -268,37 +286,44 @@ class Fetcher:
                 return outcome.result
             attempts += 1
             log.debug("retry %d of %s in %.2fs after %s", attempts, current, wait, outcome.result.error_message)
+            deadline.enter("retry wait")
             if self._closed.wait(wait):
                 result = outcome.result
                 result.error_message = f"{result.error_message} (fetcher closed before the retry)"
                 return result
 
-    def _retry_wait(self, outcome: _Outcome, attempts: int, deadline: float) -> float | None:
+    def _retry_wait(self, outcome: _Outcome, attempts: int, deadline: Deadline) -> float | None:
         """A failed attempt -> seconds to wait before the next one, or None to give up now."""
         if not outcome.retryable or attempts >= self.cfg.retries or self._closed.is_set():
             return None
         wait = outcome.retry_after
         if wait is None:
             wait = self.cfg.retry_backoff_s * (2 ** attempts)
-        if time.monotonic() + wait >= deadline:
+        if wait >= deadline.left():  # a wait that cannot end inside the deadline ends the URL now
             outcome.result.error_message += f" (no time left in deadline_s={self.cfg.deadline_s} for a retry)"
             return None
         return wait
 
     # --- one request ------------------------------------------------------------------------
-    def _request(self, url: str, deadline: float, robots_mode: bool) -> FetchResult | _Outcome | _Redirect:
+    def _request(self, url: str, deadline: Deadline, robots_mode: bool) -> FetchResult | _Outcome | _Redirect:
         """One GET (no redirect following) -> a final FetchResult, a retryable _Outcome, or a _Redirect."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return _fail("timeout", f"deadline_s={self.cfg.deadline_s} exceeded before requesting {url}", url)
+        left = deadline.left()
+        if left <= 0 or deadline.expired:
+            deadline.expire()
+            return _fail("timeout", deadline.message(url), url)
         connect_t = min(self.cfg.connect_timeout_s, left)
         read_t = min(self.cfg.read_timeout_s, left)
         try:
             resp = self.session.get(url, stream=True, allow_redirects=False, timeout=(connect_t, read_t))
         except Exception as exc:  # noqa: BLE001 - every transport failure becomes a status here
+            deadline.release()
+            if deadline.expired or isinstance(exc, DeadlineExceeded):  # whatever the cut socket raised
+                return _fail("timeout", deadline.message(url), url)
             return self._request_error(exc, url, connect_t, read_t)
         complete = False
         try:
+            if deadline.expired:  # headers cut short by the watchdog parse as if complete: they are not
+                return _fail("timeout", deadline.message(url), url)
             code = resp.status_code
             ctype = resp.headers.get("Content-Type")
             location = resp.headers.get("Location")
@@ -334,28 +359,32 @@ class Fetcher:
             complete = True
             return FetchResult(SUCCESS, body, code, url, ctype, None)
         finally:
-            if complete:
+            cut = deadline.release()
+            if complete and not cut:
                 resp.raw.release_conn()  # fully read: the connection can be reused
             else:
                 resp.close()  # unread body (opt-out, too large, error): drop the connection, read nothing more
 
-    def _read_body(self, resp, url: str, deadline: float, read_t: float, cap: int,
+    def _read_body(self, resp, url: str, deadline: Deadline, read_t: float, cap: int,
                    robots_mode: bool) -> tuple[bytes | None, FetchResult | None]:
         """A streaming response -> (decoded body, None) or (None, failure); never holds more than cap + 1 bytes."""
         raw = resp.raw
         buf = io.BytesIO()  # getvalue() hands over its buffer without a copy: one body in memory, not two
         size = 0
+        deadline.enter("body")
         try:
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None, _fail("timeout", f"deadline_s={self.cfg.deadline_s} exceeded while reading the "
-                                       f"body ({size} bytes so far)", url)
+                left = deadline.left()
+                if left <= 0 or deadline.expired:
+                    deadline.expire()
+                    return None, _fail("timeout", deadline.message(f"{url} ({size} bytes so far)"), url)
                 _set_read_timeout(raw, min(read_t, left))  # a trickling body cannot outlive the deadline
                 # read1: one socket read at most, so the deadline is checked between reads (read()
                 # would block until the whole amount came, one trickled byte per read timeout)
                 chunk = raw.read1(min(CHUNK_BYTES, cap + 1 - size), decode_content=True)
                 if not chunk:
+                    if deadline.expired:  # a cut socket reads as the end of a close-delimited body
+                        return None, _fail("timeout", deadline.message(f"{url} ({size} bytes so far)"), url)
                     break
                 buf.write(chunk)
                 size += len(chunk)
@@ -365,16 +394,17 @@ class Fetcher:
                     return None, _fail("too_large", f"body exceeds max_body_bytes={cap} (decoded)", url)
                 if self._closed.is_set():
                     return None, _fail("timeout", "fetcher closed while reading the body", url)
-        except (u3.ReadTimeoutError, TimeoutError):
-            if deadline - time.monotonic() <= 0.01:
-                return None, _fail("timeout", f"deadline_s={self.cfg.deadline_s} exceeded while reading the body "
+        except (u3.ReadTimeoutError, TimeoutError, u3.DecodeError, u3.ProtocolError, u3.SSLError, OSError) as exc:
+            if deadline.expired or deadline.left() <= 0.01:  # the cut socket's error, or the clipped timeout
+                deadline.expire()
+                return None, _fail("timeout", deadline.message(f"{url} ({size} bytes so far)"), url)
+            if isinstance(exc, (u3.ReadTimeoutError, TimeoutError)):
+                return None, _fail("timeout", f"read timeout ({read_t:.3g}s) while reading the body of {url} "
                                    f"({size} bytes so far)", url)
-            return None, _fail("timeout", f"read timeout ({read_t:.3g}s) while reading the body of {url} "
-                               f"({size} bytes so far)", url)
-        except u3.DecodeError as exc:
-            encoding = resp.headers.get("Content-Encoding", "?")
-            return None, _fail("decode_error", f"Content-Encoding {encoding} could not be decoded: {exc}", url)
-        except (u3.ProtocolError, u3.SSLError, OSError) as exc:  # IncompleteRead, connection reset mid-body
+            if isinstance(exc, u3.DecodeError):
+                encoding = resp.headers.get("Content-Encoding", "?")
+                return None, _fail("decode_error", f"Content-Encoding {encoding} could not be decoded: {exc}", url)
+            # IncompleteRead, connection reset mid-body
             return None, _fail("truncated", f"body cut after {size} bytes: {_short(exc)}", url)
         return buf.getvalue(), None
 
@@ -411,7 +441,7 @@ class Fetcher:
         return _Outcome(_fail("connect_error", f"request failed: {type(exc).__name__}: {_short(exc)}", url), True)
 
     # --- robots.txt -------------------------------------------------------------------------
-    def _robots_refusal(self, url: str, deadline: float) -> FetchResult | None:
+    def _robots_refusal(self, url: str, deadline: Deadline) -> FetchResult | None:
         """A URL about to be requested -> a failure (opted_out, or robots.txt unreachable) or None to go on."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -425,12 +455,14 @@ class Fetcher:
         if owner:
             try:
                 netloc = parts.netloc.rsplit("@", 1)[-1]
-                self._load_robots(entry, urlunsplit((scheme, netloc, "/robots.txt", "", "")))
+                self._load_robots(entry, urlunsplit((scheme, netloc, "/robots.txt", "", "")), deadline)
             finally:
                 entry.ready.set()
-        elif not entry.ready.wait(max(0.0, deadline - time.monotonic())):
-            return _fail("timeout", f"deadline_s={self.cfg.deadline_s} exceeded waiting for robots.txt of "
-                         f"{parts.netloc}", url)
+        else:
+            deadline.enter("robots.txt wait")
+            if not entry.ready.wait(max(0.0, deadline.left())):
+                deadline.expire()
+                return _fail("timeout", deadline.message(f"robots.txt of {parts.netloc}"), url)
         if entry.failure is not None:
             f = entry.failure
             return _fail(f.status, f"robots.txt unreachable, so not fetched (RFC 9309): {f.error_message}", url,
@@ -439,8 +471,9 @@ class Fetcher:
             return _fail("opted_out", f"robots.txt disallows {url} for {self.cfg.user_agent_token}", url)
         return None
 
-    def _load_robots(self, entry: _RobotsEntry, robots_url: str) -> None:
-        """Fetch and parse one robots.txt into `entry`, with a deadline of its own (not the asking URL's).
+    def _load_robots(self, entry: _RobotsEntry, robots_url: str, deadline: Deadline) -> None:
+        """Fetch and parse one robots.txt into `entry`, within the asking URL's deadline (so that URL
+        still ends within deadline_s; a robots.txt that times out is cached as unreachable).
 
         RFC 9309: a 4xx (or a robots.txt that redirects too often / to a URL we cannot fetch) means
         no rules, everything allowed. 5xx, 429 and network errors mean "unreachable", and the RFC
@@ -449,7 +482,7 @@ class Fetcher:
         is final. The outcome is cached for this Fetcher (one Spark task).
         """
         try:
-            result = self._fetch(robots_url, time.monotonic() + self.cfg.deadline_s, robots_mode=True)
+            result = self._fetch(robots_url, deadline, robots_mode=True)
         except Exception as exc:  # same bug guard as fetch()
             log.exception("unexpected error fetching %s", robots_url)
             result = _fail("connect_error", f"unexpected {type(exc).__name__}: {exc}", robots_url)

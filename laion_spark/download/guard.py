@@ -22,11 +22,17 @@ so the fetcher can tell a refusal from a network error by its type.
 
 from __future__ import annotations
 
+import heapq
+import http.client
 import ipaddress
+import itertools
 import logging
 import re
 import socket
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import requests
@@ -52,6 +58,191 @@ class BlockedAddress(GuardError):
 
 class DnsError(GuardError):
     """The host name does not resolve (or resolves to nothing usable)."""
+
+
+class DeadlineExceeded(GuardError):
+    """The URL's deadline passed while resolving or connecting (status timeout); the message names the phase."""
+
+
+# --- the per-URL deadline, enforced from outside the blocking calls --------------------------------------
+# Why from outside: a socket timeout bounds one read, not a server that sends the status line or the
+# headers one byte just inside every read timeout, and getaddrinfo has no timeout at all. So each URL
+# gets a Deadline (the phase it is in, the socket it is using), a per-Fetcher Watchdog thread cuts that
+# socket (shutdown, never close: the fd stays ours) when the time is up, and name resolution runs in a
+# helper thread waited on with the time left. The Deadline of the URL a thread is fetching is found
+# through a thread-local: urllib3 opens and uses connections in the calling thread.
+_current = threading.local()
+
+
+def current_deadline() -> Deadline | None:
+    """The Deadline of the URL this thread is fetching (None outside Watchdog.deadline())."""
+    return getattr(_current, "deadline", None)
+
+
+class Deadline:
+    """One URL's time limit: its phase and the socket the watchdog cuts when the time is up (thread-safe)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.phase = "start"
+        self.expired_in: str | None = None  # the phase that was running when the time ran out
+        self.done = False
+        self._lock = threading.Lock()
+        self._src: socket.socket | None = None  # the socket attached, to skip attaching it twice
+        self._killer: socket.socket | None = None  # a dup of its fd: valid after TLS wrapping detaches it
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    @property
+    def expired(self) -> bool:
+        return self.expired_in is not None
+
+    def enter(self, phase: str) -> None:
+        self.phase = phase
+
+    def message(self, what: str = "") -> str:
+        """-> 'deadline_s=2 exceeded during <phase>[ of <what>]'."""
+        return f"deadline_s={self.seconds:g} exceeded during {self.expired_in or self.phase}" + (
+            f" of {what}" if what else "")
+
+    def attach(self, sock: socket.socket) -> None:
+        """Cut `sock` when the time is up (at once if it already is)."""
+        with self._lock:
+            if sock is self._src:
+                return
+            self._drop()
+            try:
+                self._killer = socket.socket(fileno=_dup(sock))
+            except OSError:  # closed under us: nothing to cut
+                return
+            self._src = sock
+            if self.expired:
+                _cut(self._killer)
+
+    def release(self) -> bool:
+        """Forget the socket (its request is over) -> True if the watchdog cut it (never reuse it then)."""
+        with self._lock:
+            self._drop()
+            return self.expired
+
+    def expire(self) -> None:
+        """Time is up: note the phase and cut the socket (called by the Watchdog, or by a caller that saw it)."""
+        with self._lock:
+            if self.expired_in is None:
+                self.expired_in = self.phase
+            if self._killer is not None:
+                _cut(self._killer)
+
+    def _drop(self) -> None:
+        if self._killer is not None:
+            self._killer.close()
+        self._killer = self._src = None
+
+
+def _dup(sock: socket.socket) -> int:
+    import os
+
+    return os.dup(sock.fileno())
+
+
+def _cut(sock: socket.socket) -> None:
+    """shutdown, not close: a thread blocked in recv/connect/handshake on it wakes with EOF or an error."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class Watchdog:
+    """One thread per Fetcher that expires each URL's Deadline at its time; started on first use."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @contextmanager
+    def deadline(self, seconds: float):
+        """Within the block, this thread's fetch is bounded by a Deadline of `seconds` (yielded)."""
+        d = Deadline(seconds)
+        with self._cond:
+            if self._closed:
+                d.expire()
+            else:
+                earliest = self._heap[0][0] if self._heap else None
+                heapq.heappush(self._heap, (d.at, next(self._seq), d))
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="download-watchdog", daemon=True)
+                    self._thread.start()
+                elif earliest is None or d.at < earliest:
+                    self._cond.notify()
+        previous = current_deadline()
+        _current.deadline = d
+        try:
+            yield d
+        finally:
+            _current.deadline = previous
+            d.done = True
+            d.release()
+
+    def close(self) -> None:
+        """Stop the thread; deadlines still running expire now (their sockets are cut)."""
+        with self._cond:
+            self._closed = True
+            pending = [d for _, _, d in self._heap if not d.done]
+            self._heap.clear()
+            self._cond.notify()
+            thread = self._thread
+        for d in pending:
+            d.expire()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    d = heapq.heappop(self._heap)[2]
+                    if not d.done:
+                        d.expire()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+def _resolve_in_time(resolver, host: str, port: int, deadline: Deadline | None):
+    """resolver(host, port, ...) -> its answer, waited on for what is left of the deadline.
+
+    A helper thread, because getaddrinfo cannot be interrupted: when the time is up the answer is
+    dropped and the thread ends whenever the resolver returns.
+    """
+    def call():
+        return resolver(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+
+    if deadline is None:
+        return call()
+    deadline.enter("resolve")
+    out: dict = {}
+    done = threading.Event()
+
+    def run():
+        try:
+            out["infos"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            out["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="download-resolve", daemon=True).start()
+    if not done.wait(max(0.0, deadline.left())):
+        deadline.expire()
+        raise DeadlineExceeded(deadline.message(f"resolving {host}"))
+    if "error" in out:
+        raise out["error"]
+    return out["infos"]
 
 
 # Explicit lists first (their reasons are clearer than "not global", and Python's is_global misses
@@ -239,9 +430,12 @@ def parse_connect_to(entry: str) -> ConnectTo:
 class AddressGuard:
     """(host, port) -> checked socket addresses; thread-safe (no mutable state after __init__)."""
 
-    def __init__(self, allowed_networks=(), connect_to=()):
+    def __init__(self, allowed_networks=(), connect_to=(), resolver=None):
         self.allowed = parse_networks(allowed_networks)
         self.connect_to = [c if isinstance(c, ConnectTo) else parse_connect_to(c) for c in connect_to]
+        # resolver(host, port, type=, proto=) -> getaddrinfo's answer; None: socket.getaddrinfo, looked
+        # up at call time (so a test's monkeypatch of socket.getaddrinfo is seen)
+        self.resolver = resolver
 
     def check_ip(self, ip: IPAddress, host: str) -> None:
         """Raise BlockedAddress if `ip` (what `host` stands for) may not be connected to."""
@@ -273,7 +467,7 @@ class AddressGuard:
         if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always loopback, never ask DNS
             raise BlockedAddress(f"blocked address {bare}: loopback name")
         try:
-            infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+            infos = _resolve_in_time(self.resolver or socket.getaddrinfo, bare, port, current_deadline())
         except socket.gaierror as exc:
             raise DnsError(f"cannot resolve {bare}: {exc.strerror or exc}") from None
         except (UnicodeError, ValueError) as exc:
@@ -302,15 +496,27 @@ def _open_socket(conn: HTTPConnection, guard: AddressGuard) -> socket.socket:
     """The body of the guarded `_new_conn`: connect to the first checked address that answers."""
     # _dns_host: the host as given (trailing dot kept for the resolver); GuardError passes through urllib3 unchanged
     addresses = guard.resolve(getattr(conn, "_dns_host", conn.host), conn.port)
+    deadline = current_deadline()
     err: OSError | None = None
     for family, sockaddr in addresses:
+        # all of a host's addresses share the one deadline: ten black-holed addresses cannot cost
+        # ten connect timeouts
+        if deadline is not None:
+            deadline.enter("connect")
+            if deadline.expired or deadline.left() <= 0:
+                deadline.expire()
+                raise DeadlineExceeded(deadline.message(f"connecting to {conn.host}"))
         sock = None
         try:
             sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             for opt in conn.socket_options or ():
                 sock.setsockopt(*opt)
-            if conn.timeout is not _DEFAULT_TIMEOUT:
-                sock.settimeout(conn.timeout)
+            timeout = None if conn.timeout is _DEFAULT_TIMEOUT else conn.timeout
+            if deadline is not None:
+                timeout = max(0.001, min(timeout if timeout is not None else deadline.left(), deadline.left()))
+                deadline.attach(sock)
+            if timeout is not None:
+                sock.settimeout(timeout)
             if conn.source_address:
                 sock.bind(conn.source_address)
             sock.connect(sockaddr)
@@ -318,8 +524,27 @@ def _open_socket(conn: HTTPConnection, guard: AddressGuard) -> socket.socket:
         except OSError as exc:
             err = exc
             if sock is not None:
+                if deadline is not None:
+                    deadline.release()
                 sock.close()
+    if deadline is not None and (deadline.expired or deadline.left() <= 0):
+        deadline.expire()
+        raise DeadlineExceeded(deadline.message(f"connecting to {conn.host}"))
     raise err if err is not None else OSError(f"no address to connect to for {conn.host}")
+
+
+class _PhasedResponse(http.client.HTTPResponse):
+    """http.client's response, telling the URL's Deadline when the status line is read and the headers begin."""
+
+    def _read_status(self):  # http.client's own step (stable since 3.x); begin() calls it, then parses headers
+        deadline = current_deadline()
+        if deadline is not None:
+            deadline.enter("status line")
+        try:
+            return super()._read_status()
+        finally:
+            if deadline is not None:
+                deadline.enter("headers")
 
 
 class _GuardedConnectionMixin:
@@ -330,6 +555,21 @@ class _GuardedConnectionMixin:
     """
 
     guard: AddressGuard  # set on the per-session subclass made by guarded_pool_classes
+    response_class = _PhasedResponse
+
+    def request(self, *args, **kwargs):
+        deadline = current_deadline()
+        if deadline is not None:
+            if self.sock is not None:  # a reused keep-alive connection (or one TLS just set up)
+                deadline.attach(self.sock)
+            deadline.enter("request")
+        return super().request(*args, **kwargs)
+
+    def getresponse(self, *args, **kwargs):
+        deadline = current_deadline()
+        if deadline is not None:
+            deadline.enter("status line")
+        return super().getresponse(*args, **kwargs)
 
     def _new_conn(self) -> socket.socket:
         try:
@@ -341,6 +581,9 @@ class _GuardedConnectionMixin:
         except OSError as exc:
             raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
         sys.audit("http.client.connect", self, self.host, self.port)
+        deadline = current_deadline()
+        if deadline is not None:
+            deadline.enter("tls" if isinstance(self, HTTPSConnection) else "request")
         return sock
 
 
