@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -156,3 +157,68 @@ def test_expand_inputs(tmp_path) -> None:
     ]
     assert [open_uri(u).read() for u in found] == [b"1", b"2"]
     assert expand_inputs(["https://data.commoncrawl.org/a.warc.gz"], "") == ["https://data.commoncrawl.org/a.warc.gz"]
+
+
+# ---- Spark-style URIs (dbfs:/, /Volumes): the io.fsspec_uri mapping every later stage uses ----------
+
+
+@pytest.fixture()
+def dbfs(tmp_path, monkeypatch):
+    """tmp_path/dbfs standing in for the /dbfs mount: the real io.fsspec_uri, then /dbfs/ relocated."""
+    from laion_spark import io as lio
+    from laion_spark.extract import job, remote
+
+    root = tmp_path / "dbfs"
+    calls: list[str] = []
+
+    def stand_in(uri: str) -> str:
+        calls.append(uri)
+        mapped = lio.fsspec_uri(uri)
+        return str(root) + mapped[len("/dbfs"):] if mapped.startswith("/dbfs/") else mapped
+
+    for module in (remote, job):
+        monkeypatch.setattr(module, "fsspec_uri", stand_in)
+    (root / "crawl" / "sub").mkdir(parents=True)
+    (root / "crawl" / "a.warc.gz").write_bytes(WARC)
+    (root / "crawl" / "sub" / "b.warc.gz").write_bytes(b"b")
+    (root / "crawl" / "_SUCCESS").write_bytes(b"")
+    (root / "lists").mkdir()
+    (root / "lists" / "warc.paths.gz").write_bytes(gzip.compress(b"crawl/a.warc.gz\n"))
+    return root, calls
+
+
+def test_dbfs_inputs_are_listed_and_opened_through_fsspec_uri(dbfs) -> None:
+    root, calls = dbfs
+    # a glob, a directory, a file and a paths listing, each given as dbfs:/ and listed as dbfs:/
+    assert expand_inputs(["dbfs:/crawl/*.warc.gz"], "") == ["dbfs:/crawl/a.warc.gz"]
+    assert expand_inputs(["dbfs:/crawl"], "") == ["dbfs:/crawl/a.warc.gz", "dbfs:/crawl/sub/b.warc.gz"]
+    assert expand_inputs(["dbfs:///crawl/sub/b.warc.gz"], "") == ["dbfs:///crawl/sub/b.warc.gz"]
+    assert expand_inputs(["dbfs:/lists/warc.paths.gz"], "dbfs:/") == ["dbfs:/crawl/a.warc.gz"]
+    with open_uri("dbfs:/crawl/a.warc.gz") as stream:
+        assert stream.read() == WARC
+    assert {"dbfs:/crawl/*.warc.gz", "dbfs:/lists/warc.paths.gz", "dbfs:/crawl/a.warc.gz"} <= set(calls)
+
+
+def test_dbfs_uri_is_the_source_uri_of_its_rows(dbfs) -> None:
+    from laion_spark.config import ExtractConfig
+    from laion_spark.extract.job import plan_tasks
+    from laion_spark.extract.process import process_file
+
+    rows = list(process_file("dbfs:/crawl/a.warc.gz", ExtractConfig()))
+    assert {r.source_uri for r in rows} == {"dbfs:/crawl/a.warc.gz"}
+    assert [r.kind for r in rows if r.kind == "error"] == []
+    assert json.loads(rows[-1].counts)["records"] == N_PAGES
+    # its size is known (a local file behind the mapping): 1 MB tasks group it with a small one
+    assert plan_tasks(["dbfs:/crawl/a.warc.gz", "dbfs:/crawl/sub/b.warc.gz"], 1) == [
+        (0, "dbfs:/crawl/a.warc.gz"), (0, "dbfs:/crawl/sub/b.warc.gz")]
+
+
+def test_plain_path_file_uri_and_glob_open_the_same_bytes(tmp_path) -> None:
+    path = tmp_path / "x" / "a.warc.gz"
+    path.parent.mkdir()
+    path.write_bytes(WARC)
+    for given, listed in ((str(path), str(path)), (path.as_uri(), path.as_uri()),
+                          (str(tmp_path / "x" / "*.gz"), str(path)), (f"file://{tmp_path}/x/*.gz", path.as_uri())):
+        assert expand_inputs([given], "") == [listed]
+        with open_uri(listed) as stream:
+            assert stream.read() == WARC
