@@ -15,10 +15,39 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
+
+# --- the one host function ---------------------------------------------------------------------------
+# One host per URL for the partitioning (transform.host_column, in Spark SQL), the per-host cap and the
+# host pauses (host_of, in Python). Why a regex: the same pattern string runs in Python's re and in
+# Spark's regexp_extract (java.util.regex), and it only uses constructs both engines read alike
+# (explicit ASCII classes, greedy/lazy quantifiers, alternation; no \s, \w, '.', '$', no case
+# folding), on the URL with a "/" appended in both, so the two answers are the same by construction
+# (tests/test_download_host.py also compares them on tricky and random URLs). What it reads is where
+# urllib3 (so requests) connects: the authority ends at / \ ? #; userinfo is cut at its last '@';
+# [IPv6] keeps its brackets; the port and trailing dots go. Lower-casing is ASCII-only (translate in
+# both: Python's and Java's Unicode lower() differ). No host ('not a url', a missing '//') is ''.
+HOST_PATTERN = (r"^[\x00-\x20]*[A-Za-z][A-Za-z0-9+.-]*://(?:[^/\\?#]*@)?"
+                r"(\[[^\]/\\?#]*\]|[^\x00-\x20:/\\?#@]*?)\.*[\x00-\x20:/\\?#]")
+ASCII_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+ASCII_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_HOST_RE = re.compile(HOST_PATTERN)
+_LOWER = str.maketrans(ASCII_UPPER, ASCII_LOWER)
+
+
+def host_of(url) -> str:
+    """URL -> its host key: lower-case (ASCII), no port, no userinfo, no trailing dot; '' when none.
+
+    The Python twin of transform.host_column (see HOST_PATTERN); never raises.
+    """
+    if not isinstance(url, str):
+        return ""
+    m = _HOST_RE.match(url + "/")
+    return m.group(1).translate(_LOWER) if m else ""
 
 
 class HostPool:

@@ -19,26 +19,18 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 
 from laion_spark import schemas as S
+from laion_spark.download.pool import host_of  # the one host function (also transform.host_column's twin)
 
 log = logging.getLogger(__name__)
 
 _DOWNLOAD_NAMES = frozenset(S.DOWNLOAD_COLUMNS)
 _INT_COLUMNS = {f.name: ("Int64" if f.dataType.typeName() == "long" else "Int32")
                 for f in S.DOWNLOAD_FIELDS if f.dataType.typeName() in ("integer", "long")}
-
-
-def host_of(url) -> str:
-    """URL -> lower-case host ('' when there is none: the fetcher reports it as invalid_url)."""
-    try:
-        return (urlsplit(str(url)).hostname or "").lower()
-    except ValueError:
-        return ""
 
 
 def failure(status: str, message: str, **extra) -> dict:

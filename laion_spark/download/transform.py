@@ -9,7 +9,9 @@ Rows are grouped by host before the download: the partition key is a hash of the
 one task holds all of a host's rows and its per-host cap bounds what the site receives. A host
 with more than host_rows_per_task rows is salted over up to max_tasks_per_host tasks, so one huge
 site neither makes one straggler task nor gets more than max_tasks_per_host x per_host_connections
-concurrent requests.
+concurrent requests. Rows without a host (no site to be polite to; they fail fast as invalid_url)
+are spread over all tasks by a hash of the URL, so millions of them make no stragglers. The host is
+pool.host_of's (the task's per-host cap and pauses), computed here by its Spark SQL twin.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ _KEY = "_download_key"
 
 
 def host_column(url_col: str = S.URL):
-    """The URL's lower-case host ('' when Spark cannot parse one), as a Column."""
-    return F.coalesce(F.lower(F.expr(f"try_parse_url(`{url_col}`, 'HOST')")), F.lit(""))
+    """The URL's host key as a Column: pool.host_of in Spark SQL (same pattern, same steps; '' for none)."""
+    from laion_spark.download.pool import ASCII_LOWER, ASCII_UPPER, HOST_PATTERN
+
+    host = F.regexp_extract(F.concat(F.col(url_col), F.lit("/")), HOST_PATTERN, 1)
+    return F.coalesce(F.translate(host, ASCII_UPPER, ASCII_LOWER), F.lit(""))
 
 
 def partition_by_host(df: DataFrame, cfg, num_partitions: int) -> DataFrame:
@@ -35,8 +40,9 @@ def partition_by_host(df: DataFrame, cfg, num_partitions: int) -> DataFrame:
     hosts = df.withColumn(_HOST, host_column())
     sizes = hosts.groupBy(_HOST).agg(F.count(F.lit(1)).alias("_host_rows"))
     salts = F.least(F.ceil(F.col("_host_rows") / F.lit(cfg.host_rows_per_task)), F.lit(cfg.max_tasks_per_host))
+    salted = F.xxhash64(F.col(_HOST), F.pmod(F.xxhash64(F.col(S.URL)), salts.cast("long")))
     keyed = hosts.join(sizes, _HOST, "left").withColumn(
-        _KEY, F.xxhash64(F.col(_HOST), F.pmod(F.xxhash64(F.col(S.URL)), salts.cast("long")))
+        _KEY, F.when(F.col(_HOST) == "", F.xxhash64(F.col(S.URL))).otherwise(salted)
     )
     return keyed.repartition(num_partitions, _KEY).drop(_HOST, "_host_rows", _KEY)
 
