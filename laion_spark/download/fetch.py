@@ -49,6 +49,7 @@ from laion_spark.download.guard import (
     Watchdog,
     guarded_session,
 )
+from laion_spark.download.pool import HostPauses, host_of
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +205,11 @@ def _chain(exc: BaseException):
 class Fetcher:
     """One per Spark task, shared by its threads (thread-safe): url -> FetchResult."""
 
-    def __init__(self, cfg, resolver=None):
-        """resolver: getaddrinfo's stand-in for the address guard (tests); None: socket.getaddrinfo."""
+    def __init__(self, cfg, resolver=None, pauses: HostPauses | None = None):
+        """resolver: getaddrinfo's stand-in for the address guard (tests); None: socket.getaddrinfo.
+        pauses: the task's host pauses (shared with its HostPool); None: a new one."""
         self.cfg = cfg
+        self.pauses = pauses if pauses is not None else HostPauses()
         self.guard = AddressGuard(cfg.allowed_networks, cfg.connect_to, resolver=resolver)
         self.watchdog = Watchdog()
         # one session shared by the task's threads; each host's pool holds up to `threads` connections
@@ -307,6 +310,9 @@ class Fetcher:
     # --- one request ------------------------------------------------------------------------
     def _request(self, url: str, deadline: Deadline, robots_mode: bool) -> FetchResult | _Outcome | _Redirect:
         """One GET (no redirect following) -> a final FetchResult, a retryable _Outcome, or a _Redirect."""
+        paused = self._wait_for_host(url, deadline)
+        if paused is not None:
+            return paused
         left = deadline.left()
         if left <= 0 or deadline.expired:
             deadline.expire()
@@ -336,6 +342,8 @@ class Fetcher:
                     retry_after = None
                     if code in (429, 503):
                         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                        if retry_after is not None:  # the whole host waits, every thread and queued row
+                            self.pauses.pause(host_of(url), retry_after, code)
                         if retry_after is not None and retry_after > self.cfg.retry_after_max_s:
                             result.error_message += (f"; Retry-After {retry_after:.0f}s exceeds "
                                                      f"retry_after_max_s={self.cfg.retry_after_max_s}")
@@ -364,6 +372,21 @@ class Fetcher:
                 resp.raw.release_conn()  # fully read: the connection can be reused
             else:
                 resp.close()  # unread body (opt-out, too large, error): drop the connection, read nothing more
+
+    def _wait_for_host(self, url: str, deadline: Deadline) -> FetchResult | None:
+        """Before a request: wait out the host's pause (429/503 Retry-After) -> None to go on, or the
+        failure when the pause does not end inside this URL's deadline (the server is not asked)."""
+        host = host_of(url)
+        wait, code = self.pauses.remaining(host)
+        if wait <= 0:
+            return None
+        if wait >= deadline.left():
+            return _fail("http_error", f"not requested: {host} asked for a pause (HTTP {code} with Retry-After) "
+                         f"that lasts {wait:.1f}s more, beyond deadline_s={self.cfg.deadline_s:g}", url, code)
+        deadline.enter("host pause")
+        if self._closed.wait(wait):
+            return _fail("timeout", f"fetcher closed during a pause of {host}", url)
+        return None
 
     def _read_body(self, resp, url: str, deadline: Deadline, read_t: float, cap: int,
                    robots_mode: bool) -> tuple[bytes | None, FetchResult | None]:

@@ -4,7 +4,9 @@ INPUT  -> JobConfig with input (a table with url; pairs' sample_id and text are 
           other column), output, and download.*
 OUTPUT -> the images table at `output` (one row per input row) and a summary dict: rows_in,
           rows_out, statuses (rows per status), downloaded / reused rows, retryable failures,
-          bytes downloaded and stored, seconds and images/s of the download itself
+          bytes downloaded and stored, seconds and images/s of the download itself, and host_pauses
+          (hosts that asked for a pause with 429/503 Retry-After: how many, how often, seconds paused
+          in all and the longest pause asked)
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ def task_count(download_cfg, rows: int) -> int:
 
 
 def run(spark, cfg) -> dict:
-    from laion_spark.download.transform import download_images, split_retry
+    from pyspark.sql import Observation
+
+    from laion_spark.download.transform import download_images, host_pauses, split_retry
 
     d = cfg.download
     pairs = spark.read.parquet(cfg.input)
@@ -93,7 +97,8 @@ def run(spark, cfg) -> dict:
         reused = _status_counts(kept)
     to_download = rows_in - sum(v["rows"] for v in reused.values())
     partitions = task_count(d, to_download)
-    images = download_images(todo, d, partitions)
+    pauses = Observation("download_pauses")  # an accumulator would need the SparkContext: not on Connect
+    images = download_images(todo, d, partitions, pauses)
     out = kept.unionByName(images) if kept is not None else images
     started = time.time()
     write_table(out, cfg.output, S.images_schema(pairs.schema), "images", cfg.mode)
@@ -117,6 +122,7 @@ def run(spark, cfg) -> dict:
                                 for k, v in statuses.items()),
         "bytes_stored": statuses.get(S.SUCCESS, {}).get("bytes", 0),
         "partitions": partitions,
+        "host_pauses": host_pauses(pauses),
         "download_seconds": round(seconds, 3),
         "images_per_s": round(successes / seconds, 2) if seconds else None,
         "urls_per_s": round(to_download / seconds, 2) if seconds else None,
@@ -132,6 +138,10 @@ def format_report(summary: dict) -> str:
              f"({summary['downloaded']} downloaded, {summary['reused']} reused from retry_from)"]
     for status, rows in summary["statuses"].items():
         lines.append(f"  {status:<20} {rows}")
+    p = summary.get("host_pauses") or {}
+    if p.get("hosts"):
+        lines.append(f"  {p['hosts']} host(s) asked for a pause {p['requests']} time(s): {p['paused_s']} s paused, "
+                     f"longest asked {p['max_s']} s")
     lines.append(f"  {summary['bytes_downloaded'] / 1e6:.1f} MB downloaded, {summary['bytes_stored'] / 1e6:.1f} MB "
                  f"stored, {summary['download_seconds']} s, {summary['images_per_s']} images/s")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 INPUT  -> (host, item) pairs from one producer, a function item -> result, thread and per-host limits
 OUTPUT -> results, in completion order, from `HostPool.take()` / `drain()`; at most `per_host` items of one host
           are in flight at any moment, at most `threads` in all, and at most `max_pending` items are
-          queued (so a task reads its input as fast as it downloads, not all at once)
+          queued (so a task reads its input as fast as it downloads, not all at once); no item of a
+          host that asked for a pause (HostPauses: 429/503 Retry-After) starts before the pause ends
 
 Why not concurrent.futures: a plain executor would hand a free thread the next row even when that
 row's host is already at its cap, so a task with one big host would either break the cap or block
@@ -14,9 +15,11 @@ round-robin over hosts, so one slow or crowded site cannot stall the rest.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
@@ -50,11 +53,80 @@ def host_of(url) -> str:
     return m.group(1).translate(_LOWER) if m else ""
 
 
+class HostPauses:
+    """host -> until when it asked us to wait (429/503 with Retry-After); one per task, thread-safe.
+
+    The Fetcher writes it (pause) and waits on it before each request (remaining); the HostPool reads
+    it so that no queued row of a paused host is handed to a thread meanwhile. Every pause asked is
+    also recorded (host, asked seconds, seconds it extended the pause by) for the job's summary.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._until: dict[str, tuple[float, int | None]] = {}  # host -> (monotonic end, http status)
+        self._records: list[tuple[str, float, float]] = []  # not yet taken by take_records()
+
+    def pause(self, host: str, seconds: float, http_status: int | None = None) -> None:
+        now = time.monotonic()
+        end = now + max(0.0, seconds)
+        with self._lock:
+            old_end = self._until.get(host, (0.0, None))[0]
+            added = max(0.0, end - max(old_end, now))  # the union of overlapping pauses counts once
+            if end > old_end:
+                self._until[host] = (end, http_status)
+            self._records.append((host, float(seconds), added))
+
+    def remaining(self, host: str) -> tuple[float, int | None]:
+        """-> (seconds this host is still paused for, the HTTP status that asked), (0.0, None) if not paused."""
+        with self._lock:
+            got = self._until.get(host)
+            if got is None:
+                return 0.0, None
+            left = got[0] - time.monotonic()
+            if left <= 0:
+                del self._until[host]
+                return 0.0, None
+            return left, got[1]
+
+    def take_records(self) -> list[tuple[str, float, float]]:
+        """The pauses asked since the last call: [(host, Retry-After seconds, seconds added to the pause)]."""
+        with self._lock:
+            out, self._records = self._records, []
+            return out
+
+
+def pause_report(records) -> str | None:
+    """take_records()'s list -> the JSON text of a task's report column (None when empty)."""
+    if not records:
+        return None
+    return json.dumps([[h, round(a, 3), round(p, 3)] for h, a, p in records])
+
+
+def pause_summary(reports) -> dict:
+    """The report column's non-null values from every task -> {hosts, requests, paused_s, max_s}:
+    hosts that asked for a pause, how many times, seconds paused in all (summed over tasks) and
+    the longest pause asked."""
+    hosts, requests, paused, longest = set(), 0, 0.0, 0.0
+    for text in reports:
+        for host, asked, added in json.loads(text):
+            hosts.add(host)
+            requests += 1
+            paused += added
+            longest = max(longest, asked)
+    return {"hosts": len(hosts), "requests": requests, "paused_s": round(paused, 3), "max_s": round(longest, 3)}
+
+
 class HostPool:
     """submit(host, item) from the producer thread; take()/drain() give fn(item) for every item."""
 
-    def __init__(self, fn: Callable, threads: int, per_host: int, max_pending: int | None = None):
+    def __init__(self, fn: Callable, threads: int, per_host: int, max_pending: int | None = None,
+                 pauses: HostPauses | None = None, hold_s: float = 0.0):
+        """pauses: the task's HostPauses; a host paused for at most hold_s more keeps its queued items
+        until the pause ends (a longer pause: they are handed out, and the fetcher fails them at once)."""
         self._fn = fn
+        self._pauses = pauses
+        self._hold_s = hold_s
+        self._parked: dict[str, float] = {}  # paused hosts taken out of _ready -> when to put them back
         self._per_host = per_host
         self._max_pending = max_pending or threads * 4
         # one lock, two conditions: a submit wakes one worker and a finish wakes the producer, not
@@ -88,7 +160,7 @@ class HostPool:
             if queue is None:
                 queue = self._queues[host] = collections.deque()
             queue.append(item)
-            if len(queue) == 1 and self._in_flight[host] < self._per_host:
+            if len(queue) == 1 and self._in_flight[host] < self._per_host and host not in self._parked:
                 self._ready.append(host)
                 self._work_ready.notify()
 
@@ -122,12 +194,41 @@ class HostPool:
             t.join(timeout=60)
 
     # --- worker side ---------------------------------------------------------------------------
+    def _paused(self, host: str) -> bool:
+        """Under the mutex: park `host` if it is paused for at most hold_s more -> True if parked."""
+        if self._pauses is None:
+            return False
+        left, _ = self._pauses.remaining(host)
+        if 0 < left <= self._hold_s:
+            self._parked[host] = time.monotonic() + left
+            # threads asleep without a timeout must now wake when the pause ends (rare: notify_all is cheap)
+            self._work_ready.notify_all()
+            return True
+        return False
+
+    def _unpark(self) -> float | None:
+        """Under the mutex: hosts whose pause is over are ready again -> seconds to the next one, or None."""
+        if not self._parked:
+            return None
+        now = time.monotonic()
+        for host, until in list(self._parked.items()):
+            if until <= now:
+                del self._parked[host]
+                if self._queues.get(host) and self._in_flight[host] < self._per_host:
+                    self._ready.append(host)
+        return min(self._parked.values()) - now if self._parked else None
+
     def _next(self):
         with self._mutex:
-            while not self._ready and not self._stopped:
+            while True:
+                wake_in = self._unpark()
+                while self._ready and self._paused(self._ready[0]):
+                    self._ready.popleft()
+                if self._ready or self._stopped:
+                    break
                 if self._closed and not self._queues:
                     return None  # nothing queued and nothing more coming
-                self._work_ready.wait()
+                self._work_ready.wait(wake_in)
             if self._stopped:
                 return None
             host = self._ready.popleft()
@@ -153,7 +254,7 @@ class HostPool:
                 del self._in_flight[host]
             queue = self._queues.get(host)
             # the host was at its cap (not in _ready) and still has work: it is ready again
-            if queue and self._in_flight[host] == self._per_host - 1:
+            if queue and self._in_flight[host] == self._per_host - 1 and host not in self._parked:
                 self._ready.append(host)
                 self._work_ready.notify()
             self._result_ready.notify()

@@ -4,7 +4,9 @@ INPUT  -> an iterator of pandas DataFrames with at least `url` (the mapInPandas 
           DownloadConfig
 OUTPUT -> an iterator of pandas DataFrames: each input row's columns unchanged, followed by the
           download columns (schemas.DOWNLOAD_FIELDS), in completion order; every input row comes out
-          exactly once, whatever happened to its URL
+          exactly once, whatever happened to its URL. With report=True, also PAUSE_REPORT: on the first
+          row of a frame, the host pauses asked since the previous frame (pool.pause_report's JSON),
+          else null; the job collects it with an Observation and drops it before writing
 
 Rows are fetched by a HostPool (threads, per-host cap) and checked/resized in the same thread
 (Pillow releases the GIL while decoding and resizing). A semaphore bounds the response bodies held
@@ -24,7 +26,9 @@ import numpy as np
 import pandas as pd
 
 from laion_spark import schemas as S
-from laion_spark.download.pool import host_of  # the one host function (also transform.host_column's twin)
+from laion_spark.download.pool import host_of, pause_report  # host_of: the one host function
+
+PAUSE_REPORT = "_download_pauses"  # the report column (download_partition(report=True) only)
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +146,21 @@ def _frame(done: list, batches: dict, out_names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns, columns=out_names)
 
 
-def download_partition(cfg, out_names: list[str], downloader_factory=RowDownloader):
-    """DownloadConfig + output column names -> the mapInPandas function of one task."""
+def download_partition(cfg, out_names: list[str], downloader_factory=RowDownloader, report: bool = False):
+    """DownloadConfig + output column names (+ PAUSE_REPORT last, with report) -> the mapInPandas function
+    of one task."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from laion_spark.download.pool import HostPool
 
         tune_malloc()  # before the pool's threads start: arenas are made per thread
         downloader = downloader_factory(cfg)
+        # the fetcher's host pauses (429/503 Retry-After) hold that host's queued rows in the pool too
+        pauses = getattr(getattr(downloader, "fetcher", None), "pauses", None)
         pool = HostPool(lambda item: (item[0], item[1], downloader(item[2])),
                         threads=cfg.threads, per_host=cfg.per_host_connections,
-                        max_pending=max(cfg.threads * 4, cfg.arrow_batch_rows))
+                        max_pending=max(cfg.threads * 4, cfg.arrow_batch_rows),
+                        pauses=pauses, hold_s=cfg.retry_after_max_s)
         held: dict[int, pd.DataFrame] = {}  # input batches with rows not yet emitted
         left: dict[int, int] = {}
         done: list = []
@@ -169,6 +177,10 @@ def download_partition(cfg, out_names: list[str], downloader_factory=RowDownload
 
         def _release(chunk: list) -> pd.DataFrame:
             frame = _frame(chunk, held, out_names)
+            if report:  # every fetch of these rows has returned, so its pauses are recorded by now
+                values = [None] * len(frame)
+                values[0] = pause_report(pauses.take_records()) if pauses is not None else None
+                frame[PAUSE_REPORT] = pd.Series(values, dtype=object)
             for batch_no, _, _ in chunk:
                 left[batch_no] -= 1
                 if not left[batch_no]:

@@ -47,14 +47,30 @@ def partition_by_host(df: DataFrame, cfg, num_partitions: int) -> DataFrame:
     return keyed.repartition(num_partitions, _KEY).drop(_HOST, "_host_rows", _KEY)
 
 
-def download_images(df: DataFrame, cfg, num_partitions: int) -> DataFrame:
-    """DataFrame with url + DownloadConfig -> images DataFrame (lazy; one evaluation = one download)."""
-    from laion_spark.download.task import download_partition
+def download_images(df: DataFrame, cfg, num_partitions: int, pauses=None) -> DataFrame:
+    """DataFrame with url + DownloadConfig (+ a pyspark Observation) -> images DataFrame (lazy; one
+    evaluation = one download). With `pauses`, once the result has been written, host_pauses(pauses)
+    says which hosts asked for a pause (429/503 Retry-After) and for how long (no SparkContext needed:
+    works on Spark Connect)."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from laion_spark.download.task import PAUSE_REPORT, download_partition
 
     schema = S.images_schema(df.schema)
     inputs = df.select(*[f.name for f in schema.fields if f.name not in S.DOWNLOAD_COLUMNS])
     grouped = partition_by_host(inputs, cfg, num_partitions)
-    return grouped.mapInPandas(download_partition(cfg, schema.fieldNames()), schema)
+    if pauses is None:
+        return grouped.mapInPandas(download_partition(cfg, schema.fieldNames()), schema)
+    with_report = StructType([*schema.fields, StructField(PAUSE_REPORT, StringType())])
+    out = grouped.mapInPandas(download_partition(cfg, with_report.fieldNames(), report=True), with_report)
+    return out.observe(pauses, F.collect_list(PAUSE_REPORT).alias("pauses")).drop(PAUSE_REPORT)
+
+
+def host_pauses(pauses) -> dict:
+    """The Observation given to download_images, after the write -> {hosts, requests, paused_s, max_s}."""
+    from laion_spark.download.pool import pause_summary
+
+    return pause_summary(pauses.get.get("pauses") or [])
 
 
 def retryable_column():
