@@ -125,6 +125,7 @@ def test_retry_after_longer_than_the_deadline_is_not_waited(srv):
     r, took = fetch(srv.url("/flaky/429?fail=5&after=3&key=radl"), retries=3, retry_after_max_s=10, deadline_s=1)
     check(r, "http_error", 429)
     assert took < 0.5
+    assert srv.requests("/flaky/429?fail=5&after=3&key=radl") == 1
 
 
 def test_connect_timeout():
