@@ -33,3 +33,15 @@ def test_a_contact_silences_the_warning_and_goes_into_the_user_agent(tmp_path, c
 
 def test_the_default_user_agent_names_laion_spark_and_its_version():
     assert DownloadConfig().user_agent == f"Mozilla/5.0 (compatible; laion-spark/{__version__})"
+
+
+def test_the_report_names_the_host_pauses():
+    from laion_spark.download.job import format_report
+
+    summary = {"rows_in": 3, "rows_out": 3, "downloaded": 3, "reused": 0, "statuses": {"success": 3},
+               "bytes_downloaded": 0, "bytes_stored": 0, "download_seconds": 1.0, "images_per_s": 3.0,
+               "host_pauses": {"hosts": 2, "requests": 5, "paused_s": 7.5, "max_s": 4.0}}
+    text = format_report(summary)
+    assert "2 host(s) asked for a pause 5 time(s): 7.5 s paused, longest asked 4.0 s" in text
+    quiet = format_report({**summary, "host_pauses": {"hosts": 0, "requests": 0, "paused_s": 0.0, "max_s": 0.0}})
+    assert "pause" not in quiet
