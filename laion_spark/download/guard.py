@@ -90,7 +90,8 @@ class Deadline:
         self.done = False
         self._lock = threading.Lock()
         self._src: socket.socket | None = None  # the socket attached, to skip attaching it twice
-        self._killer: socket.socket | None = None  # a dup of its fd: valid after TLS wrapping detaches it
+        self._killer: socket.socket | None = None  # what is cut: the socket itself, or a dup of its fd
+        self._owned = False  # _killer is our dup (closed on release)
 
     def left(self) -> float:
         return self.at - time.monotonic()
@@ -107,17 +108,19 @@ class Deadline:
         return f"deadline_s={self.seconds:g} exceeded during {self.expired_in or self.phase}" + (
             f" of {what}" if what else "")
 
-    def attach(self, sock: socket.socket) -> None:
-        """Cut `sock` when the time is up (at once if it already is)."""
+    def attach(self, sock: socket.socket, dup: bool = False) -> None:
+        """Cut `sock` when the time is up (at once if it already is). dup: cut a dup of its fd, for a
+        socket about to be wrapped by TLS (wrapping detaches the object, the handshake still needs
+        cutting); else the object itself (a closed object has fd -1: never someone else's socket)."""
         with self._lock:
             if sock is self._src:
                 return
             self._drop()
             try:
-                self._killer = socket.socket(fileno=_dup(sock))
+                self._killer = socket.socket(fileno=_dup(sock)) if dup else sock
             except OSError:  # closed under us: nothing to cut
                 return
-            self._src = sock
+            self._src, self._owned = sock, dup
             if self.expired:
                 _cut(self._killer)
 
@@ -136,9 +139,10 @@ class Deadline:
                 _cut(self._killer)
 
     def _drop(self) -> None:
-        if self._killer is not None:
+        if self._killer is not None and self._owned:
             self._killer.close()
         self._killer = self._src = None
+        self._owned = False
 
 
 def _dup(sock: socket.socket) -> int:
@@ -514,7 +518,7 @@ def _open_socket(conn: HTTPConnection, guard: AddressGuard) -> socket.socket:
             timeout = None if conn.timeout is _DEFAULT_TIMEOUT else conn.timeout
             if deadline is not None:
                 timeout = max(0.001, min(timeout if timeout is not None else deadline.left(), deadline.left()))
-                deadline.attach(sock)
+                deadline.attach(sock, dup=isinstance(conn, HTTPSConnection))
             if timeout is not None:
                 sock.settimeout(timeout)
             if conn.source_address:
