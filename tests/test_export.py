@@ -18,12 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
+from pyspark.sql import functions as F
 
 from laion_spark import cli
 from laion_spark import schemas as S
 from laion_spark.config import ConfigError, ExportConfig
 from laion_spark.export import webdataset as W
-from laion_spark.export.transform import export_webdataset, webdataset_layout
+from laion_spark.export.transform import pack_webdataset, webdataset_layout
+from laion_spark.export.write import write_webdataset
 from laion_spark.io import OutputExistsError
 
 T0 = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
@@ -247,26 +249,29 @@ def test_retried_shard_write_leaves_one_shard(tmp_path):
 
 def test_empty_shards_are_written_and_readable(spark, images, tmp_path):
     out = tmp_path / "sparse"
-    df = spark.read.parquet(images).limit(6)
+    chosen = sorted(SUCCESS_ROWS)[:4] + [r["sample_id"] for r in ROWS if r["status"] != S.SUCCESS][:2]
+    df = spark.read.parquet(images).filter(F.col("sample_id").isin(chosen))
     # timestamps must come out as the same UTC instants whatever the session time zone
     zone = spark.conf.get("spark.sql.session.timeZone")
     spark.conf.set("spark.sql.session.timeZone", "America/New_York")
     try:
-        rows = export_webdataset(df, ExportConfig(samples_per_shard=1), str(out), num_shards=16).collect()
+        # largest_shard 6 (all rows could share a shard): one key digit
+        packed = pack_webdataset(df, ExportConfig(samples_per_shard=1), num_shards=16, largest_shard=6)
+        rows = write_webdataset(packed, str(out))
     finally:
         spark.conf.set("spark.sql.session.timeZone", zone)
-    assert sorted(r["shard"] for r in rows) == list(range(16))
+    assert [r["shard"] for r in rows] == list(range(16))
     assert sum(r["count"] for r in rows) == 6
     assert sum(r["count"] == 0 for r in rows) >= 10
-    assert len(list(out.glob("*.tar"))) == 16
-    expected = sum(r["successes"] for r in rows)
+    assert sorted(p.name for p in out.glob("*.tar")) == [f"{s:05d}.tar" for s in range(16)]
     samples = read_samples(out)
-    assert len(samples) == expected
+    # the four success rows chosen, each once, with their fetch time in UTC
+    assert sorted(json.loads(s["json"])["sample_id"] for s in samples) == sorted(chosen[:4])
     for sample in samples:
         meta = json.loads(sample["json"])
         assert meta["fetched_at"] == iso(SUCCESS_ROWS[meta["sample_id"]]["fetched_at"])
-    total_parquet = sum(pq.read_table(p).num_rows for p in out.glob("*.parquet"))
-    assert total_parquet == 6
+    ids = sorted(i for p in out.glob("*.parquet") for i in pq.read_table(p).column("sample_id").to_pylist())
+    assert ids == sorted(chosen)
 
 
 def test_empty_input_writes_no_shards(spark, tmp_path):

@@ -1,4 +1,4 @@
-"""The export job: config -> read images -> count -> shard sizes -> write webdataset shards -> check.
+"""The export job: config -> read images -> count -> shard sizes -> pack -> write webdataset shards -> check.
 
 INPUT  -> JobConfig with input (an images table: the download stage's output), output (a folder URI)
           and export.* (format=webdataset, samples_per_shard)
@@ -19,8 +19,9 @@ import math
 import re
 
 from laion_spark.config import ConfigError
-from laion_spark.export import webdataset as W
-from laion_spark.export.transform import check_columns, export_webdataset, shard_sizes, webdataset_layout
+from laion_spark.export.shards import is_temporary
+from laion_spark.export.transform import check_columns, pack_webdataset, packed_layout, shard_sizes, webdataset_layout
+from laion_spark.export.write import missing_webdataset_files, write_webdataset
 from laion_spark.io import exists, fsspec_uri
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,14 @@ def _list_names(fs, folder: str) -> list[str]:
 
 def prepare_folder(output_uri: str, mode: str) -> None:
     """Create the output folder; with mode=overwrite remove what an earlier export wrote there (shards,
-    stats, summary, temporaries), so that a run with fewer shards leaves none of the old ones."""
+    stats, summary, temporaries), so that a run with fewer shards leaves none of the old ones, and so
+    that a shard with its _stats.json in the folder is always one this run wrote (the writer keeps
+    such a shard: a retried task's first attempt finished it)."""
     import fsspec
 
     fs, folder = fsspec.core.url_to_fs(output_uri)
     if mode == "overwrite":
-        old = [n for n in _list_names(fs, folder) if _OUTPUT_FILE.match(n) or W.is_temporary(n)]
+        old = [n for n in _list_names(fs, folder) if _OUTPUT_FILE.match(n) or is_temporary(n)]
         for name in old:
             fs.rm(f"{folder}/{name}")
         if old:
@@ -74,7 +77,7 @@ def remove_temporaries(output_uri: str) -> int:
     import fsspec
 
     fs, folder = fsspec.core.url_to_fs(output_uri)
-    stale = [n for n in _list_names(fs, folder) if W.is_temporary(n)]
+    stale = [n for n in _list_names(fs, folder) if is_temporary(n)]
     for name in stale:
         fs.rm(f"{folder}/{name}")
     return len(stale)
@@ -113,8 +116,11 @@ def run(spark, cfg) -> dict:
     if num_shards:
         sizes = {r["shard"]: r["rows"] for r in shard_sizes(images, num_shards).collect()}
         largest = max(sizes.values())
-        rows = export_webdataset(images, e, output_uri, num_shards, largest).collect()
-        stats = sorted((r.asDict(recursive=True) for r in rows), key=lambda s: s["shard"])
+        packed = pack_webdataset(images, e, num_shards, largest)
+        stats = write_webdataset(packed, output_uri)
+        problems = missing_webdataset_files(output_uri, packed_layout(packed, output_uri), stats)
+        if problems:
+            raise ExportError(f"the written shards are incomplete: {'; '.join(problems[:5])}")
     else:
         largest = 0
     check_stats(rows_in, num_shards, sizes, stats)

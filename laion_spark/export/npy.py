@@ -7,11 +7,14 @@ OUTPUT -> three files in the folder, the layout autofaiss, embedding-reader and 
             img_emb/img_emb_{shard}.npy         (rows, dim) image embeddings, np.save format
             text_emb/text_emb_{shard}.npy       (rows, dim) text embeddings
             metadata/metadata_{shard}.parquet   sample_id, url, text: row i describes row i of both .npy
-          each written under a hidden temporary name (`.{name}.tmp-{hex}`, the export stage's
-          convention) and renamed into place, metadata last; and the shard's stats dict.
+          each written under a hidden temporary name and renamed into place by export/shards.py's
+          protocol, metadata last: the metadata parquet is the shard's completion marker (the layout
+          has no stats file), so a retry redoes a shard without it and keeps one with it; and the
+          shard's stats dict.
 
 embedding-reader pairs the .npy and metadata files by their sorted names, so the three folders
-always hold the same shard ids; a shard with no rows is not written at all.
+always hold the same shard ids; a shard with no rows is not written at all. The export stage's
+`<output>/emb/` and the filter's shortcut (filter.npy=true) both write through this module.
 """
 
 from __future__ import annotations
@@ -19,14 +22,13 @@ from __future__ import annotations
 import io
 import logging
 import re
-import uuid
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from laion_spark import schemas as S
-from laion_spark.export.webdataset import TMP_MARK, is_temporary
+from laion_spark.export.shards import commit, is_temporary, new_token, remove_quietly, temporary_path
 
 log = logging.getLogger(__name__)
 
@@ -88,31 +90,27 @@ def shard_contents(table: pa.Table, dtype: str) -> dict[str, bytes]:
 
 def write_shard(table: pa.Table, folder_uri: str, shard: int, dtype: str) -> dict:
     """One shard's rows (in order) -> its three files in folder_uri -> {shard, rows, dim}.
-    Writing the same shard again (a retried task) replaces the files with the same bytes."""
+    A shard whose metadata file exists already (a retried task whose first attempt finished it) is
+    kept as it is; what a killed attempt left of an incomplete one is replaced."""
     import fsspec
 
     if table.num_rows == 0:
         raise ValueError(f"shard {shard} has no rows; empty shards are not written")
     contents = shard_contents(table, dtype)
     fs, folder = fsspec.core.url_to_fs(folder_uri)
-    token = uuid.uuid4().hex
+    token = new_token()
     final = {kind: f"{folder}/{name}" for kind, name in file_names(shard).items()}
-    tmp = {kind: "{}/.{}{}{}".format(*path.rsplit("/", 1), TMP_MARK, token) for kind, path in final.items()}
-    try:
-        for kind in KINDS:
-            fs.makedirs(final[kind].rsplit("/", 1)[0], exist_ok=True)
-            with fs.open(tmp[kind], "wb") as fh:
-                fh.write(contents[kind])
-        for kind in KINDS:
-            fs.mv(tmp[kind], final[kind])
-    except BaseException:
-        for path in tmp.values():
-            try:
-                if fs.exists(path):
-                    fs.rm(path)
-            except Exception:  # the job removes leftovers; the task's own error matters more
-                log.warning("could not remove temporary %s", path, exc_info=True)
-        raise
+    tmp = {kind: temporary_path(path, token) for kind, path in final.items()}
+    if not fs.exists(final["metadata"]):
+        try:
+            for kind in KINDS:
+                fs.makedirs(final[kind].rsplit("/", 1)[0], exist_ok=True)
+                with fs.open(tmp[kind], "wb") as fh:
+                    fh.write(contents[kind])
+            commit(fs, [(tmp[kind], final[kind]) for kind in KINDS])
+        except BaseException:
+            remove_quietly(fs, tmp.values())
+            raise
     dim = int(np.load(io.BytesIO(contents["img"])).shape[1])
     return {"shard": shard, "rows": table.num_rows, "dim": dim}
 

@@ -1,11 +1,14 @@
-"""export as DataFrame transforms: images -> webdataset shards, written by the tasks that evaluate the result.
+"""export as DataFrame transforms (pure: no reads, no writes, no actions): images -> rows packed into shards.
 
 INPUT  -> an images DataFrame (schemas.IMAGES, or schemas.images_schema of any download input: it needs
           sample_id, url, text, status, image, image_format; every other non-binary column is carried
-          into the meta), an ExportConfig, the output folder's URI, the number of shards (the job counts
-          the rows: ceil(rows / samples_per_shard)) and the row count of the largest shard (shard_sizes)
-OUTPUT -> `export_webdataset`: a lazy DataFrame of SHARD_STATS, one row per shard; evaluating it (once,
-          with a collect: the job does) writes the shards, see export/webdataset.py for the files.
+          into the meta), an ExportConfig, the number of shards (the job counts the rows:
+          ceil(rows / samples_per_shard)) and the row count of the largest shard (shard_sizes);
+          for .npy shards, rows of one embedding space (sample_id, url, text, image_embedding,
+          text_embedding) and a shard count
+OUTPUT -> `pack_webdataset`: lazy rows `key`, the images columns, SHARD: one partition per shard, in
+          the order they go into it, each with its webdataset key; export/write.py writes them.
+          `pack_embeddings`: the same for .npy shards (one partition per shard, SHARD column).
           `shard_sizes`: a lazy DataFrame (shard, rows) of the same assignment, for the key width.
 
 Shards are deterministic per row: the rows are hash-partitioned on sample_id into num_shards partitions
@@ -16,10 +19,7 @@ therefore writes the same rows, in the same order, under the same keys, to the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -28,6 +28,10 @@ from laion_spark.export import webdataset as W
 
 SHARD = "_shard"
 REQUIRED_COLUMNS = (S.SAMPLE_ID, S.URL, S.TEXT, S.STATUS, S.IMAGE, W.IMAGE_FORMAT)
+
+NPY_COLUMNS = (S.SAMPLE_ID, S.URL, S.TEXT, S.IMAGE_EMBEDDING, S.TEXT_EMBEDDING)
+# monotonically_increasing_id() = partition id << 33 + the row's index in the partition
+_ROW_INDEX_BITS = 33
 
 SHARD_STATS = T.StructType(
     [
@@ -45,6 +49,14 @@ SHARD_STATS = T.StructType(
     ]
 )
 assert tuple(SHARD_STATS.fieldNames()) == W.STATS_NAMES
+
+NPY_STATS = T.StructType(
+    [
+        T.StructField("shard", T.IntegerType(), False),
+        T.StructField("rows", T.LongType(), False),
+        T.StructField("dim", T.IntegerType(), False),
+    ]
+)
 
 # types Spark can sort by (a map cannot be; nested types are left out of the tie-break)
 _ORDERABLE = (T.AtomicType,)
@@ -71,7 +83,7 @@ def assign_shards(df: DataFrame, num_shards: int) -> DataFrame:
 
 def shard_sizes(images: DataFrame, num_shards: int) -> DataFrame:
     """images -> (shard int, rows long) for every non-empty shard, with the same assignment as
-    export_webdataset (only sample_id is shuffled)."""
+    pack_webdataset (only sample_id is shuffled)."""
     ids = images.select(S.SAMPLE_ID).repartition(num_shards, F.col(S.SAMPLE_ID))
     return ids.groupBy(F.spark_partition_id().alias("shard")).agg(F.count(F.lit(1)).alias("rows"))
 
@@ -94,47 +106,58 @@ def webdataset_layout(schema: T.StructType, cfg, output_uri: str, num_shards: in
     )
 
 
-def write_partition(layout: W.ShardLayout):
-    """ShardLayout -> the mapInPandas function: one partition's rows -> its shard's files -> one stats row."""
+def packed_layout(packed: DataFrame, output_uri: str) -> W.ShardLayout:
+    """pack_webdataset's rows + output folder (fsspec URI) -> the ShardLayout they were packed for
+    (the key widths travel in the key column's metadata, so the writer needs no second copy of them)."""
+    if W.KEY not in packed.columns or SHARD not in packed.columns:
+        raise ValueError(f"expected pack_webdataset's rows (columns {W.KEY}, ..., {SHARD}); got {packed.columns}")
+    widths = packed.schema[W.KEY].metadata
+    if not {"shard_digits", "key_digits"} <= set(widths):
+        raise ValueError(f"column {W.KEY!r} lacks pack_webdataset's metadata (shard_digits, key_digits)")
+    from pyspark.sql.pandas.types import to_arrow_schema
 
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        writer = None
-        try:
-            for batch in batches:
-                if batch.empty:
-                    continue
-                shards = batch[SHARD].unique()
-                if writer is None:
-                    writer = W.ShardWriter(layout, int(shards[0]))
-                if len(shards) != 1 or int(shards[0]) != writer.shard:  # a bug guard: one partition, one shard
-                    raise RuntimeError(f"partition of shard {writer.shard} holds rows of shards {list(shards)}")
-                writer.write(batch)
-            if writer is None:  # an empty partition still gets its (empty) shard: shard names stay contiguous
-                from pyspark import TaskContext
-
-                writer = W.ShardWriter(layout, TaskContext.get().partitionId())
-            stats = writer.close()
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        yield pd.DataFrame([stats], columns=list(W.STATS_NAMES))
-
-    return run
+    images = [f for f in packed.schema.fields if f.name not in (W.KEY, SHARD)]
+    return W.ShardLayout(
+        output_uri=output_uri,
+        meta=W.meta_schema(to_arrow_schema(T.StructType(_meta_source_columns(T.StructType(images))))),
+        key_digits=int(widths["key_digits"]),
+        shard_digits=int(widths["shard_digits"]),
+    )
 
 
-def export_webdataset(images: DataFrame, cfg, output_uri: str, num_shards: int, largest_shard: int = 0) -> DataFrame:
-    """images + ExportConfig + output folder (fsspec URI) + shard count (+ rows of the largest shard)
-    -> lazy per-shard stats (SHARD_STATS) whose evaluation writes the shards."""
+def key_column(layout: W.ShardLayout) -> Column:
+    """-> the webdataset key of each row of assign_shards' output: ShardLayout.key(shard, index) as a
+    Column, the index being the row's place in its (sorted) partition. A shard too big for the key
+    width fails the query rather than giving keys that run into the next shard's."""
+    shard = F.col(SHARD).cast(T.LongType())
+    index = F.monotonically_increasing_id() - F.shiftleft(shard, _ROW_INDEX_BITS)
+    width = layout.shard_digits + layout.key_digits
+    number = shard * F.lit(10**layout.key_digits) + index
+    too_big = F.raise_error(F.concat(F.lit("a shard holds more rows than key_digits="),
+                                     F.lit(str(layout.key_digits)), F.lit(" can number")))
+    return F.when(index >= 10**layout.key_digits, too_big).otherwise(F.lpad(number.cast(T.StringType()), width, "0"))
+
+
+def pack_webdataset(images: DataFrame, cfg, num_shards: int, largest_shard: int = 0) -> DataFrame:
+    """images + ExportConfig + shard count (+ rows of the largest shard) -> lazy `key`, the images
+    columns, SHARD: num_shards partitions, partition i = shard i, rows in shard order (pure: nothing
+    is written; export/write.py's write_webdataset writes exactly these rows)."""
     check_columns(images)
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    layout = webdataset_layout(images.schema, cfg, output_uri, num_shards, largest_shard)
-    # timestamps go to the Python worker as UTC epoch microseconds: mapInPandas would hand them over
-    # as naive local times of the session time zone, ambiguous where a DST change repeats an hour
-    columns = [
-        F.unix_micros(F.col(f.name)).alias(f.name) if isinstance(f.dataType, T.TimestampType) else F.col(f.name)
-        for f in _meta_source_columns(images.schema)
-    ]
+    layout = webdataset_layout(images.schema, cfg, "", num_shards, largest_shard)
     sharded = assign_shards(images, num_shards)
-    return sharded.select(*columns, S.IMAGE, SHARD).mapInPandas(write_partition(layout), SHARD_STATS)
+    widths = {"shard_digits": layout.shard_digits, "key_digits": layout.key_digits}
+    return sharded.select(key_column(layout).alias(W.KEY, metadata=widths), *images.columns, SHARD)
+
+
+def pack_embeddings(vectors: DataFrame, num_shards: int) -> DataFrame:
+    """Rows of one embedding space (sample_id, url, text, image_embedding, text_embedding) + shard
+    count -> lazy NPY_COLUMNS + SHARD: num_shards partitions, partition i = shard i, sorted by
+    sample_id, url, text (pure; export/write.py's write_embeddings writes them)."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    missing = [c for c in NPY_COLUMNS if c not in vectors.columns]
+    if missing:
+        raise ValueError(f".npy shards need column(s) {missing}")
+    return assign_shards(vectors.select(*NPY_COLUMNS), num_shards)

@@ -3,7 +3,9 @@
 INPUT  -> the rows of one shard (pandas frames of images rows, in the order they go into the shard),
           the shard id and a ShardLayout (output folder URI, key widths, the meta columns' Arrow schema)
 OUTPUT -> three files in the output folder, each written under a hidden temporary name and renamed
-          into place (so a retried task leaves no duplicate or partial file), and the shard's stats dict:
+          into place by export/shards.py's protocol (stats last: a shard is complete when its
+          _stats.json exists; a retry redoes an incomplete one and keeps a complete one), and the
+          shard's stats dict:
             {shard}.tar         for each success row, in row order: {key}.{jpg|png|webp} (the stored
                                 image bytes), {key}.json (the row's meta) and {key}.txt (the caption),
                                 a sample's members in sorted extension order (webdataset's TarWriter's)
@@ -36,7 +38,6 @@ import logging
 import math
 import tarfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from laion_spark.export.shards import commit, new_token, remove_quietly, temporary_path
 from laion_spark.schemas import IMAGE, STATUS, SUCCESS, TEXT
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ STATS_NAMES = (
     "shard", "count", "successes", "skipped", "failed_to_download", "failed_to_resize",
     "status_dict", "tar_bytes", "start_time", "end_time", "duration",
 )
-TMP_MARK = ".tmp-"
+KINDS = ("tar", "parquet", "stats")  # in the order they are renamed into place: stats, the marker, last
 
 
 def digits_for(values: int) -> int:
@@ -86,11 +88,6 @@ def shard_digits_for(num_shards: int) -> int:
 def key_digits_for(samples_per_shard: int, largest_shard: int = 0) -> int:
     """samples_per_shard (+ the rows of the largest shard) -> the width of the in-shard index."""
     return max(digits_for(samples_per_shard), digits_for(largest_shard))
-
-
-def is_temporary(name: str) -> bool:
-    """A file name -> whether it is a writer's temporary (`.{final name}.tmp-{hex}`)."""
-    return name.startswith(".") and TMP_MARK in name
 
 
 def meta_schema(input_schema: pa.Schema) -> pa.Schema:
@@ -194,6 +191,18 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def read_stats(layout: ShardLayout, shard: int) -> dict | None:
+    """-> the stats of a complete shard (its _stats.json, the completion marker), None if it has none."""
+    import fsspec
+
+    fs, folder = fsspec.core.url_to_fs(layout.output_uri)
+    try:
+        with fs.open(f"{folder}/{layout.file_names(shard)['stats']}", "r", encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+
+
 class ShardWriter:
     """Writes one shard: `write(frame)` for each batch of its rows in order, then `close()` (renames
     the files into place, returns the stats dict), or `abort()` (removes the temporaries)."""
@@ -205,10 +214,9 @@ class ShardWriter:
         self.shard = shard
         self.fs, self.folder = fsspec.core.url_to_fs(layout.output_uri)
         self.fs.makedirs(self.folder, exist_ok=True)
-        token = uuid.uuid4().hex
+        token = new_token()
         self.final = {kind: f"{self.folder}/{name}" for kind, name in layout.file_names(shard).items()}
-        self.tmp = {kind: f"{self.folder}/.{name}{TMP_MARK}{token}"
-                    for kind, name in layout.file_names(shard).items()}
+        self.tmp = {kind: temporary_path(path, token) for kind, path in self.final.items()}
         self.start_time = time.time()
         self.count = self.successes = self.skipped = 0
         self.statuses: Counter = Counter()
@@ -219,11 +227,19 @@ class ShardWriter:
         self._parquet = pq.ParquetWriter(self._parquet_fh, layout.meta)
         self.tar_bytes = 0
 
+    def _keys(self, frame: pd.DataFrame) -> list[str]:
+        keys = [self.layout.key(self.shard, self.count + i) for i in range(len(frame))]
+        if KEY in frame.columns and frame[KEY].tolist() != keys:
+            # the packed rows' keys (export/transform.py) must be the rows' places in the shard
+            raise RuntimeError(f"shard {self.shard}: the rows' keys {frame[KEY].tolist()[:3]}... are not the "
+                               f"shard's next keys {keys[:3]}...; write the packed rows as they are, unfiltered")
+        return keys
+
     def write(self, frame: pd.DataFrame) -> None:
         """A batch of the shard's images rows (the next ones, in order) -> tar members and parquet rows."""
         if frame.empty:
             return
-        keys = [self.layout.key(self.shard, self.count + i) for i in range(len(frame))]
+        keys = self._keys(frame)
         table = meta_table(frame, keys, self.layout.meta)
         self._parquet.write_table(table)
         statuses = frame[STATUS].tolist()
@@ -258,7 +274,8 @@ class ShardWriter:
                     raise
 
     def close(self) -> dict:
-        """Finish the files, rename them into place (stats last) -> the stats dict."""
+        """Finish the files, rename them into place (stats last) -> the stats dict; where another
+        attempt finished the shard meanwhile, ours are dropped and its stats returned."""
         self._close_files()
         self.tar_bytes = self.fs.size(self.tmp["tar"])
         end_time = time.time()
@@ -278,27 +295,31 @@ class ShardWriter:
         }
         with self.fs.open(self.tmp["stats"], "w", encoding="utf-8") as fh:
             json.dump(stats, fh, indent=4)
-        for kind in ("tar", "parquet", "stats"):
-            self.fs.mv(self.tmp[kind], self.final[kind])
-        return stats
+        if commit(self.fs, [(self.tmp[kind], self.final[kind]) for kind in KINDS]):
+            return stats
+        return read_stats(self.layout, self.shard)
 
     def abort(self) -> None:
         """Close and remove the temporaries (after a failure; never raises)."""
         self._aborting = True
         self._close_files()
-        for path in self.tmp.values():
-            try:
-                if self.fs.exists(path):
-                    self.fs.rm(path)
-            except Exception:  # the job removes leftovers; the task's own error matters more
-                log.warning("could not remove temporary %s", path, exc_info=True)
+        remove_quietly(self.fs, self.tmp.values())
 
 
 def write_shard(frames: pd.DataFrame | Iterable[pd.DataFrame], layout: ShardLayout, shard: int) -> dict:
     """The rows of one shard (a frame, or frames in order) -> the shard's files; -> its stats dict.
-    Calling it again for the same shard (a retried task) replaces the files with the same content."""
+
+    A shard that is complete already (its _stats.json exists: a retried task whose first attempt
+    finished it) is left as it is and its stats returned; an incomplete one is written again, what a
+    killed attempt left of it replaced."""
     if isinstance(frames, pd.DataFrame):
         frames = [frames]
+    done = read_stats(layout, shard)
+    if done is not None:
+        for _ in frames:  # the rows are read to the end all the same: Spark hands them over either way
+            pass
+        log.info("shard %s is complete already (%s); kept", shard, layout.file_names(shard)["stats"])
+        return done
     writer = ShardWriter(layout, shard)
     try:
         for frame in frames:

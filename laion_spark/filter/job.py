@@ -22,7 +22,9 @@ from pyspark.sql import types as T
 
 from laion_spark import schemas as S
 from laion_spark.config import ConfigError
-from laion_spark.filter import npy as N
+from laion_spark.export import npy as N
+from laion_spark.export.transform import pack_embeddings
+from laion_spark.export.write import missing_embedding_files, write_embeddings
 from laion_spark.filter.transform import (
     BELOW_THRESHOLD,
     NOT_EMBEDDED,
@@ -33,7 +35,6 @@ from laion_spark.filter.transform import (
     kept_vectors,
     language_group_column,
     rejected_schema,
-    write_npy_shards,
 )
 from laion_spark.io import check_output, exists, fsspec_uri, write_table
 
@@ -180,10 +181,13 @@ def write_npy(spark, cfg, embeddings) -> dict:
         sub = folder if len(models) == 1 else f"{folder.rstrip('/')}/{names[model]}"
         rows = vectors.filter(F.col(S.CLIP_MODEL).eqNullSafe(F.lit(model).cast(T.StringType())))
         num_shards = max(1, math.ceil(per_model[model] / f.npy_rows_per_shard))
-        stats = [r.asDict() for r in write_npy_shards(rows, sub, num_shards, f.npy_dtype).collect()]
+        stats = write_embeddings(pack_embeddings(rows, num_shards), sub, f.npy_dtype)
         written = sum(s["rows"] for s in stats)
         if written != per_model[model]:
             raise FilterError(f".npy shards of {model}: {per_model[model]} kept rows but {written} written to {sub}")
+        missing = missing_embedding_files(sub, stats)
+        if missing:
+            raise FilterError(f".npy shards of {model}: {missing[:5]} missing from {sub} after the write")
         dims = sorted({s["dim"] for s in stats})
         out["models"][model] = {"folder": sub, "rows": written, "shards": len(stats), "dims": dims}
         out["rows"] += written

@@ -14,8 +14,8 @@ OUTPUT -> `filter_images`: Filtered(dataset, rejected), both lazy:
                                         error_message)
               below_threshold           similarity < the threshold of the row's language group
           Every images row is in exactly one of the two (given unique sample_ids in embeddings).
-          `write_npy_shards`: a lazy DataFrame of NPY_STATS whose evaluation writes the .npy shards
-          of the kept rows (filter/npy.py).
+          `kept_vectors`: the kept rows' vectors, for the .npy shards (written by the job through
+          export's writer: export/transform.py pack_embeddings, export/write.py write_embeddings).
 
 A row passes when similarity >= threshold, compared in float32 (the stored similarity's type), so a
 similarity stored equal to the threshold passes. Thresholds are a cheap transform over stored scores:
@@ -24,17 +24,13 @@ changing them reruns only this, never the embeddings.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import NamedTuple
 
-import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from laion_spark import schemas as S
-from laion_spark.export.transform import SHARD, assign_shards
-from laion_spark.filter import npy as N
 
 REQUIRED_COLUMNS = (S.SAMPLE_ID, S.STATUS, S.ERROR_MESSAGE, S.LANGUAGE)
 NPY_COLUMNS = (S.SAMPLE_ID, S.URL, S.TEXT)
@@ -52,15 +48,6 @@ _ADDED = (S.SIMILARITY, S.CLIP_MODEL, S.REASON)
 # the embeddings columns under names no images table uses
 _E = {name: f"_emb_{name}" for name in EMBEDDING_COLUMNS}
 _HAS_ROW, _EMBEDDED, _GROUP, _REASON = "_emb_has_row", "_emb_embedded", "_group", "_reason"
-
-NPY_STATS = T.StructType(
-    [
-        T.StructField("shard", T.IntegerType(), False),
-        T.StructField("rows", T.LongType(), False),
-        T.StructField("dim", T.IntegerType(), False),
-    ]
-)
-
 
 class Filtered(NamedTuple):
     dataset: DataFrame
@@ -185,36 +172,3 @@ def kept_vectors(dataset: DataFrame, embeddings: DataFrame) -> DataFrame:
         raise ValueError(f"the .npy metadata needs column(s) {missing} in the dataset")
     vectors = embeddings.select(S.SAMPLE_ID, S.IMAGE_EMBEDDING, S.TEXT_EMBEDDING)
     return dataset.select(*NPY_COLUMNS, S.CLIP_MODEL).join(vectors, S.SAMPLE_ID, "inner")
-
-
-def _write_partition(folder_uri: str, dtype: str):
-    """Folder + dtype -> the mapInArrow function: one partition's rows -> its shard's files -> one stats row
-    (none for an empty partition). The partition is held in memory: about rows x dim x 8 bytes."""
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        kept = [b for b in batches if b.num_rows]
-        if not kept:
-            return
-        table = pa.Table.from_batches(kept)
-        shards = table.column(SHARD).unique().to_pylist()
-        if len(shards) != 1:  # a bug guard: one partition, one shard
-            raise RuntimeError(f"one partition holds rows of shards {shards}")
-        stats = N.write_shard(table, folder_uri, int(shards[0]), dtype)
-        yield pa.RecordBatch.from_pylist([stats], schema=pa.schema([
-            pa.field("shard", pa.int32(), False), pa.field("rows", pa.int64(), False),
-            pa.field("dim", pa.int32(), False)]))
-
-    return run
-
-
-def write_npy_shards(vectors: DataFrame, folder_uri: str, num_shards: int, dtype: str) -> DataFrame:
-    """Rows of one embedding space (sample_id, url, text, image_embedding, text_embedding) + folder
-    (fsspec URI) + shard count + dtype -> lazy NPY_STATS (one row per non-empty shard) whose evaluation
-    writes the shards. Rows are hash-partitioned on sample_id (shard id = partition id) and sorted by
-    sample_id, url, text, so a retried task or a rerun writes the same bytes to the same names."""
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    if dtype not in N.DTYPES:
-        raise ValueError(f"dtype {dtype!r}; valid values: {', '.join(N.DTYPES)}")
-    rows = vectors.select(*NPY_COLUMNS, S.IMAGE_EMBEDDING, S.TEXT_EMBEDDING)
-    return assign_shards(rows, num_shards).mapInArrow(_write_partition(folder_uri, dtype), NPY_STATS)
