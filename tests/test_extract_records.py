@@ -142,6 +142,45 @@ def test_truncated_gzip_and_corrupt_member() -> None:
     assert any(isinstance(i, RecordError) for i in got)
 
 
+def _with_member_header(member: bytes, flags: int, extra: bytes) -> bytes:
+    """The same deflate data and trailer behind a gzip header with other flags and optional fields."""
+    return member[:3] + bytes([flags]) + member[4:10] + extra + member[10:]
+
+
+@pytest.mark.parametrize("damage", ["name without its NUL", "truncated header", "extra field past the end"])
+def test_damaged_member_header_is_stepped_over(damage: str) -> None:
+    # found by tests/test_extract_fuzz.py: resync after a bad header at a gzip magic found the same magic
+    # again, for ever; one damaged header must cost its member only
+    data = _make_warc(True)
+    items = _read_all(data)
+    starts = [i.offset for i in items if isinstance(i, ArchiveRecord)] + [len(data)]
+    member = data[starts[2] : starts[3]]
+    if damage == "name without its NUL":
+        bad = member[:3] + bytes([member[3] | 8]) + member[4:10] + b"x" * 20000  # FNAME never ends
+    elif damage == "truncated header":
+        bad = member[:6]
+    else:
+        bad = member[:3] + bytes([member[3] | 4]) + member[4:10] + b"\xff\xff" + b"y" * 100  # 64 KiB declared
+    got = _read_all(data[: starts[2]] + bad + data[starts[3] :])
+    uris = [i.target_uri for i in got if isinstance(i, ArchiveRecord) and i.record_type == "response"]
+    assert uris == [PAGES[0][0]] + [url for url, _ in PAGES[2:]]
+    assert [e.offset for e in got if isinstance(e, RecordError)][0] == starts[2]  # the error names the member
+
+
+def test_gzip_member_with_a_64k_extra_field_is_read() -> None:
+    # RFC 1952 allows FEXTRA up to 65535 bytes; such a member is valid and its record must be read
+    data = _make_warc(True)
+    items = _read_all(data)
+    starts = [i.offset for i in items if isinstance(i, ArchiveRecord)] + [len(data)]
+    member = data[starts[2] : starts[3]]
+    big = _with_member_header(member, member[3] | 4, (60000).to_bytes(2, "little") + b"z" * 60000)
+    got = _read_all(data[: starts[2]] + big + data[starts[3] :])
+    assert not [e.error for e in got if isinstance(e, RecordError)]
+    assert [i.target_uri for i in got if isinstance(i, ArchiveRecord) and i.record_type == "response"] == [
+        url for url, _ in PAGES
+    ]
+
+
 def test_io_error_becomes_record_error() -> None:
     class Failing(_NonSeekable):
         def read(self, n: int = -1) -> bytes:

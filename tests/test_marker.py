@@ -61,8 +61,8 @@ def test_failed_row_check_leaves_no_marker_and_no_success_flag(spark, tmp_path, 
     spark.createDataFrame(rows, "sample_id long, url string, text string").write.parquet(str(pairs))
     real = download_transform.download_images
 
-    def loses_a_row(df, cfg, partitions):  # a bug that drops one row between download and write
-        return real(df, cfg, partitions).limit(4)
+    def loses_a_row(df, cfg, partitions, *rest):  # a bug that drops one row between download and write
+        return real(df, cfg, partitions, *rest).limit(4)
 
     monkeypatch.setattr(download_transform, "download_images", loses_a_row)
     out = tmp_path / "images"

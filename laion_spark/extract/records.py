@@ -185,7 +185,7 @@ class _Stream:
                 return False
             what = "truncated gzip header" if head.startswith(_GZIP_MAGIC) else "data that is not a gzip member"
             self.errors.append(RecordError(self.cpos, f"{what} at compressed offset {self.cpos}"))
-            self.damaged = True
+            self._skip_damaged_start(head)
             return False
         flags = head[3]
         n = 10
@@ -194,6 +194,8 @@ class _Stream:
             if flags & 4:
                 xlen = need[n] | (need[n + 1] << 8)
                 n += 2 + xlen
+                if n + 4096 > len(need):  # an extra field may be up to 64 KiB: read all of it
+                    need = self._peek_raw(n + 4096)
             for bit in (8, 16):
                 if flags & bit:
                     z = need.index(b"\x00", n)
@@ -204,7 +206,7 @@ class _Stream:
                 raise ValueError
         except (IndexError, ValueError):
             self.errors.append(RecordError(self.cpos, f"bad or truncated gzip header at compressed offset {self.cpos}"))
-            self.damaged = True
+            self._skip_damaged_start(head)
             return False
         self.m_cstart = self.cpos
         self.m_ustart = self.end
@@ -212,6 +214,13 @@ class _Stream:
         self.dec = _inflate.decompressobj(-15)
         self.crc = 0
         return True
+
+    def _skip_damaged_start(self, head: bytes) -> None:
+        """Mark the segment damaged; a damaged member header is stepped over, since resync looks for the next
+        gzip magic and would otherwise find this one again, for ever."""
+        self.damaged = True
+        if head.startswith(_GZIP_MAGIC):
+            self.ci += 1
 
     def _more(self) -> bool:
         """Append some decompressed bytes to buf; False when the current segment has ended."""
@@ -250,7 +259,9 @@ class _Stream:
                         f"corrupt deflate data in gzip member at compressed offset {self.m_cstart}: {exc}",
                     )
                 )
-                self.ci += 1  # resync looks for the next member after the damaged one's start
+                # resync looks for the next member right after the damaged one's start (its header may have
+                # swallowed the next member's: a truncated header followed by a good member)
+                self.ci = max(self.m_cstart + 1 - self.cbase, self.ci + 1 if self.m_cstart < self.cbase else 0)
                 self.dec = None
                 self.damaged = True
                 self.seg_done = True
