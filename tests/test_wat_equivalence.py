@@ -1,6 +1,6 @@
 """extract on a WARC and on its WAT twin gives the same candidates, page by page.
 
-The WAT is written by tests/wat_fixtures.py with lxml (libxml2), the WARC path of extract parses
+The WAT is written by tests/wat_fixtures.py with the standard library's html.parser, the WARC path of extract parses
 with lexbor (selectolax): two independent parsers and two code paths (records -> http -> html
 -> rules versus records -> wat -> rules) must agree on (url, text, page_url, language, license) per page.
 Inputs: every WARC of the demo crawl, and two real Common Crawl WARCs from ../shared/corpora.
@@ -20,11 +20,11 @@ from laion_spark.extract.process import process_file
 
 REAL_WARCS = ("resiliparse/warcfile.warc.gz", "commoncrawl-whirlwind/whirlwind.warc.gz")
 
-# Pages on which lxml and an HTML5 tree builder genuinely build different documents, with why;
+# Pages on which html.parser and an HTML5 tree builder genuinely build different documents, with why;
 # their candidates are left out of the comparison and counted. Where the two could differ and
 # were checked to agree on these inputs:
 # - <noscript>: HTML5 with scripting off (lexbor) parses its content as markup, and so does
-#   libxml2 (it has no scripting mode at all): the demo's noscript <img> is found by both.
+#   html.parser (it has no scripting mode at all): the demo's noscript <img> is found by both.
 # - broken markup (demo /broken.html: mis-nested <b><i>, stray </span> in a table, unquoted
 #   attributes, upper-case tags, unclosed <p>/<li>, no </body></html>): the two repair the tree
 #   differently but keep every <img> with the same attributes.
@@ -85,7 +85,7 @@ def test_demo_warc_and_its_wat_agree(tmp_path, name):
 @pytest.mark.parametrize("relative", REAL_WARCS)
 def test_common_crawl_warc_and_its_wat_agree(tmp_path, relative):
     warc = require("warc") / relative
-    wat = tmp_path / (warc.name.replace(".warc.gz", "") + ".lxml.warc.wat.gz")
+    wat = tmp_path / (warc.name.replace(".warc.gz", "") + ".twin.warc.wat.gz")
     responses = warc_to_wat(warc, wat)
     assert responses > 0
     counts = _compare(str(warc), str(wat))

@@ -5,7 +5,7 @@ OUTPUT -> `warc_to_wat`: a WAT file with one Common Crawl-style metadata record 
           HTML-Metadata with Head.Base and IMG@/src links with their alt) per response record
 
 The writer is `laion_spark.demo.wat` (the demo ships a WAT file too, and the product never imports
-tests/); it parses with lxml (libxml2), while extract's WARC path parses with lexbor (selectolax),
+tests/); it parses with the standard library's html.parser, while extract's WARC path parses with lexbor (selectolax),
 so comparing extract's output on a WARC and on its WAT compares two independent parsers.
 """
 
