@@ -233,8 +233,15 @@ def _read(rel: str) -> bytes:
 
 def _html5lib_images(body: bytes) -> list[tuple[str, str]]:
     """Independent reference: html5lib (pure-Python HTML5 tree builder), scripting off, own sniffing."""
-    text = decode_html(body, None)[0]
-    tree = html5lib.parse(text, namespaceHTMLElements=False)
+    # the raw bytes, decoded by html5lib itself (BOM, <meta> prescan, its default), except for the one
+    # rule of ours written here again: bytes that are valid UTF-8 are UTF-8 whatever the page declares
+    # (qq.html declares gb2312 and telegraph.html nothing, both are UTF-8; a browser shows mojibake)
+    try:
+        body.decode("utf-8")
+        override = {"override_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        override = {}
+    tree = html5lib.parse(body, namespaceHTMLElements=False, **override)
     return [(e.get("src"), e.get("alt")) for e in tree.iter("img")
             if (e.get("alt") or "").strip() and (e.get("src") or "").strip()]
 
