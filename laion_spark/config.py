@@ -238,6 +238,37 @@ class FilterConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    """index: embeddings (+ the table of the rows to index) -> a faiss index, its metadata and index_infos.json."""
+
+    dataset: str = _opt("", "URI of the table whose sample_ids are indexed (filter's dataset, export's release; "
+                        "dataset=URI); empty: every embeddings row", output=False)
+    field: str = _opt("image", "which embedding is indexed", choices=("image", "text"))
+    clip_model: str = _opt("", "the embedding space indexed when the table holds several (its clip_model value)")
+    per_model: bool = _opt(False, "one index per clip_model, each in <output>/<model name made safe for a path>/")
+    max_index_memory: str = _opt("4G", "most bytes search may hold (K/M/G/T = 2^10/2^20/2^30/2^40); the index "
+                                 "chosen is the most accurate that fits")
+    key: str = _opt("", "a faiss factory key of the IVF family to use instead of the chosen one "
+                    "(e.g. IVF4096,SQ8 or OPQ64_512,IVF4096_HNSW32,PQ64x8)")
+    shards: int = _opt(0, "keep N index shards (<output>/shards/knn_00000.index ...) instead of one merged index",
+                       minimum=0)
+    ondisk: str = _opt("auto", "inverted lists in knn.ivfdata beside knn.index (memory-mapped by search): auto "
+                       "does it above 1G", choices=("auto", "true", "false"))
+    target_recall: float = _opt(0.95, "recall@10 the search parameters are tuned to reach", minimum=0)
+    max_query_ms: float = _opt(10.0, "p99 time of one query the tuning may spend to reach target_recall",
+                               minimum=0.001)
+    eval_queries: int = _opt(1000, "vectors sampled from the input to measure recall (each searched without "
+                             "itself)", minimum=1)
+    max_train_vectors: int = _opt(1_000_000, "most vectors in the random training sample (at least 39 per list "
+                                  "are taken whatever this says)", minimum=1)
+    seed: int = _opt(0, "seed of the training and evaluation samples", minimum=0)
+    partitions: int = _opt(0, "add tasks (0: vectors / rows_per_task); with shards=N, N", minimum=0, output=False)
+    rows_per_task: int = _opt(250_000, "vectors per add task when partitions=0", minimum=1, output=False)
+    rejected_output: str = _opt("", "URI of the rows left out with their reason (default: <output>_rejected)",
+                                output=False)
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """demo: a generated crawl -> extract -> dedupe -> download (loopback images) -> embed + filter (the toy
     CLIP) -> export of the kept pairs, all under `output`."""
@@ -260,6 +291,7 @@ class JobConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 

@@ -98,6 +98,10 @@ _REGISTRY = (
     _stage("export", "dataset (or images) -> webdataset shards (img2dataset layout)",
            inputs=[Table("input", "dataset")],
            outputs=[Table("output", "webdataset")]),
+    _stage("index", "embeddings (+ the dataset to index) -> a faiss index with metadata and measured recall",
+           inputs=[Table("input", "embeddings"), Table("index.dataset", "dataset", alias="dataset", required=False)],
+           outputs=[Table("output", "index"),
+                    Table("index.rejected_output", "index_rejected", required=False, suffix="_rejected")]),
     _stage("demo", "a generated crawl -> every stage above, under one run directory (loopback only)",
            outputs=[Table("output", "run_dir")]),
 )

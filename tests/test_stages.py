@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 # written from DESIGN.md's tables, not read from the registry: which stage writes which table
 DESIGN_PRODUCERS = {
     "candidates": "extract", "candidates_errors": "extract", "pairs": "dedupe", "images": "download",
-    "embeddings": "embed", "dataset": "filter", "dataset_rejected": "filter",
+    "embeddings": "embed", "dataset": "filter", "dataset_rejected": "filter", "index": "index",
 }
 
 
@@ -46,7 +46,10 @@ def test_the_tables_form_the_design_graph():
     filter_inputs = {t.table for t in stages.get("filter").inputs}
     assert {produced[t] for t in filter_inputs} == {"download", "embed"}
     assert stages.get("filter").aliases == {"embeddings": "filter.embeddings"}
-    assert all(not s.aliases for n, s in stages.STAGES.items() if n != "filter")
+    # stage-specific table keys belong to their stage: index's dataset= is index.dataset, nobody else's
+    assert stages.get("index").aliases == {"dataset": "index.dataset"}
+    assert produced["index"] == "index" and {t.table for t in stages.get("index").inputs} == {"embeddings", "dataset"}
+    assert all(not s.aliases for n, s in stages.STAGES.items() if n not in ("filter", "index"))
 
 
 def test_cli_usage_lists_the_registry_and_demo_is_a_stage():

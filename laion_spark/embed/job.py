@@ -134,6 +134,10 @@ def run(spark, cfg) -> dict:
         "failure_reasons": dict(sorted(reasons.items())),
         "groups": {g: {"rows": groups.get(g, 0), "model": specs[g].name} for g in S.LANGUAGE_GROUPS},
         "models": dict(sorted(models.items())),
+        # how to load each embedding space again (index writes it into index_infos.json for search)
+        "model_specs": {spec.name: {"model": spec.model, "pretrained": spec.pretrained,
+                                    "model_config": spec.model_config or None}
+                        for spec in dict.fromkeys(specs.values())},
         "partitions": partitions,
         "devices": device_counts(devices),
         "embed_seconds": round(seconds, 3),

@@ -1,0 +1,442 @@
+"""The index job: embeddings (+ dataset) -> check -> plan -> train on a sample -> add in Spark tasks ->
+merge (or keep shards) -> tune on measured recall -> metadata + index_infos.json.
+
+INPUT  -> JobConfig with input (the embed stage's output), index.dataset (`dataset=`: the rows to
+          index, e.g. filter's dataset or export's release; empty: every row), output (a folder URI)
+OUTPUT -> in `output` (or `output/<model>/` per model with index.per_model=true): knn.index (+ knn.ivfdata
+          with on-disk lists) or shards/knn_NNNNN.index, metadata/ (parquet sorted by sample_id),
+          index_infos.json; the rows left out at index.rejected_output (sample_id, clip_model, reason);
+          a summary dict (rows in, indexed, rejected per reason, not selected, per index its infos)
+
+The Spark work is DataFrame API only (mapInArrow), so it runs on Spark Connect: the trained empty
+index goes to `<output>/_build/` through fsspec, each task adds its vectors (sample_ids as faiss ids)
+and writes its part there (temporary name, then renamed; a retried task keeps a finished part), and
+returns the exact top-k of the eval queries over its own vectors, from which the driver has the ground
+truth of the recall check without a second pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import functions as F
+
+from laion_spark import __version__
+from laion_spark import schemas as S
+from laion_spark.config import ConfigError
+from laion_spark.export.npy import model_folder_name
+from laion_spark.export.shards import commit, new_token, remove_quietly, temporary_path
+from laion_spark.index import build as B
+from laion_spark.index import tune as T
+from laion_spark.index.plan import IndexPlanError, format_bytes, parse_bytes, plan_index
+from laion_spark.index.transform import REASON, REASONS, VECTOR, checked, metadata_columns, normalise_names, selected
+from laion_spark.io import exists, fsspec_uri, read_json
+
+log = logging.getLogger(__name__)
+
+USAGE = "laion-spark index input=<embeddings> [dataset=<dataset>] output=<dir>"
+ONDISK_AUTO_BYTES = 2**30
+K = T.K
+INFOS = "index_infos.json"
+
+
+class IndexBuildError(RuntimeError):
+    """The index built does not hold the rows it should (row accounting), or a part is missing."""
+
+
+def rejected_uri(cfg) -> str:
+    return cfg.index.rejected_output or cfg.output.rstrip("/") + "_rejected"
+
+
+def prepare(cfg) -> None:
+    """Checks that need no Spark: inputs exist, the budget parses, outputs do not overlap inputs."""
+    ix = cfg.index
+    for name, uri in (("input", cfg.input), ("dataset", ix.dataset)):
+        if uri and not exists(uri):
+            raise ConfigError(f"{name} not found: {uri}")
+    try:
+        parse_bytes(ix.max_index_memory)
+    except IndexPlanError as exc:
+        raise ConfigError(f"index.max_index_memory: {exc}") from None
+    out = fsspec_uri(cfg.output).rstrip("/")
+    for name, uri in (("input", cfg.input), ("dataset", ix.dataset)):
+        if uri and (fsspec_uri(uri).rstrip("/") == out or fsspec_uri(uri).startswith(out + "/")):
+            raise ConfigError(f"output {cfg.output} overlaps {name} {uri}; write elsewhere")
+    if ix.per_model and ix.clip_model:
+        raise ConfigError("index.per_model=true builds every model's index; do not also give index.clip_model")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _fs(uri: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(fsspec_uri(uri))
+
+
+def _model_specs(embeddings_uri: str) -> dict:
+    """The embeddings table's marker -> {clip_model: {model, pretrained, model_config}} (what search loads)."""
+    try:
+        summary = read_json(embeddings_uri.rstrip("/") + "/_summary.json")
+    except Exception:  # noqa: BLE001  (no marker: search then needs the model named by hand)
+        return {}
+    return summary.get("model_specs") or {}
+
+
+def _spec_from_name(clip_model: str | None) -> dict | None:
+    """'MODEL/PRETRAINED' of a hub model -> its spec; a checkpoint's name (with @hash) says no path: None."""
+    if not clip_model or "/" not in clip_model or "@" in clip_model:
+        return None
+    model, pretrained = clip_model.split("/", 1)
+    return {"model": model, "pretrained": pretrained, "model_config": None}
+
+
+def _to_matrix(column: pa.Array | pa.ChunkedArray, d: int) -> np.ndarray:
+    """A list<float> column of rows of length d -> an n x d float32 matrix (copy-free where Arrow allows)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(len(column), d), dtype=np.float32)
+
+
+def _sample(rows, n_total: int, want: int, seed: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indexable rows -> a random sample of about `want` (ids, vectors), drawn by Spark on every partition
+    (not the first rows: autofaiss#99)."""
+    if want <= 0:
+        return np.empty(0, np.int64), np.empty((0, d), np.float32)
+    fraction = min(1.0, 1.2 * want / max(n_total, 1) + 1e-9)
+    picked = rows.select(S.SAMPLE_ID, VECTOR)
+    if fraction < 1.0:
+        picked = picked.sample(fraction=fraction, seed=seed)
+    table = picked.orderBy(F.xxhash64(S.SAMPLE_ID, F.lit(seed))).limit(want).toArrow()
+    ids = table.column(S.SAMPLE_ID).to_numpy().astype(np.int64)
+    return ids, _to_matrix(table.column(VECTOR), d)
+
+
+PART_SCHEMA = pa.schema([
+    pa.field("part", pa.int32(), False), pa.field("rows", pa.int64(), False), pa.field("file", pa.string(), True),
+    pa.field("query", pa.int32(), False), pa.field("top_ids", pa.list_(pa.int64()), True),
+    pa.field("top_scores", pa.list_(pa.float32()), True),
+])
+PART_DDL = "part int, rows long, file string, query int, top_ids array<long>, top_scores array<float>"
+
+
+def add_partition(trained_uri: str, parts_uri: str, d: int, queries: np.ndarray, query_ids: np.ndarray):
+    """-> the mapInArrow function: one partition's (sample_id, vector) batches -> its populated part in
+    parts_uri (part_NNNNN.index) -> one row for the part, one per eval query (its exact top-k here)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import fsspec
+        from pyspark import TaskContext
+
+        pid = TaskContext.get().partitionId()
+        with fsspec.open(trained_uri, "rb") as fh:
+            index = B.from_bytes(fh.read())
+        best_s = np.full((len(queries), K), -np.inf, np.float32)
+        best_i = np.full((len(queries), K), B.NO_ID, np.int64)
+        rows = 0
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            ids = batch.column(S.SAMPLE_ID).to_numpy().astype(np.int64)
+            vectors = _to_matrix(batch.column(VECTOR), d)
+            index.add_with_ids(vectors, ids)
+            rows += len(ids)
+            if len(queries):
+                here = B.exact_topk(queries, query_ids, vectors, ids, K)
+                best_s, best_i = B.merge_topk([(best_s, best_i), here], K)
+        file = None
+        if rows:
+            fs, folder = fsspec.core.url_to_fs(parts_uri)
+            final = f"{folder}/part_{pid:05d}.index"
+            tmp = temporary_path(final, new_token())
+            try:
+                with fs.open(tmp, "wb") as fh:
+                    fh.write(B.to_bytes(index))
+                commit(fs, [(tmp, final)])  # a finished part of another attempt is kept
+            except BaseException:
+                remove_quietly(fs, [tmp])
+                raise
+            file = final
+        out = {"part": [pid], "rows": [rows], "file": [file], "query": [-1], "top_ids": [None], "top_scores": [None]}
+        yield pa.RecordBatch.from_pydict(out, schema=PART_SCHEMA)
+        if rows and len(queries):
+            yield pa.RecordBatch.from_pydict({
+                "part": [pid] * len(queries), "rows": [rows] * len(queries), "file": [file] * len(queries),
+                "query": list(range(len(queries))), "top_ids": [list(map(int, r)) for r in best_i],
+                "top_scores": [list(map(float, r)) for r in best_s]}, schema=PART_SCHEMA)
+
+    return run
+
+
+def _local_copy(uri: str, folder: str) -> str:
+    """A file URI -> a local path to it (itself when local; else copied into folder)."""
+    fs, path = _fs(uri)
+    if type(fs).__name__ == "LocalFileSystem":
+        return path
+    local = os.path.join(folder, os.path.basename(path))
+    fs.get(path, local)
+    return local
+
+
+def _upload(local: str, uri: str) -> None:
+    fs, path = _fs(uri)
+    if type(fs).__name__ == "LocalFileSystem" and os.path.abspath(local) == os.path.abspath(path):
+        return
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
+    fs.put(local, path)
+
+
+# --------------------------------------------------------------------------------------------- one index
+def build_one(spark, cfg, rows, n_valid: int, d: int, out_uri: str, clip_model: str | None, spec: dict | None,
+              meta_table) -> dict:
+    """Indexable rows of one model -> the index folder at out_uri -> its index_infos dict."""
+    ix = cfg.index
+    seconds: dict[str, float] = {}
+    plan = plan_index(n_valid, d, ix.max_index_memory, ix.key, ix.max_train_vectors)
+    log.info("index: %s vectors x %d -> %s (search holds %s of %s; training sample %d, %s)", n_valid, d, plan.key,
+             format_bytes(plan.memory_bytes), format_bytes(plan.budget_bytes), plan.train_size,
+             format_bytes(plan.train_memory_bytes))
+    fs, folder = _fs(out_uri)
+    fs.makedirs(folder, exist_ok=True)
+    build = f"{folder}/_build"
+    if fs.exists(build):
+        fs.rm(build, recursive=True)
+    fs.makedirs(f"{build}/parts", exist_ok=True)
+
+    t = time.time()
+    _, train_x = _sample(rows, n_valid, plan.train_size, ix.seed, d)
+    query_ids, queries = _sample(rows, n_valid, min(ix.eval_queries, n_valid), ix.seed + 1, d)
+    seconds["sample"] = time.time() - t
+    t = time.time()
+    trained = B.to_bytes(B.train(plan.key, train_x if len(train_x) else queries[:1], ix.seed))
+    del train_x
+    seconds["train"] = time.time() - t
+    trained_uri = f"{_proto(out_uri)}{build}/trained.index"
+    with fs.open(f"{build}/trained.index", "wb") as fh:
+        fh.write(trained)
+
+    t = time.time()
+    partitions = ix.shards or ix.partitions or max(1, math.ceil(n_valid / ix.rows_per_task))
+    parts = (rows.select(S.SAMPLE_ID, VECTOR).repartition(partitions, S.SAMPLE_ID)
+             .mapInArrow(add_partition(trained_uri, f"{_proto(out_uri)}{build}/parts", d, queries, query_ids),
+                         PART_DDL).collect())
+    seconds["add"] = time.time() - t
+    part_rows = {r["part"]: (r["rows"], r["file"]) for r in parts if r["query"] == -1}
+    added = sum(n for n, _ in part_rows.values())
+    if added != n_valid:
+        raise IndexBuildError(f"row accounting failed: {n_valid} indexable rows but the add tasks took {added}")
+    per_query: dict[int, list] = {}
+    for r in parts:
+        if r["query"] >= 0:
+            per_query.setdefault(r["query"], []).append((np.asarray(r["top_scores"], np.float32),
+                                                          np.asarray(r["top_ids"], np.int64)))
+    exact = np.full((len(queries), K), B.NO_ID, np.int64)
+    for q, lists in per_query.items():
+        exact[q] = B.merge_topk([(s[None, :], i[None, :]) for s, i in lists], K)[1][0]
+
+    t = time.time()
+    files = [f for _, (n, f) in sorted(part_rows.items()) if n]
+    for f in files:
+        if not fs.exists(f):
+            raise IndexBuildError(f"part {f} is missing after the add tasks")
+    ondisk = ix.ondisk == "true" or (ix.ondisk == "auto" and plan.memory_bytes > ONDISK_AUTO_BYTES)
+    layout: dict = {}
+    with tempfile.TemporaryDirectory(prefix="laion-spark-index-") as tmp:
+        local_parts = [_local_copy(f"{_proto(out_uri)}{f}", tmp) for f in files]
+        if ix.shards:
+            # read before the renames: a local part's path is the part itself
+            search_index = _shards_index(local_parts)
+            shard_files = []
+            fs.makedirs(f"{folder}/shards", exist_ok=True)
+            for n, f in enumerate(files):
+                final = f"{folder}/shards/knn_{n:05d}.index"
+                if fs.exists(final):
+                    fs.rm(final)
+                fs.mv(f, final)
+                shard_files.append(final)
+            layout = {"shards": [os.path.basename(p) for p in shard_files]}
+            total = int(search_index.ntotal)
+        else:
+            local_out = os.path.join(tmp, "knn.index")
+            total = B.merge_parts(trained, local_parts, local_out, ondisk)
+            _upload(local_out, f"{_proto(out_uri)}{folder}/knn.index")
+            if ondisk:
+                _upload(os.path.join(tmp, "knn.ivfdata"), f"{_proto(out_uri)}{folder}/knn.ivfdata")
+            layout = {"index_file": "knn.index", "ivfdata": "knn.ivfdata" if ondisk else None}
+            search_index = B.read_index(local_out, mmap=False)
+        seconds["merge"] = time.time() - t
+        if total != n_valid:
+            raise IndexBuildError(f"row accounting failed: {n_valid} indexable rows but the index holds {total}")
+        t = time.time()
+        tuning = T.tune(search_index, queries, query_ids, exact, ix.target_recall, ix.max_query_ms,
+                        plan.hnsw_quantizer)
+        seconds["tune"] = time.time() - t
+        del search_index
+    size = sum(fs.size(f"{folder}/{name}") for name in _index_files(fs, folder))
+
+    t = time.time()
+    meta_rows = rows.filter(F.col(REASON).isNull()).select(S.SAMPLE_ID)
+    columns = metadata_columns(meta_table)
+    if meta_table is not None and columns:
+        meta_rows = meta_rows.join(meta_table.select(S.SAMPLE_ID, *columns).dropDuplicates([S.SAMPLE_ID]),
+                                   S.SAMPLE_ID, "left")
+    meta_parts = max(1, math.ceil(n_valid / 1_000_000))
+    (meta_rows.repartitionByRange(meta_parts, S.SAMPLE_ID).sortWithinPartitions(S.SAMPLE_ID)
+     .write.mode("overwrite").parquet(f"{_proto(out_uri)}{folder}/metadata"))
+    seconds["metadata"] = time.time() - t
+    fs.rm(build, recursive=True)
+
+    import faiss
+    import pyspark
+
+    infos = {
+        "index_key": plan.key, "index_param": tuning.index_param, "nb_vectors": total, "dimension": d,
+        "field": ix.field, "clip_model": clip_model, "model": spec,
+        "size_bytes": size, "memory_to_search_bytes": plan.memory_bytes if not ix.shards else size,
+        "max_index_memory_bytes": plan.budget_bytes,
+        "recall_at_1": tuning.recall_at_1, "recall_at_10": tuning.recall_at_10, "eval_queries": int(len(queries)),
+        "target_recall": ix.target_recall, "reached_target": tuning.reached_target,
+        "latency_ms_p50": tuning.latency_ms_p50, "latency_ms_p99": tuning.latency_ms_p99,
+        "queries_per_s": tuning.queries_per_s, "tuning": tuning.tried,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "plan": plan.as_dict(), "layout": layout, "metadata_columns": [S.SAMPLE_ID, *columns],
+        "versions": {"laion_spark": __version__, "faiss": faiss.__version__, "spark": pyspark.__version__,
+                     "python": platform.python_version()},
+    }
+    with fs.open(f"{folder}/{INFOS}", "w") as fh:
+        json.dump(infos, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    return infos
+
+
+def _proto(uri: str) -> str:
+    """The protocol prefix fsspec needs to reach a path of uri's filesystem again ('' for local paths)."""
+    u = fsspec_uri(uri)
+    return u.split("://", 1)[0] + "://" if "://" in u and not u.startswith("file://") else ""
+
+
+def _index_files(fs, folder: str) -> list[str]:
+    names = ["knn.index", "knn.ivfdata"]
+    out = [n for n in names if fs.exists(f"{folder}/{n}")]
+    if fs.exists(f"{folder}/shards"):
+        out += [f"shards/{p.rsplit('/', 1)[-1]}" for p in fs.ls(f"{folder}/shards", detail=False)]
+    return out
+
+
+def _shards_index(local_parts: list[str]):
+    """Local shard files -> one searchable ShardSet over them, read into memory."""
+    return B.ShardSet([B.read_index(p, mmap=False) for p in local_parts])
+
+
+# --------------------------------------------------------------------------------------------- the job
+def run(spark, cfg) -> dict:
+    from laion_spark.filter.job import check_duplicates, read_embeddings
+
+    ix = cfg.index
+    embeddings = read_embeddings(spark, cfg.input)
+    rows_in = check_duplicates(embeddings, cfg.input)
+    dataset = None
+    if ix.dataset:
+        dataset = normalise_names(spark.read.parquet(ix.dataset))
+        if S.SAMPLE_ID not in dataset.columns:
+            raise ConfigError(f"dataset {ix.dataset} has no sample_id (or SAMPLE_ID) column")
+    chosen = selected(embeddings, dataset, None)
+    per_model = {r[S.CLIP_MODEL]: r["n"] for r in chosen.groupBy(S.CLIP_MODEL).agg(F.count(F.lit(1)).alias("n"))
+                 .collect()}
+    if ix.clip_model:
+        if ix.clip_model not in per_model:
+            raise ConfigError(f"index.clip_model={ix.clip_model!r} is not in {cfg.input}; its models: "
+                              f"{sorted(map(str, per_model))}")
+        models = [ix.clip_model]
+    elif len(per_model) > 1 and not ix.per_model:
+        shown = ", ".join(f"{m} ({n} rows)" for m, n in sorted(per_model.items(), key=lambda kv: str(kv[0])))
+        raise ConfigError(f"{cfg.input} holds {len(per_model)} embedding spaces: {shown}; choose one with "
+                          "index.clip_model=..., or index.per_model=true for one index each")
+    else:
+        models = sorted(per_model, key=lambda m: (m is None, m or ""))
+    selected_rows = sum(per_model.values())
+    if not selected_rows:
+        raise ConfigError(f"no rows to index: {cfg.input} has {rows_in} rows"
+                          + (f", none of them in dataset {ix.dataset}" if ix.dataset else ""))
+    specs = _model_specs(cfg.input)
+    # what a result shows: the dataset's columns, and the similarity from embeddings where it has none
+    meta_table = dataset if dataset is not None else embeddings.select(S.SAMPLE_ID)
+    if S.SIMILARITY not in meta_table.columns:
+        meta_table = meta_table.join(embeddings.select(S.SAMPLE_ID, S.SIMILARITY), S.SAMPLE_ID, "left")
+    fs, out_folder = _fs(cfg.output)
+    if cfg.mode == "overwrite" and fs.exists(out_folder):
+        fs.rm(out_folder, recursive=True)
+    fs.makedirs(out_folder, exist_ok=True)
+
+    vec_col = S.IMAGE_EMBEDDING if ix.field == "image" else S.TEXT_EMBEDDING
+    summary_models: dict = {}
+    rejected_frames = []
+    reasons_total: dict[str, int] = {}
+    indexed = 0
+    for model in models:
+        rows_m = selected(embeddings, dataset, None).filter(F.col(S.CLIP_MODEL).eqNullSafe(F.lit(model)))
+        sizes = {r["d"]: r["n"] for r in rows_m.groupBy(F.size(vec_col).alias("d")).agg(F.count(F.lit(1)).alias("n"))
+                 .collect() if r["d"] is not None and r["d"] > 0}
+        if not sizes:
+            raise ConfigError(f"{model}: no row of {cfg.input} has a {ix.field} embedding to index")
+        d = max(sizes, key=lambda k: (sizes[k], -k))  # the dimension most rows have; the others are left out
+        rows_c = checked(rows_m, ix.field, d)
+        counts = {r[REASON]: r["n"] for r in rows_c.groupBy(REASON).agg(F.count(F.lit(1)).alias("n")).collect()}
+        n_valid = counts.pop(None, 0)
+        for reason, n in counts.items():
+            reasons_total[reason] = reasons_total.get(reason, 0) + n
+        rejected_frames.append(rows_c.filter(F.col(REASON).isNotNull()).select(S.SAMPLE_ID, S.CLIP_MODEL, REASON))
+        if not n_valid:
+            raise ConfigError(f"{model}: none of its {sum(counts.values())} rows can be indexed ({counts})")
+        sub = cfg.output if len(models) == 1 and not ix.per_model else (
+            cfg.output.rstrip("/") + "/" + model_folder_name(model))
+        spec = specs.get(model) or _spec_from_name(model)
+        infos = build_one(spark, cfg, rows_c.filter(F.col(REASON).isNull()), n_valid, d, sub, model, spec, meta_table)
+        infos_summary = {k: infos[k] for k in ("index_key", "index_param", "nb_vectors", "dimension", "size_bytes",
+                                               "recall_at_1", "recall_at_10", "latency_ms_p50", "latency_ms_p99",
+                                               "queries_per_s", "reached_target", "seconds")}
+        summary_models[str(model)] = {"folder": sub, "rows": sum(counts.values()) + n_valid, "rejected": counts,
+                                      **infos_summary}
+        indexed += infos["nb_vectors"]
+
+    rejected = rejected_frames[0]
+    for frame in rejected_frames[1:]:
+        rejected = rejected.unionByName(frame)
+    rejected.write.mode("overwrite").parquet(rejected_uri(cfg))
+    rejected_rows = sum(reasons_total.values())
+    not_selected = rows_in - selected_rows + sum(n for m, n in per_model.items() if m not in models)
+    if indexed + rejected_rows + not_selected != rows_in:
+        raise IndexBuildError(f"row accounting failed: {rows_in} embeddings rows but {indexed} indexed + "
+                          f"{rejected_rows} rejected + {not_selected} not selected")
+    summary = {
+        "rows_in": rows_in, "indexed": indexed, "rejected": rejected_rows,
+        "reasons": {r: reasons_total.get(r, 0) for r in REASONS if reasons_total.get(r)},
+        "not_selected": not_selected, "dataset": ix.dataset or None, "field": ix.field,
+        "models": summary_models, "rejected_output": rejected_uri(cfg),
+    }
+    if ix.dataset:
+        summary["dataset_rows_without_embedding"] = (
+            dataset.select(S.SAMPLE_ID).distinct().join(embeddings.select(S.SAMPLE_ID), S.SAMPLE_ID, "left_anti")
+            .count())
+    return summary
+
+
+def format_report(summary: dict) -> str:
+    lines = [f"index: {summary['rows_in']} embeddings rows -> {summary['indexed']} indexed, "
+             f"{summary['rejected']} rejected {summary['reasons'] or ''}, {summary['not_selected']} not selected"]
+    for model, m in summary["models"].items():
+        lines.append(f"  {model}: {m['index_key']} ({m['index_param']}), {m['nb_vectors']} vectors x {m['dimension']}, "
+                     f"{format_bytes(m['size_bytes'])}; recall@1 {m['recall_at_1']}, recall@10 {m['recall_at_10']}; "
+                     f"p50 {m['latency_ms_p50']} ms, p99 {m['latency_ms_p99']} ms, {m['queries_per_s']} queries/s")
+        lines.append(f"    at {m['folder']}; seconds {m['seconds']}")
+    return "\n".join(lines)
+

@@ -1,0 +1,236 @@
+"""index: embeddings -> faiss index. Recall is recomputed here with faiss.IndexFlatIP over the vectors the
+test wrote (not read from the index), the ids and metadata are compared with the rows the test wrote,
+and bad rows are built on purpose and must be counted, never crash a worker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from laion_spark import cli
+from laion_spark import schemas as S
+from laion_spark.config import ConfigError
+from laion_spark.index.build import ShardSet
+from laion_spark.index.plan import IndexPlanError, parse_bytes, plan_index
+from laion_spark.index.synthetic import clustered_vectors
+
+MODEL = "ViT-T/test"
+
+
+def write_embeddings(spark, path: Path, ids, vectors, model=MODEL, extra=()) -> str:
+    rows = [(int(i), [float(x) for x in v], [float(x) for x in v[::-1]], 0.3, model, None)
+            for i, v in zip(ids, vectors, strict=True)]
+    rows += list(extra)
+    spark.createDataFrame(rows, S.EMBEDDINGS).write.mode("overwrite").parquet(str(path))
+    return str(path)
+
+
+def ids_for(n: int, seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(2**62, size=n, replace=False).astype(np.int64)
+    return ids * np.where(np.arange(n) % 2, -1, 1)  # negative ids too, as xxhash64 gives
+
+
+def build(spark, *args) -> dict:
+    cfg, module = cli.prepare("index", [], list(args))
+    return cli.run("index", cfg, module, spark)
+
+
+def exact_recall(index_path: Path, ids, vectors, param: str, queries: int = 300, k: int = 10) -> float:
+    """Independent recall: IndexFlatIP over the test's own vectors, queries searched without themselves."""
+    rng = np.random.default_rng(123)
+    qi = rng.choice(len(ids), queries, replace=False)
+    flat = faiss.IndexIDMap(faiss.IndexFlatIP(vectors.shape[1]))
+    flat.add_with_ids(vectors, ids)
+    _, exact = flat.search(vectors[qi], k + 1)
+    index = faiss.read_index(str(index_path))
+    faiss.ParameterSpace().set_index_parameters(index, param)
+    _, got = index.search(vectors[qi], k + 1)
+    total = 0.0
+    for row, q in enumerate(qi):
+        want = [i for i in exact[row] if i != ids[q]][:k]
+        have = [i for i in got[row] if i != ids[q]][:k]
+        total += len(set(want) & set(have)) / k
+    return total / len(qi)
+
+
+# ------------------------------------------------------------------------------------------------ plan
+def test_memory_sizes_are_powers_of_two():
+    assert parse_bytes("4G") == 4 * 2**30
+    assert parse_bytes("256M") == 256 * 2**20
+    assert parse_bytes("1.5K") == 1536
+    assert parse_bytes("800GB") == 800 * 2**30
+    assert parse_bytes(1000) == 1000
+    for bad in ("", "4X", "-1G", "G", 0):
+        with pytest.raises(IndexPlanError):
+            parse_bytes(bad)
+
+
+def test_plans_fit_their_budget_and_quantise_when_they_must():
+    small = plan_index(500, 64, "4G")
+    assert small.exact and small.key == "IVF1,Flat"
+    raw = 100_000 * 64 * 4
+    roomy = plan_index(100_000, 64, raw * 2)
+    assert roomy.encoding == "Flat" and roomy.memory_bytes <= raw * 2
+    quarter = plan_index(100_000, 64, raw // 4)
+    assert quarter.memory_bytes <= raw // 4 and quarter.code_bytes < 64 * 4 / 4
+    for n, d, budget in ((1_000_000, 512, "256M"), (1_000_000, 512, "2G"), (5_850_000_000, 768, "800G")):
+        plan = plan_index(n, d, budget)
+        assert plan.memory_bytes <= parse_bytes(budget)
+        assert plan.train_size >= 39 * plan.nlist and plan.train_size <= n
+    laion = plan_index(5_850_000_000, 768, "800G")
+    assert "PQ" in laion.encoding and laion.hnsw_quantizer  # LAION ran OPQ/IVF-HNSW/PQ128 at 800G
+
+
+def test_a_budget_too_small_names_the_smallest_that_fits():
+    with pytest.raises(IndexPlanError, match=r"set index.max_index_memory=(\S+) or more") as err:
+        plan_index(100_000, 64, "1M")
+    needed = err.value.args[0].split("set index.max_index_memory=")[1].split()[0]
+    plan = plan_index(100_000, 64, needed)  # the budget it names is enough
+    assert plan.memory_bytes <= parse_bytes(needed)
+
+
+# ------------------------------------------------------------------------------------------------ build
+@pytest.fixture(scope="module")
+def clustered(spark, tmp_path_factory):
+    n, d = 100_000, 64
+    vectors, _ = clustered_vectors(n, d, clusters=400, seed=3)
+    ids = ids_for(n)
+    path = write_embeddings(spark, tmp_path_factory.mktemp("index_in") / "embeddings", ids, vectors)
+    return path, ids, vectors
+
+
+@pytest.mark.slow
+def test_quantised_index_reaches_the_recall_it_claims(spark, clustered, tmp_path):
+    path, ids, vectors = clustered
+    budget = vectors.nbytes // 4  # a quarter of the raw vectors: the index must quantise
+    out = tmp_path / "index"
+    summary = build(spark, f"input={path}", f"output={out}", f"index.max_index_memory={budget}",
+                    "index.max_query_ms=1000", "index.partitions=8", "index.eval_queries=500")
+    infos = json.loads((out / "index_infos.json").read_text())
+    assert infos["nb_vectors"] == len(ids) == summary["indexed"]
+    assert infos["memory_to_search_bytes"] <= budget and infos["size_bytes"] <= budget * 1.05
+    assert "Flat" not in infos["index_key"].split(",")[-1]
+    recall = exact_recall(out / "knn.index", ids, vectors, infos["index_param"])
+    assert recall >= 0.95
+    assert abs(recall - infos["recall_at_10"]) < 0.03  # what it claims is what it does
+    index = faiss.read_index(str(out / "knn.index"))
+    assert index.ntotal == len(ids)
+    # faiss ids are the sample_ids: every one of them is in the index's lists, and no other
+    ivf = faiss.extract_index_ivf(index)
+    inv = ivf.invlists
+    got = np.concatenate([faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy()
+                          for lst in range(ivf.nlist) if inv.list_size(lst)])
+    assert np.array_equal(np.sort(got), np.sort(ids))
+    meta = pq.read_table(out / "metadata")
+    assert meta.column("sample_id").to_pylist() == sorted(ids.tolist())
+
+
+@pytest.mark.slow
+def test_eight_partitions_build_the_same_index_as_one(spark, clustered, tmp_path):
+    path, ids, vectors = clustered
+    budget = vectors.nbytes // 4
+    common = [f"input={path}", f"index.max_index_memory={budget}", "index.max_query_ms=1000", "index.eval_queries=200"]
+    build(spark, *common, f"output={tmp_path / 'one'}", "index.partitions=1")
+    build(spark, *common, f"output={tmp_path / 'eight'}", "index.partitions=8")
+    build(spark, *common, f"output={tmp_path / 'shards'}", "index.shards=4")
+    one = faiss.read_index(str(tmp_path / "one" / "knn.index"))
+    eight = faiss.read_index(str(tmp_path / "eight" / "knn.index"))
+    shard_files = sorted((tmp_path / "shards" / "shards").glob("knn_*.index"))
+    assert [p.name for p in shard_files] == [f"knn_{i:05d}.index" for i in range(4)]
+    held = [faiss.read_index(str(p)) for p in shard_files]
+    assert one.ntotal == eight.ntotal == sum(h.ntotal for h in held) == len(ids)
+    param = "nprobe=64"
+    for ix in (one, eight, *held):
+        faiss.ParameterSpace().set_index_parameters(ix, param)
+    q = vectors[np.random.default_rng(5).choice(len(ids), 300, replace=False)]
+    _, a = one.search(q, 10)
+    _, b = eight.search(q, 10)
+    # the shards' lists merged here by score, as a reader of the layout would; and through ShardSet
+    per_shard = [h.search(q, 10) for h in held]
+    merged = [[i for _, i in sorted(((float(s[r, j]), int(ids_[r, j])) for s, ids_ in per_shard for j in range(10)
+                                     if ids_[r, j] != -1), reverse=True)[:10]] for r in range(len(q))]
+    _, c = ShardSet(held).search(q, 10)
+    for other in (b, merged, c):
+        overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, other, strict=True)])
+        assert overlap >= 0.99
+    shard_infos = json.loads((tmp_path / "shards" / "index_infos.json").read_text())
+    assert shard_infos["recall_at_10"] >= 0.9
+
+
+def test_bad_rows_are_counted_and_left_out(spark, tmp_path):
+    d = 16
+    vectors, _ = clustered_vectors(300, d, clusters=5, seed=1)
+    ids = ids_for(300, seed=2)
+    nan = [float("nan")] + [0.1] * (d - 1)
+    bad = [
+        (11, None, None, None, MODEL, "image_decode_error: x"),  # no vector (embed failed)
+        (12, [0.1] * (d + 1), [0.1] * (d + 1), 0.1, MODEL, None),  # wrong dimension
+        (13, nan, nan, 0.1, MODEL, None),
+        (14, [float("inf")] + [0.0] * (d - 1), [0.0] * d, 0.1, MODEL, None),
+        (15, [0.0] * d, [0.0] * d, 0.0, MODEL, None),  # zero vector
+        (-1, [1.0] + [0.0] * (d - 1), [1.0] + [0.0] * (d - 1), 1.0, MODEL, None),  # faiss's "no result" id
+    ]
+    path = write_embeddings(spark, tmp_path / "emb", ids, vectors, extra=bad)
+    out = tmp_path / "index"
+    summary = build(spark, f"input={path}", f"output={out}")
+    assert summary["indexed"] == 300
+    assert summary["reasons"] == {"no_vector": 1, "wrong_dimension": 1, "not_finite": 2, "zero_vector": 1,
+                                  "reserved_id": 1}
+    assert summary["rows_in"] == summary["indexed"] + summary["rejected"] + summary["not_selected"]
+    rejected = {r["sample_id"]: r["reason"] for r in spark.read.parquet(str(out) + "_rejected").collect()}
+    assert rejected == {11: "no_vector", 12: "wrong_dimension", 13: "not_finite", 14: "not_finite",
+                        15: "zero_vector", -1: "reserved_id"}
+    infos = json.loads((out / "index_infos.json").read_text())
+    assert infos["index_key"] == "IVF1,Flat" and infos["recall_at_10"] == 1.0  # a flat scan is exact
+
+
+def test_dataset_selects_the_rows_and_supplies_the_metadata(spark, tmp_path):
+    d = 8
+    vectors, _ = clustered_vectors(200, d, clusters=4, seed=4)
+    ids = ids_for(200, seed=9)
+    path = write_embeddings(spark, tmp_path / "emb", ids, vectors)
+    keep = sorted(int(i) for i in ids[::3])
+    # LAION's release spelling: SAMPLE_ID, URL, TEXT, WIDTH, HEIGHT
+    release = [(i, f"https://example.com/{i}.jpg", f"caption {i}", 640, 480, 0.05) for i in keep]
+    release.append((123456789, "https://example.com/none.jpg", "no embedding", 1, 1, 0.0))
+    spark.createDataFrame(release, "SAMPLE_ID long, URL string, TEXT string, WIDTH int, HEIGHT int, punsafe double"
+                          ).write.parquet(str(tmp_path / "release"))
+    out = tmp_path / "index"
+    summary = build(spark, f"input={path}", f"dataset={tmp_path / 'release'}", f"output={out}")
+    assert summary["indexed"] == len(keep) and summary["not_selected"] == 200 - len(keep)
+    assert summary["dataset_rows_without_embedding"] == 1
+    meta = pq.read_table(out / "metadata").to_pylist()
+    assert [m["sample_id"] for m in meta] == keep
+    assert meta[0]["url"] == f"https://example.com/{keep[0]}.jpg" and meta[0]["original_width"] == 640
+    assert meta[0]["punsafe"] == pytest.approx(0.05) and meta[0]["similarity"] == pytest.approx(0.3)
+
+
+def test_several_models_need_a_choice(spark, tmp_path):
+    d = 8
+    a, _ = clustered_vectors(100, d, clusters=3, seed=5)
+    ids = ids_for(200, seed=11)
+    other = [(int(i), [float(x) for x in v], [float(x) for x in v], 0.2, "ViT-Other/x", None)
+             for i, v in zip(ids[100:], a, strict=True)]
+    path = write_embeddings(spark, tmp_path / "emb", ids[:100], a, extra=other)
+    with pytest.raises(ConfigError, match="2 embedding spaces"):
+        build(spark, f"input={path}", f"output={tmp_path / 'x'}")
+    summary = build(spark, f"input={path}", f"output={tmp_path / 'per'}", "index.per_model=true")
+    folders = sorted(p.name for p in (tmp_path / "per").iterdir() if p.is_dir())
+    assert folders == ["ViT-Other_x", "ViT-T_test"]
+    assert summary["indexed"] == 200
+    chosen = build(spark, f"input={path}", f"output={tmp_path / 'one'}", "index.clip_model=ViT-Other/x")
+    assert chosen["indexed"] == 100 and chosen["not_selected"] == 100
+    infos = json.loads((tmp_path / "one" / "index_infos.json").read_text())
+    assert infos["model"] == {"model": "ViT-Other", "pretrained": "x", "model_config": None}
+
+
+def test_empty_table_is_a_clear_error(spark, tmp_path):
+    path = write_embeddings(spark, tmp_path / "emb", [], [])
+    with pytest.raises(ConfigError, match="no rows to index"):
+        build(spark, f"input={path}", f"output={tmp_path / 'x'}")
