@@ -98,7 +98,8 @@ def run(stage: str, cfg, module, spark=None) -> dict:
     entry = stages.get(stage)
     inputs = marker.inputs_of(entry, cfg)  # warns now, before any work, about incomplete inputs
     marker.clear(entry, cfg)
-    spark = spark or get_spark()
+    if entry.spark:
+        spark = spark or get_spark()
     started = time.time()
     try:
         summary = module.run(spark, cfg)

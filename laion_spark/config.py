@@ -177,6 +177,42 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """search: an index folder (index's output) + a query -> the top-k rows with their metadata."""
+
+    query: str = _opt("", "the text to search for (query=...)", output=False)
+    image: str = _opt("", "a local image file to search with instead of text (image=...)", output=False)
+    k: int = _opt(10, "results to return (k=...)", minimum=1, output=False)
+    format: str = _opt("table", "table (for people) or jsonl (one JSON object a line, for scripts)",
+                       choices=("table", "jsonl"), output=False)
+    deduplicate: bool = _opt(True, "drop a result whose embedding is within dedup_threshold of a better one",
+                             output=False)
+    dedup_threshold: float = _opt(0.94, "cosine above which two results are one image (clip-retrieval's 0.94)",
+                                  minimum=0, output=False)
+    unique_urls: bool = _opt(True, "drop a result whose URL a better result has", output=False)
+    max_punsafe: float = _opt(-1.0, "drop results with punsafe above this (where the metadata has it; < 0: off)",
+                              output=False)
+    max_pwatermark: float = _opt(-1.0, "drop results with pwatermark above this (where present; < 0: off)",
+                                 output=False)
+    cache_dir: str = _opt("", "local folder for copies of remote indices and the metadata lookup files "
+                          "(default: $LAION_SPARK_CACHE_DIR/search or ~/.cache/laion-spark/search)", output=False)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """serve: index folder(s) [+ images] -> an HTTP service (clip-retrieval's /knn-service) and a web page."""
+
+    images: str = _opt("", "images or dataset table whose stored bytes the page shows (images=...); empty: the "
+                       "result URLs", output=False)
+    host: str = _opt("127.0.0.1", "address to bind (127.0.0.1: this machine only)", output=False)
+    port: int = _opt(1234, "port to bind (0: any free one)", minimum=0, output=False)
+    max_k: int = _opt(1000, "largest num_images a request may ask for", minimum=1, output=False)
+    allow_image_url: bool = _opt(False, "fetch a request's image_url (through download's address guard and "
+                                 "limits); off: a search page must not become a way into its network",
+                                 output=False)
+
+
+@dataclass(frozen=True)
 class EmbedGroupModels:
     """Per language group: MODEL,PRETRAINED[,MODEL_CONFIG] replacing embed.model / pretrained / model_config."""
 
@@ -292,6 +328,8 @@ class JobConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 

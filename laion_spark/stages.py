@@ -45,6 +45,8 @@ class Stage:
     inputs: tuple[Table, ...] = ()
     outputs: tuple[Table, ...] = ()
     requires: tuple[str, ...] = field(default=())  # keys that must be non-empty (beyond required tables)
+    key_aliases: tuple[tuple[str, str], ...] = ()  # short spellings of this stage's own non-table keys (k=)
+    spark: bool = True  # False: run(None, cfg), no session is started (search, serve)
 
     @property
     def required_keys(self) -> tuple[str, ...]:
@@ -54,7 +56,7 @@ class Stage:
     @property
     def aliases(self) -> dict[str, str]:
         """Short spelling -> full key, for this stage's own tables only."""
-        return {t.alias: t.key for t in (*self.inputs, *self.outputs) if t.alias}
+        return {**{t.alias: t.key for t in (*self.inputs, *self.outputs) if t.alias}, **dict(self.key_aliases)}
 
     @property
     def main_output(self) -> Table | None:
@@ -69,9 +71,10 @@ class Stage:
         return f"laion-spark {self.name} " + " ".join(parts) + " [key=value ...]"
 
 
-def _stage(name, summary, inputs=(), outputs=(), section=None, requires=()):
+def _stage(name, summary, inputs=(), outputs=(), section=None, requires=(), key_aliases=(), spark=True):
     return Stage(name=name, module=f"laion_spark.{name}.job", summary=summary, section=section or name,
-                 inputs=tuple(inputs), outputs=tuple(outputs), requires=tuple(requires))
+                 inputs=tuple(inputs), outputs=tuple(outputs), requires=tuple(requires),
+                 key_aliases=tuple(key_aliases), spark=spark)
 
 
 _REGISTRY = (
@@ -102,6 +105,10 @@ _REGISTRY = (
            inputs=[Table("input", "embeddings"), Table("index.dataset", "dataset", alias="dataset", required=False)],
            outputs=[Table("output", "index"),
                     Table("index.rejected_output", "index_rejected", required=False, suffix="_rejected")]),
+    _stage("search", "an index folder + a text or image query -> the top-k rows (a table, or JSON lines)",
+           inputs=[Table("input", "index")], spark=False,
+           key_aliases=[("query", "search.query"), ("image", "search.image"), ("k", "search.k"),
+                        ("format", "search.format")]),
     _stage("demo", "a generated crawl -> every stage above, under one run directory (loopback only)",
            outputs=[Table("output", "run_dir")]),
 )

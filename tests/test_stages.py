@@ -49,7 +49,10 @@ def test_the_tables_form_the_design_graph():
     # stage-specific table keys belong to their stage: index's dataset= is index.dataset, nobody else's
     assert stages.get("index").aliases == {"dataset": "index.dataset"}
     assert produced["index"] == "index" and {t.table for t in stages.get("index").inputs} == {"embeddings", "dataset"}
-    assert all(not s.aliases for n, s in stages.STAGES.items() if n not in ("filter", "index"))
+    # search's short keys (query=, k=) are its own: no other stage takes them
+    assert stages.get("search").aliases == {"query": "search.query", "image": "search.image", "k": "search.k",
+                                            "format": "search.format"}
+    assert all(not s.aliases for n, s in stages.STAGES.items() if n not in ("filter", "index", "search", "serve"))
 
 
 def test_cli_usage_lists_the_registry_and_demo_is_a_stage():

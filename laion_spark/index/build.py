@@ -162,3 +162,15 @@ class ShardSet:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
+    def search_and_reconstruct(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> (scores, ids, the results' vectors as the shards' codes give them back), as faiss' own."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        got = [s.search_and_reconstruct(q, k) for s in self.shards]
+        scores = np.concatenate([g[0] for g in got], axis=1)
+        ids = np.concatenate([g[1] for g in got], axis=1)
+        vectors = np.concatenate([g[2] for g in got], axis=1)
+        scores = np.where(ids == NO_ID, -np.inf, scores).astype(np.float32)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return (np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1),
+                np.take_along_axis(vectors, order[:, :, None], 1))
+

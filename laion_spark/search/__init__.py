@@ -1,0 +1,1 @@
+"""search: an index folder (the index stage's output) + a query -> the top-k rows with their metadata."""
