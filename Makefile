@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut 
 RUN := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(PY)) PYSPARK_DRIVER_PYTHON=$(abspath $(PY)) \
 	JAVA_HOME="$${JAVA_HOME:-$$($(PY) -c 'from laion_spark.session import java_home; print(java_home() or "")')}"
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean browser
 
 install: $(STAMP)
 
@@ -25,7 +25,20 @@ $(STAMP): requirements.txt setup.py
 lint: install
 	$(VENV)/bin/ruff check laion_spark jobs tests bench notebooks setup.py
 
-test: install lint
+# serve's page is tested in a real headless browser: Debian's chromium + chromium-driver, installed here
+# where missing and possible (root with apt-get, as on CI); elsewhere the browser tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make: installing chromium + chromium-driver (serve's browser tests)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "make: could not install chromium (no package source?): the browser tests will skip"; \
+	else echo "make: chromium / chromedriver missing and not installable here (needs root + apt-get):" \
+	  "the browser tests will skip"; fi
+
+test: install lint browser
 	$(RUN) $(PY) -m pytest -q -rs tests  # -rs: every skip with its reason
 
 demo: install

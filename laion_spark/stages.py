@@ -109,6 +109,9 @@ _REGISTRY = (
            inputs=[Table("input", "index")], spark=False,
            key_aliases=[("query", "search.query"), ("image", "search.image"), ("k", "search.k"),
                         ("format", "search.format")]),
+    _stage("serve", "index folder(s) [+ images] -> an HTTP search service (clip-retrieval's API) and a web page",
+           inputs=[Table("input", "index"), Table("serve.images", "images", alias="images", required=False)],
+           spark=False, key_aliases=[("port", "serve.port"), ("host", "serve.host")]),
     _stage("demo", "a generated crawl -> every stage above, under one run directory (loopback only)",
            outputs=[Table("output", "run_dir")]),
 )

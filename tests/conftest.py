@@ -1,4 +1,4 @@
-"""Shared fixtures: one session-scoped local[2] SparkSession bound to 127.0.0.1."""
+"""Shared fixtures: one session-scoped local[2] SparkSession bound to 127.0.0.1, and the toy CLIP's index."""
 
 import os
 import sys
@@ -34,3 +34,11 @@ def spark():
     )
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def toy_index(spark, tmp_path_factory):
+    """The toy CLIP's world indexed once for the session (tests/toy_index.py): search and serve read it."""
+    from tests.toy_index import build_toy_index
+
+    return build_toy_index(spark, tmp_path_factory.mktemp("toy_index"))

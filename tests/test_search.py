@@ -187,36 +187,7 @@ def test_open_indices_names_each_index_by_its_folder(synthetic, tmp_path):
 
 
 # --- the toy CLIP: text queries find the pictures they describe --------------------------------------------
-TOY_N = 540
-
-
-@pytest.fixture(scope="module")
-def toy_index(spark, tmp_path_factory):
-    """540 toy-world scenes -> images table -> embed (toy CLIP) -> index, as the stages run them."""
-    import pandas as pd
-
-    from laion_spark.toy import world
-    from laion_spark.toy.train import ensure_checkpoint
-
-    root = tmp_path_factory.mktemp("toy_search")
-    scenes = world.split("test", TOY_N, start=5000)
-    rows, truth = [], {}
-    for k, scene in enumerate(scenes):
-        buf = io.BytesIO()
-        scene.image.save(buf, "PNG")
-        sid = 70_000 + k
-        truth[sid] = scene.attributes
-        rows.append({"sample_id": sid, "url": f"http://toys.test/{k}.png", "text": scene.caption, "language": "en",
-                     "status": "success", "error_message": None, "image": buf.getvalue()})
-    frame = pd.DataFrame(rows)
-    spark.createDataFrame(frame, "sample_id long, url string, text string, language string, status string, "
-                          "error_message string, image binary").repartition(2).write.parquet(str(root / "images"))
-    ck = ensure_checkpoint()
-    run_stage(spark, "embed", f"input={root / 'images'}", f"output={root / 'embeddings'}", f"embed.model={ck.model}",
-              f"embed.model_config={ck.model_config}", f"embed.pretrained={ck.checkpoint}")
-    run_stage(spark, "index", f"input={root / 'embeddings'}", f"dataset={root / 'images'}",
-              f"output={root / 'index'}", "index.eval_queries=200")
-    return {"index": str(root / "index"), "truth": truth, "checkpoint": ck, "cache": str(root / "cache")}
+TOY_N = 540  # tests/toy_index.py: the session's toy_index fixture (conftest.py)
 
 
 @pytest.mark.slow

@@ -1,0 +1,336 @@
+"""The HTTP service: requests -> clip-retrieval's JSON API, the web page and its thumbnails.
+
+INPUT  -> HTTP requests to a SearchServer (stdlib ThreadingHTTPServer) over the served indices
+          {name: Searcher}, Settings, an optional ImageStore (images=) and, with serve.allow_image_url,
+          the download stage's Fetcher (its address guard, deadline and size cap) for image_url queries
+OUTPUT -> GET  /                  the search page (page.py), /app.js, /app.css
+          GET  /indices-list      ["name", ...]
+          GET  /config.json       what the page needs (indices with their field and model, thumbnails, max_k)
+          POST /knn-service       clip-retrieval's request -> its list of results; the header
+                                  X-Unhonoured-Fields names accepted fields whose effect is not applied,
+                                  X-Ignored-Fields the fields clip-retrieval does not have either
+          POST /metadata          {"indice_name", "ids"} -> [{"id", "metadata"}]
+          GET  /thumb/<indice>/<sample_id>   the stored image bytes of a row of that index
+          every refusal: a 4xx with {"error": message}; never a dropped connection
+
+`SearchService.respond(method, path, headers, body)` is the whole service without sockets; the handler
+only reads the request and writes the Response. A bug answers 500 with its message and is logged.
+
+Why a Host check: bound to loopback (the default), the server refuses requests whose Host is no
+loopback name, so a web page the user visits cannot reach it through DNS rebinding (a name of the
+attacker's that resolves to 127.0.0.1, which the browser then treats as the attacker's own origin).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, unquote
+
+from laion_spark.serve import api, page
+from laion_spark.serve.api import ApiError, Settings
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+_THUMB = re.compile(r"^/thumb/([^/]+)/(-?\d{1,20})$")
+# the page's own script and style only; result images are the server's thumbnails or the results' web URLs
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' http: https:; "
+            "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+ROUTES = {"/": ("GET",), "/app.js": ("GET",), "/app.css": ("GET",), "/indices-list": ("GET",),
+          "/config.json": ("GET",), "/knn-service": ("POST",), "/metadata": ("POST",)}
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: dict = field(default_factory=dict)
+
+
+def json_response(status: int, data, headers: dict | None = None) -> Response:
+    body = json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return Response(status, body, JSON, dict(headers or {}))
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> Response:
+    return json_response(status, {"error": message, "status": status}, headers)
+
+
+def _is_loopback_host(host: str) -> bool:
+    name = host.strip().lower()
+    if name.startswith("["):  # [::1]:port
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:  # name:port (a bare IPv6 address has more colons)
+        name = name.split(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class SearchService:
+    """Everything the handlers share: indices, settings, image store, fetcher, request counts (thread-safe)."""
+
+    def __init__(self, indices: dict, settings: Settings, images=None, fetcher=None, loopback_only: bool = True):
+        """indices: {name: Searcher}; images: an ImageStore or None (thumbnails are then the result URLs);
+        fetcher: a download Fetcher for image_url queries (None: image_url is refused); loopback_only: refuse
+        requests whose Host is not a loopback name (the server is bound to loopback)."""
+        if not indices:
+            raise ValueError("no index to serve")
+        self.indices = indices
+        self.settings = settings
+        self.images = images
+        self.fetcher = fetcher
+        self.loopback_only = loopback_only
+        self.counts: Counter = Counter()  # (route, status) -> requests
+        self._lock = threading.Lock()
+        self._reported: set[str] = set()
+
+    # ------------------------------------------------------------------ dispatch
+    def respond(self, method: str, path: str, headers, body: bytes | None) -> Response:
+        """One request -> its Response (never raises)."""
+        route = path.split("?", 1)[0].split("#", 1)[0]
+        try:
+            response = self._dispatch(method, route, headers, body)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.message)
+        except Exception as exc:  # a bug: the client gets a message, the log the traceback
+            log.exception("serve: %s %s failed", method, route)
+            response = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+        name = route if route in ROUTES else ("/thumb" if route.startswith("/thumb/") else "other")
+        with self._lock:
+            self.counts[(name, response.status)] += 1
+        return response
+
+    def _dispatch(self, method: str, route: str, headers, body: bytes | None) -> Response:
+        host = headers.get("Host") if headers is not None else None
+        if self.loopback_only and host is not None and not _is_loopback_host(host):
+            raise ApiError(403, f"Host {host!r} is not a loopback name; this server answers only requests to "
+                           "itself (127.0.0.1, localhost)")
+        thumb = _THUMB.match(route)
+        allowed = ("GET",) if thumb or route.startswith("/thumb/") else ROUTES.get(route)
+        if allowed is None:
+            raise ApiError(404, f"no such path {route!r}; paths: {', '.join(ROUTES)}, /thumb/<indice>/<sample_id>")
+        if method not in allowed:
+            return error_response(405, f"{method} is not allowed on {route}; use {', '.join(allowed)}",
+                                  {"Allow": ", ".join(allowed)})
+        if route.startswith("/thumb/"):
+            if not thumb:
+                raise ApiError(404, f"no such thumbnail {route!r}: /thumb/<indice>/<sample_id>")
+            return self._thumb(unquote(thumb[1]), int(thumb[2]))
+        if route == "/":
+            return Response(200, page.HTML.encode(), "text/html; charset=utf-8", {"Content-Security-Policy": PAGE_CSP})
+        if route == "/app.js":
+            return Response(200, page.JS.encode(), "text/javascript; charset=utf-8")
+        if route == "/app.css":
+            return Response(200, page.CSS.encode(), "text/css; charset=utf-8")
+        if route == "/indices-list":
+            return json_response(200, list(self.indices))
+        if route == "/config.json":
+            return json_response(200, self.config())
+        data = _json_body(body)
+        if route == "/knn-service":
+            return self._knn(data)
+        return self._metadata(data)
+
+    # ------------------------------------------------------------------ routes
+    def config(self) -> dict:
+        s = self.settings
+        return {
+            "indices": {n: {"field": x.field, "clip_model": x.infos.get("clip_model"),
+                            "nb_vectors": x.infos.get("nb_vectors"),
+                            "safety": "punsafe" in x.infos.get("metadata_columns", ())}
+                        for n, x in self.indices.items()},
+            "thumbnails": self.images is not None, "max_k": s.max_k, "default_k": s.default_k,
+            "deduplicate": s.deduplicate, "image_url": s.allow_image_url and self.fetcher is not None,
+        }
+
+    def _knn(self, data) -> Response:
+        from laion_spark.search.searcher import SearchError
+
+        started = time.perf_counter()
+        q = api.parse_knn(data, self.indices, self.settings)
+        image = self._fetch(q.image_url) if q.image_url is not None else None
+        thumbnail = None
+        if self.images is not None:
+            prefix = f"/thumb/{quote(q.index, safe='')}/"
+
+            def thumbnail(sample_id: int) -> str:
+                return f"{prefix}{sample_id}"
+        try:
+            results = api.run_knn(self.indices[q.index], q, self.settings, image, thumbnail)
+        except SearchError as exc:
+            raise ApiError(400, str(exc)) from None
+        headers = {"X-Index": q.index}
+        if q.unhonoured:
+            headers["X-Unhonoured-Fields"] = ", ".join(q.unhonoured)
+        if q.ignored:
+            headers["X-Ignored-Fields"] = ", ".join(q.ignored)
+        self._report(q)
+        log.debug("serve: knn %s k=%d -> %d results in %.1f ms", q.index, q.num_result_ids, len(results),
+                  1000 * (time.perf_counter() - started))
+        return json_response(200, results, headers)
+
+    def _report(self, q) -> None:
+        """Log each unhonoured or unknown field once (clip-retrieval's client sends some with every request)."""
+        for name in (*q.unhonoured, *q.ignored):
+            with self._lock:
+                if name in self._reported:
+                    continue
+                self._reported.add(name)
+            if name in q.unhonoured:
+                log.info("serve: %s is accepted but not applied (no such model here); responses say so in "
+                         "X-Unhonoured-Fields", name)
+            else:
+                log.info("serve: request field %r is not clip-retrieval's; ignored (X-Ignored-Fields)", name)
+
+    def _fetch(self, url: str) -> bytes:
+        """image_url -> its bytes, fetched by the download stage's Fetcher (address guard, deadline, size cap)."""
+        if self.fetcher is None:
+            raise ApiError(403, "image_url is off on this server (serve.allow_image_url=false)")
+        result = self.fetcher.fetch(url)
+        if result.status == "success":
+            return result.body
+        if result.status == "blocked_address":
+            raise ApiError(403, f"image_url refused by the address guard: {result.error_message}")
+        raise ApiError(400, f"image_url could not be fetched: {result.status}: {result.error_message}")
+
+    def _metadata(self, data) -> Response:
+        name, ids = api.parse_metadata(data, self.indices, self.settings)
+        return json_response(200, api.metadata_response(self.indices[name], ids))
+
+    def _thumb(self, indice: str, sample_id: int) -> Response:
+        if indice not in self.indices:
+            raise ApiError(404, f"unknown index {indice!r}; served: {', '.join(self.indices)}")
+        if self.images is None:
+            raise ApiError(404, "this server has no images table (serve.images=): the page shows the result URLs")
+        if not -2**63 <= sample_id < 2**63:
+            raise ApiError(404, f"no sample_id {sample_id}")
+        # only rows the index holds: the images table also has the rows a filter or a blocklist removed,
+        # which must not become reachable by guessing ids
+        if self.indices[indice].metadata([sample_id])[0] is None:
+            raise ApiError(404, f"index {indice!r} has no sample_id {sample_id}")
+        found = self.images.get(sample_id)
+        if found is None:
+            raise ApiError(404, f"images={self.images.uri} has no stored image for sample_id {sample_id}")
+        data, mime = found
+        return Response(200, data, mime, {"Cache-Control": "private, max-age=86400"})
+
+
+def _json_body(body: bytes | None):
+    if not body:
+        raise ApiError(400, "the request has no body; send a JSON object")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "laion-spark-serve"
+    # a client that stops sending mid-request (or idles on a keep-alive connection) frees its thread
+    timeout = 60
+
+    def do_GET(self):
+        self._serve(None)
+
+    def do_POST(self):
+        length = self.headers.get("Content-Length")
+        if length is None or not length.strip().isdigit():
+            self.close_connection = True  # what follows on this connection cannot be framed
+            self._write(error_response(411, "send the JSON body with a Content-Length header"))
+            return
+        n = int(length)
+        if n > self.server.max_body_bytes:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            self._write(error_response(413, f"the body is {n} bytes; this server takes at most "
+                                            f"{self.server.max_body_bytes}"))
+            return
+        self._serve(self.rfile.read(n))
+
+    def _serve(self, body: bytes | None) -> None:
+        self._write(self.server.service.respond(self.command, self.path, self.headers, body))
+
+    def _write(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")  # result images are loaded from the web
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (bad request line, unknown method, header too long) as JSON; an
+        unknown method is a 405 here, not http.server's 501."""
+        if code == 501:
+            code, message = 405, f"method {self.command!r} is not allowed"
+        self.close_connection = True
+        response = error_response(code, message or explain or "bad request")
+        if code == 405:
+            response.headers["Allow"] = "GET, POST"
+        try:
+            self._write(response)
+        except OSError:  # the client is gone
+            pass
+
+    def log_message(self, format, *args):  # http.server logs each request here; ours at debug
+        log.debug("serve: %s %s", self.address_string(), format % args)
+
+
+class SearchServer(ThreadingHTTPServer):
+    """A SearchService on (host, port) (port 0: any free one); `url` is where it answers."""
+
+    daemon_threads = True  # a keep-alive connection's thread must not hold up shutdown
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], service: SearchService, max_body_bytes: int = 64 * 2**20):
+        host = address[0]
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request, client_address):
+        # a client that vanished or timed out mid-request: its connection is closed, nothing else to do
+        log.debug("serve: connection from %s ended with an error", client_address, exc_info=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}/"
+
+    def start(self) -> threading.Thread:
+        """Serve in a background thread (tests, notebooks) -> the thread; stop with stop()."""
+        thread = threading.Thread(target=self.serve_forever, name="laion-spark-serve", daemon=True)
+        thread.start()
+        self._thread = thread
+        return thread
+
+    def stop(self) -> None:
+        """Stop serving and close the socket (waits for serve_forever to return)."""
+        self.shutdown()
+        self.server_close()
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(timeout=10)

@@ -1,0 +1,124 @@
+"""serve's web page in a real headless browser (Debian's chromium + chromium-driver, driven by selenium):
+type a query, see the result images load with the captions the API gives, toggle a filter, see an error.
+
+Skips with the reason where selenium, chromium or chromedriver is missing (`make test` installs them
+where it can). The expectation is the Searcher's own answer for the same query and settings, and the
+stored bytes' pixel size for each thumbnail.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from laion_spark import cli
+from laion_spark.search.searcher import Searcher
+from laion_spark.serve.job import build_server
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (make test installs it)")
+    if not CHROMIUM or not DRIVER:
+        pytest.skip("chromium / chromedriver not found (apt-get install chromium chromium-driver; make test does "
+                    "it as root)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,1000", "--proxy-server=direct://", "--proxy-bypass-list=*"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def page_server(toy_index):
+    cfg, _ = cli.prepare("serve", [], [f"input={toy_index['index']}", f"images={toy_index['images']}", "port=0",
+                                       f"search.cache_dir={toy_index['cache']}"])
+    server = build_server(cfg)
+    server.start()
+    yield server
+    server.stop()
+
+
+def wait_for(driver, condition, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+
+
+def results(driver) -> list[dict]:
+    """-> per shown result: caption, similarity text, and the image's natural size once it has loaded."""
+    return driver.execute_script("""
+        return Array.from(document.querySelectorAll('#results figure.result')).map(f => {
+          const img = f.querySelector('img');
+          return {caption: f.querySelector('.caption').textContent,
+                  similarity: f.querySelector('.similarity').textContent,
+                  src: img.getAttribute('src'), complete: img.complete,
+                  width: img.naturalWidth, height: img.naturalHeight};
+        });""")
+
+
+def search(driver, text):
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.ID, "q")
+    box.clear()
+    box.send_keys(text)
+    driver.find_element(By.ID, "go").click()
+
+
+def test_type_a_query_and_see_the_results_load(browser, page_server, toy_index):
+    from selenium.webdriver.common.by import By
+
+    browser.get(page_server.url)
+    wait_for(browser, lambda d: d.execute_script("return document.body.dataset.ready") == "true")
+    searcher = Searcher(toy_index["index"], cache_dir=toy_index["cache"])
+    name = Path(toy_index["index"]).name  # an index is named by its folder
+    for query in ("a red circle", "two blue squares"):
+        search(browser, query)
+        want = searcher.query(text=query, k=10)  # the page's defaults: 10 results, near duplicates hidden
+        captions = [w["text"] for w in want]
+        # the captions the Searcher gives, once every image has loaded (or failed: naturalWidth says which)
+        wait_for(browser, lambda d: [r["caption"] for r in results(d)] == captions  # noqa: B023
+                 and all(r["complete"] for r in results(d)))
+        shown = results(browser)
+        assert [r["similarity"] for r in shown] == [f"{w['similarity']:.3f}" for w in want]
+        for r, w in zip(shown, want, strict=True):
+            assert r["src"] == f"/thumb/{name}/{w['sample_id']}"
+            size = Image.open(io.BytesIO(toy_index["png"][w["sample_id"]])).size
+            assert r["width"] > 0 and (r["width"], r["height"]) == size
+        status = browser.find_element(By.ID, "status").text
+        assert status.startswith(f"{len(want)} results from {name}")
+    # the near-duplicate toggle searches again: more of one caption comes back
+    browser.find_element(By.ID, "dedup").click()
+    want = searcher.query(text="two blue squares", k=10, deduplicate=False)
+    wait_for(browser, lambda d: [r["caption"] for r in results(d)] == [w["text"] for w in want]
+             and all(r["complete"] for r in results(d)))
+    assert len(set(w["text"] for w in want)) < 10  # near duplicates are back: a caption shows twice
+    assert all(r["width"] > 0 for r in results(browser))
+
+
+def test_a_refused_query_shows_the_servers_message(browser, page_server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(page_server.url)
+    wait_for(browser, lambda d: d.execute_script("return document.body.dataset.ready") == "true")
+    browser.execute_script("document.getElementById('k').value = '100000'")
+    search(browser, "a red circle")
+    wait_for(browser, lambda d: "serve.max_k" in d.find_element(By.ID, "status").text)
+    assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+    assert results(browser) == []
