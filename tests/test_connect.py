@@ -1,4 +1,5 @@
-"""Spark Connect: the extract and dedupe transforms run unchanged through a Connect server on
+"""Spark Connect: the extract and dedupe transforms (and the embed, filter, download, export, index and search
+stages) run unchanged through a Connect server on
 127.0.0.1, and get_spark() returns the Connect session when SPARK_REMOTE is set.
 
 The Connect client runs in a subprocess: `SparkSession.builder.remote(...).getOrCreate()` sets
@@ -138,11 +139,15 @@ from laion_spark.session import get_spark
 args = json.loads(sys.argv[1])
 spark = get_spark()  # SPARK_REMOTE is set: the Connect session
 spark.addArtifacts(str(build_pyfiles_zip(tempfile.mkdtemp())), pyfile=True)
-out = {}
-for stage, overrides in args.items():  # in order: each stage's output is a later one's input
+# {stage: overrides}, or [[stage, overrides], ...] where a stage runs twice; in order: each stage's
+# output is a later one's input
+steps = list(args.items()) if isinstance(args, dict) else args
+summaries = []
+for stage, overrides in steps:
     cfg, module = cli.prepare(stage, [], overrides)
-    out[stage] = cli.run(stage, cfg, module, spark)
-print("RESULT " + json.dumps(out))
+    summaries.append(cli.run(stage, cfg, module, spark))
+out = dict(zip(args, summaries)) if isinstance(args, dict) else summaries
+print("RESULT " + json.dumps(out, default=str))
 spark.stop()
 """
 
@@ -239,3 +244,59 @@ def test_download_and_export_through_spark_connect(connect_url, tmp_path):
         with tarfile.open(shard) as tar:
             names += tar.getnames()
     assert sum(n.endswith(".jpg") for n in names) == successes and out["export"]["successes"] == successes
+
+
+@pytest.mark.slow
+def test_index_and_search_through_spark_connect(connect_url, tmp_path):
+    # embed, then the index stage's tasks (trained index read by each task, parts renamed into place, the
+    # eval queries' exact top-k from the same pass), merged and as shards, then search in the same client;
+    # expectations: open_clip called here and an exact ranking by numpy over its embeddings
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from embed_fixtures import CORRUPT_ID, TINY_A, images_frame, reference_embeddings, write_model
+
+    model = write_model(tmp_path / "model", "tiny-a", TINY_A, seed=1)
+    frame = images_frame(24)
+    images = tmp_path / "images"
+    images.mkdir()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), images / "part-0.parquet")
+    good = frame[(frame.status == "success") & (frame.sample_id != CORRUPT_ID)]
+    query = "a red circle"
+    want_image, want_text = reference_embeddings(model, good.image.tolist(), [*good.text.tolist(), query])
+    q = want_text[-1]
+    embeddings, run_index = tmp_path / "embeddings", tmp_path / "run" / "index"
+    search = ["query=" + query, "k=5", "search.deduplicate=false", "search.unique_urls=false",
+              f"search.cache_dir={tmp_path / 'cache'}"]
+    steps = [
+        ["embed", [f"input={images}", f"output={embeddings}", *model.overrides()]],
+        ["index", [f"input={embeddings}", f"dataset={images}", f"output={run_index / 'image'}",
+                   "index.eval_queries=10"]],
+        ["index", [f"input={embeddings}", f"dataset={images}", f"output={run_index / 'text'}", "index.field=text",
+                   "index.shards=2",
+                   "index.eval_queries=10"]],
+        ["search", [f"input={run_index}", *search]],  # both indices, named by folder
+    ]
+    res = _run_client(STAGES_CLIENT, connect_url, tmp_path, json.dumps(steps))
+    assert res.returncode == 0, res.stderr[-6000:]
+    _, image_out, text_out, search_out = json.loads(
+        next(line for line in res.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+    ids = good.sample_id.to_numpy()
+    infos = json.loads((run_index / "image" / "index_infos.json").read_text())
+    assert infos["nb_vectors"] == len(good) and infos["field"] == "image"
+    assert image_out["indexed"] == len(good) and text_out["indexed"] == len(good)
+    rejected = pq.read_table(f"{run_index / 'image'}_rejected").to_pylist()
+    assert [r["sample_id"] for r in rejected] == [CORRUPT_ID] and rejected[0]["reason"]
+    assert len(list((run_index / "text" / "shards").glob("knn_*.index"))) == 2
+    # the image index: small, so exact; the ranking is numpy's over open_clip's own embeddings
+    scores = want_image @ q
+    order = np.argsort(-scores, kind="stable")[:5]
+    got = search_out["results"]["image"]
+    assert [r["sample_id"] for r in got] == ids[order].tolist()
+    np.testing.assert_allclose([r["similarity"] for r in got], scores[order], atol=1e-4)
+    # the text index (2 shards): captions repeat, so compare the scores (tied ids may come in any order)
+    text_scores = np.sort(want_text[:-1] @ q)[::-1][:5]
+    got = search_out["results"]["text"]
+    np.testing.assert_allclose([r["similarity"] for r in got], text_scores, atol=1e-4)
+    assert all(r["text"] == query for r in got[:3])
