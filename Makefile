@@ -48,6 +48,7 @@ bench: install
 	$(RUN) $(PY) bench/extract.py
 	$(RUN) $(PY) bench/download.py  # + img2dataset in the same run when IMG2DATASET=path/to/bin/img2dataset
 	$(RUN) $(PY) bench/embed.py  # + clip-retrieval when CLIP_RETRIEVAL=path/to/bin/clip-retrieval
+	$(RUN) $(PY) bench/index.py  # + autofaiss when AUTOFAISS=path/to/python (a venv with autofaiss 2.18)
 
 # The toy CLIP the tests and the demo score with: committed in laion_spark/toy/weights/ (fp16); after a
 # change to its recipe this trains it again (under build/toy-clip/) and writes the new packaged copy.

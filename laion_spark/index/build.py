@@ -41,6 +41,12 @@ def train(key: str, sample: np.ndarray, seed: int = 0):
     index = new_index(key, sample.shape[1])
     ivf = ivf_of(index)
     ivf.cp.seed = seed  # k-means seeding: the same sample gives the same index
+    pq = _faiss().downcast_index(ivf)
+    if hasattr(pq, "do_polysemous_training"):
+        # index_factory turns on polysemous training for IVF-PQ: two thirds of the training time (measured:
+        # 47.6 s against 16.5 s for IVF512,PQ32x8 on 20k x 64) for codes that only a Hamming threshold
+        # (the `ht` search parameter) uses, which the tuning never sets
+        pq.do_polysemous_training = False
     if not index.is_trained:
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
