@@ -130,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OutputExistsError, FileNotFoundError) as exc:
         print(f"laion-spark: error: {exc}", file=sys.stderr)
         return 2
-    summary = run(stage, cfg, module)
+    try:
+        summary = run(stage, cfg, module)
+    except ConfigError as exc:  # found only once the input was read (a budget too small for its rows)
+        print(f"laion-spark: error: {exc}", file=sys.stderr)
+        return 2
     report = getattr(module, "format_report", None)
     print(report(summary) if report else json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0

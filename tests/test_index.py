@@ -59,6 +59,14 @@ def exact_recall(index_path: Path, ids, vectors, param: str, queries: int = 300,
     return total / len(qi)
 
 
+def ids_in(index) -> np.ndarray:
+    """An IVF index -> every id in its inverted lists."""
+    ivf = faiss.extract_index_ivf(index)
+    inv = ivf.invlists
+    return np.concatenate([faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy()
+                           for lst in range(ivf.nlist) if inv.list_size(lst)])
+
+
 # ------------------------------------------------------------------------------------------------ plan
 def test_memory_sizes_are_powers_of_two():
     assert parse_bytes("4G") == 4 * 2**30
@@ -122,11 +130,7 @@ def test_quantised_index_reaches_the_recall_it_claims(spark, clustered, tmp_path
     index = faiss.read_index(str(out / "knn.index"))
     assert index.ntotal == len(ids)
     # faiss ids are the sample_ids: every one of them is in the index's lists, and no other
-    ivf = faiss.extract_index_ivf(index)
-    inv = ivf.invlists
-    got = np.concatenate([faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy()
-                          for lst in range(ivf.nlist) if inv.list_size(lst)])
-    assert np.array_equal(np.sort(got), np.sort(ids))
+    assert np.array_equal(np.sort(ids_in(index)), np.sort(ids))
     meta = pq.read_table(out / "metadata")
     assert meta.column("sample_id").to_pylist() == sorted(ids.tolist())
 
@@ -145,6 +149,9 @@ def test_eight_partitions_build_the_same_index_as_one(spark, clustered, tmp_path
     assert [p.name for p in shard_files] == [f"knn_{i:05d}.index" for i in range(4)]
     held = [faiss.read_index(str(p)) for p in shard_files]
     assert one.ntotal == eight.ntotal == sum(h.ntotal for h in held) == len(ids)
+    want = np.sort(ids)
+    assert np.array_equal(np.sort(ids_in(one)), want) and np.array_equal(np.sort(ids_in(eight)), want)
+    assert np.array_equal(np.sort(np.concatenate([ids_in(h) for h in held])), want)
     param = "nprobe=64"
     for ix in (one, eight, *held):
         faiss.ParameterSpace().set_index_parameters(ix, param)
@@ -234,3 +241,37 @@ def test_empty_table_is_a_clear_error(spark, tmp_path):
     path = write_embeddings(spark, tmp_path / "emb", [], [])
     with pytest.raises(ConfigError, match="no rows to index"):
         build(spark, f"input={path}", f"output={tmp_path / 'x'}")
+
+
+def test_a_budget_too_small_for_the_rows_is_a_one_line_error(spark, tmp_path, capsys):
+    vectors, _ = clustered_vectors(300, 16, clusters=5, seed=1)
+    path = write_embeddings(spark, tmp_path / "emb", ids_for(300), vectors)
+    rc = cli.main(["index", f"input={path}", f"output={tmp_path / 'x'}", "index.max_index_memory=1K"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "laion-spark: error: no index of 300 vectors x 16 dimensions fits" in err and "Traceback" not in err
+    needed = err.split("set index.max_index_memory=")[1].split()[0]
+    assert cli.main(["index", f"input={path}", f"output={tmp_path / 'y'}", f"index.max_index_memory={needed}"]) == 0
+
+
+def test_the_training_sample_is_random_and_the_same_for_any_partitioning(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    from laion_spark.index.job import _sample
+
+    n, d, want = 20_000, 4, 1_000
+    vectors = np.random.default_rng(3).standard_normal((n, d)).astype(np.float32)
+    ids = np.arange(n, dtype=np.int64)  # ids in input order: "the first rows" would be the smallest ids
+    rows = spark.createDataFrame([(int(i), [float(x) for x in v]) for i, v in zip(ids, vectors, strict=True)],
+                                 "sample_id long, vector array<float>")
+    one = _sample(rows.coalesce(1), n, want, 5, d, str(tmp_path / "one"))
+    eight = _sample(rows.repartition(8, F.rand(1)), n, want, 5, d, str(tmp_path / "eight"))
+    assert np.array_equal(one[0], eight[0]) and np.array_equal(one[1], eight[1])
+    got = one[0]
+    assert len(got) == want == len(set(got.tolist()))
+    assert np.array_equal(one[1], vectors[got])  # each id with its own vector
+    # spread over the input: every tenth of it holds 5% - 15% of the sample (the first rows would give 100%, 0 ...)
+    deciles = np.bincount(got * 10 // n, minlength=10) / want
+    assert deciles.min() > 0.05 and deciles.max() < 0.15
+    other = _sample(rows, n, want, 6, d, str(tmp_path / "other"))[0]  # another seed, another sample
+    assert len(set(other.tolist()) & set(got.tolist())) < want // 2

@@ -107,18 +107,77 @@ def _to_matrix(column: pa.Array | pa.ChunkedArray, d: int) -> np.ndarray:
     return np.ascontiguousarray(values.reshape(len(column), d), dtype=np.float32)
 
 
-def _sample(rows, n_total: int, want: int, seed: int, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indexable rows -> a random sample of about `want` (ids, vectors), drawn by Spark on every partition
-    (not the first rows: autofaiss#99)."""
+SAMPLE_KEY = "_sample_key"
+SAMPLE_SCALE = 1 << 30
+SAMPLE_SCHEMA = pa.schema([pa.field("file", pa.string(), True), pa.field("rows", pa.int64(), False)])
+SAMPLE_DDL = "file string, rows long"
+
+
+def _sample(rows, n_total: int, want: int, seed: int, d: int, folder_uri: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indexable rows -> the `want` rows whose hash of (sample_id, seed) is smallest, as (ids, vectors): a
+    random sample drawn from every partition (not the first rows: autofaiss#99), the same for any
+    partitioning. Tasks keep about 1.2 x want rows by that hash and write them to files under folder_uri,
+    which the driver reads: a sample of 262,144 x 512 through collect() (orderBy + limit + toArrow)
+    exhausted a 1 GiB driver heap, since the JVM held every row at once."""
     if want <= 0:
         return np.empty(0, np.int64), np.empty((0, d), np.float32)
     fraction = min(1.0, 1.2 * want / max(n_total, 1) + 1e-9)
-    picked = rows.select(S.SAMPLE_ID, VECTOR)
+    key = F.pmod(F.xxhash64(S.SAMPLE_ID, F.lit(seed)), F.lit(SAMPLE_SCALE))
+    picked = rows.select(S.SAMPLE_ID, VECTOR, key.alias(SAMPLE_KEY))
     if fraction < 1.0:
-        picked = picked.sample(fraction=fraction, seed=seed)
-    table = picked.orderBy(F.xxhash64(S.SAMPLE_ID, F.lit(seed))).limit(want).toArrow()
+        picked = picked.filter(F.col(SAMPLE_KEY) < int(fraction * SAMPLE_SCALE) + 1)
+    listed = picked.mapInArrow(_write_sample(folder_uri), SAMPLE_DDL).collect()
+    import fsspec
+
+    tables = []
+    for r in listed:
+        if r["file"]:
+            with fsspec.open(r["file"], "rb") as fh:
+                tables.append(pa.ipc.open_file(pa.BufferReader(fh.read())).read_all())
+    if not tables:
+        return np.empty(0, np.int64), np.empty((0, d), np.float32)
+    table = pa.concat_tables(tables)
     ids = table.column(S.SAMPLE_ID).to_numpy().astype(np.int64)
-    return ids, _to_matrix(table.column(VECTOR), d)
+    keys = table.column(SAMPLE_KEY).to_numpy()
+    order = np.lexsort((ids, keys))[:want]
+    return ids[order], _to_matrix(table.column(VECTOR), d)[order]
+
+
+def _write_sample(folder_uri: str):
+    """-> the mapInArrow function: a partition's sampled rows -> one Arrow file in folder_uri -> its name."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import fsspec
+        from pyspark import TaskContext
+
+        fs, folder = fsspec.core.url_to_fs(folder_uri)
+        final = f"{folder}/sample_{TaskContext.get().partitionId():05d}.arrow"
+        tmp = temporary_path(final, new_token())
+        rows = 0
+        try:
+            fs.makedirs(folder, exist_ok=True)
+            with fs.open(tmp, "wb") as fh:
+                writer = None
+                for batch in batches:  # written as it comes: a task never holds its whole sample
+                    if not batch.num_rows:
+                        continue
+                    if writer is None:
+                        writer = pa.ipc.new_file(fh, batch.schema)
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+                if writer is not None:
+                    writer.close()
+            if rows:
+                commit(fs, [(tmp, final)])
+            else:
+                remove_quietly(fs, [tmp])
+        except BaseException:
+            remove_quietly(fs, [tmp])
+            raise
+        yield pa.RecordBatch.from_pydict({"file": [f"{_proto(folder_uri)}{final}" if rows else None],
+                                          "rows": [rows]}, schema=SAMPLE_SCHEMA)
+
+    return run
 
 
 PART_SCHEMA = pa.schema([
@@ -201,7 +260,10 @@ def build_one(spark, cfg, rows, n_valid: int, d: int, out_uri: str, clip_model: 
     """Indexable rows of one model -> the index folder at out_uri -> its index_infos dict."""
     ix = cfg.index
     seconds: dict[str, float] = {}
-    plan = plan_index(n_valid, d, ix.max_index_memory, ix.key, ix.max_train_vectors)
+    try:
+        plan = plan_index(n_valid, d, ix.max_index_memory, ix.key, ix.max_train_vectors)
+    except IndexPlanError as exc:  # the budget (or a forced key) is the user's to change: a config error
+        raise ConfigError(str(exc)) from None
     log.info("index: %s vectors x %d -> %s (search holds %s of %s; training sample %d, %s)", n_valid, d, plan.key,
              format_bytes(plan.memory_bytes), format_bytes(plan.budget_bytes), plan.train_size,
              format_bytes(plan.train_memory_bytes))
@@ -213,8 +275,9 @@ def build_one(spark, cfg, rows, n_valid: int, d: int, out_uri: str, clip_model: 
     fs.makedirs(f"{build}/parts", exist_ok=True)
 
     t = time.time()
-    _, train_x = _sample(rows, n_valid, plan.train_size, ix.seed, d)
-    query_ids, queries = _sample(rows, n_valid, min(ix.eval_queries, n_valid), ix.seed + 1, d)
+    _, train_x = _sample(rows, n_valid, plan.train_size, ix.seed, d, f"{_proto(out_uri)}{build}/train_sample")
+    query_ids, queries = _sample(rows, n_valid, min(ix.eval_queries, n_valid), ix.seed + 1, d,
+                                 f"{_proto(out_uri)}{build}/query_sample")
     seconds["sample"] = time.time() - t
     t = time.time()
     trained = B.to_bytes(B.train(plan.key, train_x if len(train_x) else queries[:1], ix.seed))
