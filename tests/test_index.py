@@ -257,15 +257,25 @@ def test_a_budget_too_small_for_the_rows_is_a_one_line_error(spark, tmp_path, ca
 def test_the_training_sample_is_random_and_the_same_for_any_partitioning(spark, tmp_path):
     from pyspark.sql import functions as F
 
-    from laion_spark.index.job import _sample
+    from laion_spark.index import scan as SC
 
     n, d, want = 20_000, 4, 1_000
     vectors = np.random.default_rng(3).standard_normal((n, d)).astype(np.float32)
     ids = np.arange(n, dtype=np.int64)  # ids in input order: "the first rows" would be the smallest ids
     rows = spark.createDataFrame([(int(i), [float(x) for x in v]) for i, v in zip(ids, vectors, strict=True)],
                                  "sample_id long, vector array<float>")
-    one = _sample(rows.coalesce(1), n, want, 5, d, str(tmp_path / "one"))
-    eight = _sample(rows.repartition(8, F.rand(1)), n, want, 5, d, str(tmp_path / "eight"))
+
+    def sample(frame, seed, name):
+        folder = str(tmp_path / name)
+        verdicts = frame.mapInArrow(SC.scan_partition(folder, d, {"s": (seed, SC.threshold(want, n))}, "sample_id",
+                                                      "vector"), SC.SCAN_DDL).count()
+        assert verdicts == n  # one verdict per row, whatever the sample keeps
+        got_ids, got_x, held = SC.read_sample(folder + "/s", want, d)
+        assert want < held < 2 * want  # about the share asked for, and enough
+        return got_ids, got_x
+
+    one = sample(rows.coalesce(1), 5, "one")
+    eight = sample(rows.repartition(8, F.rand(1)), 5, "eight")
     assert np.array_equal(one[0], eight[0]) and np.array_equal(one[1], eight[1])
     got = one[0]
     assert len(got) == want == len(set(got.tolist()))
@@ -273,5 +283,5 @@ def test_the_training_sample_is_random_and_the_same_for_any_partitioning(spark, 
     # spread over the input: every tenth of it holds 5% - 15% of the sample (the first rows would give 100%, 0 ...)
     deciles = np.bincount(got * 10 // n, minlength=10) / want
     assert deciles.min() > 0.05 and deciles.max() < 0.15
-    other = _sample(rows, n, want, 6, d, str(tmp_path / "other"))[0]  # another seed, another sample
+    other = sample(rows, 6, "other")[0]  # another seed, another sample
     assert len(set(other.tolist()) & set(got.tolist())) < want // 2

@@ -51,19 +51,23 @@ def synthetic(spark, tmp_path_factory):
     twin = int(np.argsort(-(vectors[:N] @ vectors[20]))[1])  # vector 20's nearest neighbour
     urls[twin] = urls[20]  # one URL under two sample_ids that a query near 20 finds together
     punsafe = rng.random(len(vectors)).round(3)
+    pwatermark = rng.random(len(vectors)).round(3)
     emb_rows = [(int(i), [float(x) for x in v], [float(x) for x in v[::-1]], 0.25, "ViT-T/test", None)
                 for i, v in zip(ids, vectors, strict=True)]
     spark.createDataFrame(emb_rows, S.EMBEDDINGS).repartition(4).write.parquet(str(root / "embeddings"))
-    data_rows = [(int(i), urls[k], f"caption {k}", "en", float(punsafe[k]), 64 + k % 5, 48)
-                 for k, i in enumerate(ids)]
+    data_rows = [(int(i), urls[k], f"caption {k}", ("en", "fr", None)[k % 3], float(punsafe[k]),
+                  float(pwatermark[k]), 4.0 + k % 7 / 2, 64 + k % 5, 48 + k % 3) for k, i in enumerate(ids)]
     spark.createDataFrame(data_rows, "sample_id long, url string, text string, language string, punsafe double, "
-                          "original_width int, original_height int").repartition(3).write.parquet(str(root / "dataset"))
+                          "pwatermark double, aesthetic_score double, original_width int, original_height int"
+                          ).repartition(3).write.parquet(str(root / "dataset"))
     common = [f"input={root / 'embeddings'}", f"dataset={root / 'dataset'}", "index.eval_queries=100"]
     run_stage(spark, "index", *common, f"output={root / 'merged'}")
     run_stage(spark, "index", *common, f"output={root / 'shards'}", "index.shards=3")
     run_stage(spark, "index", *common, f"output={root / 'ondisk'}", "index.ondisk=true")
-    meta = {int(i): {"url": urls[k], "text": f"caption {k}", "punsafe": float(punsafe[k]),
-                     "original_width": 64 + k % 5} for k, i in enumerate(ids)}
+    meta = {int(i): {"url": urls[k], "text": f"caption {k}", "language": ("en", "fr", None)[k % 3],
+                     "punsafe": float(punsafe[k]), "pwatermark": float(pwatermark[k]),
+                     "aesthetic_score": 4.0 + k % 7 / 2, "original_width": 64 + k % 5,
+                     "original_height": 48 + k % 3} for k, i in enumerate(ids)}
     return {"root": root, "vectors": vectors, "ids": ids, "meta": meta, "cache": str(root / "cache"), "twin": twin}
 
 
@@ -93,8 +97,7 @@ def test_embedding_query_returns_the_exact_top_k_with_metadata(synthetic, layout
         assert np.allclose([r["similarity"] for r in got], want_scores, atol=1e-4)
         for row in got:
             m = synthetic["meta"][row["sample_id"]]
-            assert (row["url"], row["text"], row["punsafe"], row["original_width"]) == \
-                (m["url"], m["text"], m["punsafe"], m["original_width"])
+            assert {c: row[c] for c in m} == m  # every metadata column the dataset had, as it had it
             assert row["pair_similarity"] == pytest.approx(0.25)  # the dataset has none: the embeddings' cosine
 
 
@@ -125,6 +128,10 @@ def test_filters_drop_near_duplicates_shared_urls_and_unsafe_rows(synthetic):
         # punsafe above 0.5 dropped
         want = [int(i) for i in ranked if synthetic["meta"][int(i)]["punsafe"] <= 0.5]
         got = s.query(embedding=query, k=10, deduplicate=False, unique_urls=False, max_punsafe=0.5)
+        assert [r["sample_id"] for r in got] == want[:10]
+        # pwatermark above 0.3 dropped (most rows: the search must dig deeper than k)
+        want = [int(i) for i in ranked if synthetic["meta"][int(i)]["pwatermark"] <= 0.3]
+        got = s.query(embedding=query, k=10, deduplicate=False, unique_urls=False, max_pwatermark=0.3)
         assert [r["sample_id"] for r in got] == want[:10]
     # the filters removed something in these cases (otherwise the checks above prove little)
     assert ids[N + 3] in [r["sample_id"] for r in plain(s, vectors[3], 5)]
@@ -161,6 +168,20 @@ def test_remote_index_is_copied_to_the_cache_and_gives_the_same_results(syntheti
         assert plain(s, q, 10) == plain(local, q, 10)
     finally:
         fs.rm("/remote", recursive=True)
+
+
+def test_an_index_on_a_fuse_mount_is_searched_from_a_local_copy(synthetic, tmp_path, monkeypatch):
+    from laion_spark.search import local
+
+    assert not local.is_local("dbfs:/run/index/image") and not local.is_local("/Volumes/cat/db/vol/index")
+    assert local.is_local(str(synthetic["root"] / "merged"))
+    mount = tmp_path / "mnt"  # stands in for /dbfs/: the same local-path code, another prefix
+    shutil.copytree(synthetic["root"] / "merged", mount / "run" / "merged")
+    monkeypatch.setattr(local, "REMOTE_MOUNTS", (str(mount) + "/",))
+    s = Searcher(str(mount / "run" / "merged"), cache_dir=str(tmp_path / "cache"))
+    assert s.folder.startswith(str(tmp_path / "cache")) and Path(s.folder, "knn.index").is_file()
+    q = synthetic["vectors"][7]
+    assert plain(s, q, 10) == plain(Searcher(str(synthetic["root"] / "merged"), cache_dir=synthetic["cache"]), q, 10)
 
 
 def test_bad_queries_are_search_errors(synthetic):

@@ -8,11 +8,13 @@ OUTPUT -> in `output` (or `output/<model>/` per model with index.per_model=true)
           index_infos.json; the rows left out at index.rejected_output (sample_id, clip_model, reason);
           a summary dict (rows in, indexed, rejected per reason, not selected, per index its infos)
 
-The Spark work is DataFrame API only (mapInArrow), so it runs on Spark Connect: the trained empty
-index goes to `<output>/_build/` through fsspec, each task adds its vectors (sample_ids as faiss ids)
-and writes its part there (temporary name, then renamed; a retried task keeps a finished part), and
-returns the exact top-k of the eval queries over its own vectors, from which the driver has the ground
-truth of the recall check without a second pass.
+The Spark work is DataFrame API only (mapInArrow), so it runs on Spark Connect. Two passes read the
+vectors: the scan (index/scan.py: every row's verdict, written as a small table the counts, the
+rejected rows and the metadata are read from, and the random training and query samples), then the
+add. The trained empty index goes to `<output>/_build/` through fsspec, each add task adds its vectors
+(sample_ids as faiss ids) and writes its part there (temporary name, then renamed; a retried task
+keeps a finished part), and returns the exact top-k of the eval queries over its own vectors, from
+which the driver has the ground truth of the recall check without a third pass.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from laion_spark.config import ConfigError
 from laion_spark.export.npy import model_folder_name
 from laion_spark.export.shards import commit, new_token, remove_quietly, temporary_path
 from laion_spark.index import build as B
+from laion_spark.index import scan as SC
 from laion_spark.index import tune as T
 from laion_spark.index.plan import IndexPlanError, format_bytes, parse_bytes, plan_index
-from laion_spark.index.transform import REASON, REASONS, VECTOR, checked, metadata_columns, normalise_names, selected
+from laion_spark.index.transform import REASON, REASONS, VECTOR, metadata_columns, normalise_names, selected
 from laion_spark.io import exists, fsspec_uri, read_json
 
 log = logging.getLogger(__name__)
@@ -99,87 +102,6 @@ def _spec_from_name(clip_model: str | None) -> dict | None:
     return {"model": model, "pretrained": pretrained, "model_config": None}
 
 
-def _to_matrix(column: pa.Array | pa.ChunkedArray, d: int) -> np.ndarray:
-    """A list<float> column of rows of length d -> an n x d float32 matrix (copy-free where Arrow allows)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(values.reshape(len(column), d), dtype=np.float32)
-
-
-SAMPLE_KEY = "_sample_key"
-SAMPLE_SCALE = 1 << 30
-SAMPLE_SCHEMA = pa.schema([pa.field("file", pa.string(), True), pa.field("rows", pa.int64(), False)])
-SAMPLE_DDL = "file string, rows long"
-
-
-def _sample(rows, n_total: int, want: int, seed: int, d: int, folder_uri: str) -> tuple[np.ndarray, np.ndarray]:
-    """Indexable rows -> the `want` rows whose hash of (sample_id, seed) is smallest, as (ids, vectors): a
-    random sample drawn from every partition (not the first rows: autofaiss#99), the same for any
-    partitioning. Tasks keep about 1.2 x want rows by that hash and write them to files under folder_uri,
-    which the driver reads: a sample of 262,144 x 512 through collect() (orderBy + limit + toArrow)
-    exhausted a 1 GiB driver heap, since the JVM held every row at once."""
-    if want <= 0:
-        return np.empty(0, np.int64), np.empty((0, d), np.float32)
-    fraction = min(1.0, 1.2 * want / max(n_total, 1) + 1e-9)
-    key = F.pmod(F.xxhash64(S.SAMPLE_ID, F.lit(seed)), F.lit(SAMPLE_SCALE))
-    picked = rows.select(S.SAMPLE_ID, VECTOR, key.alias(SAMPLE_KEY))
-    if fraction < 1.0:
-        picked = picked.filter(F.col(SAMPLE_KEY) < int(fraction * SAMPLE_SCALE) + 1)
-    listed = picked.mapInArrow(_write_sample(folder_uri), SAMPLE_DDL).collect()
-    import fsspec
-
-    tables = []
-    for r in listed:
-        if r["file"]:
-            with fsspec.open(r["file"], "rb") as fh:
-                tables.append(pa.ipc.open_file(pa.BufferReader(fh.read())).read_all())
-    if not tables:
-        return np.empty(0, np.int64), np.empty((0, d), np.float32)
-    table = pa.concat_tables(tables)
-    ids = table.column(S.SAMPLE_ID).to_numpy().astype(np.int64)
-    keys = table.column(SAMPLE_KEY).to_numpy()
-    order = np.lexsort((ids, keys))[:want]
-    return ids[order], _to_matrix(table.column(VECTOR), d)[order]
-
-
-def _write_sample(folder_uri: str):
-    """-> the mapInArrow function: a partition's sampled rows -> one Arrow file in folder_uri -> its name."""
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import fsspec
-        from pyspark import TaskContext
-
-        fs, folder = fsspec.core.url_to_fs(folder_uri)
-        final = f"{folder}/sample_{TaskContext.get().partitionId():05d}.arrow"
-        tmp = temporary_path(final, new_token())
-        rows = 0
-        try:
-            fs.makedirs(folder, exist_ok=True)
-            with fs.open(tmp, "wb") as fh:
-                writer = None
-                for batch in batches:  # written as it comes: a task never holds its whole sample
-                    if not batch.num_rows:
-                        continue
-                    if writer is None:
-                        writer = pa.ipc.new_file(fh, batch.schema)
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-                if writer is not None:
-                    writer.close()
-            if rows:
-                commit(fs, [(tmp, final)])
-            else:
-                remove_quietly(fs, [tmp])
-        except BaseException:
-            remove_quietly(fs, [tmp])
-            raise
-        yield pa.RecordBatch.from_pydict({"file": [f"{_proto(folder_uri)}{final}" if rows else None],
-                                          "rows": [rows]}, schema=SAMPLE_SCHEMA)
-
-    return run
-
-
 PART_SCHEMA = pa.schema([
     pa.field("part", pa.int32(), False), pa.field("rows", pa.int64(), False), pa.field("file", pa.string(), True),
     pa.field("query", pa.int32(), False), pa.field("top_ids", pa.list_(pa.int64()), True),
@@ -205,8 +127,15 @@ def add_partition(trained_uri: str, parts_uri: str, d: int, queries: np.ndarray,
         for batch in batches:
             if not batch.num_rows:
                 continue
-            ids = batch.column(S.SAMPLE_ID).to_numpy().astype(np.int64)
-            vectors = _to_matrix(batch.column(VECTOR), d)
+            ids = batch.column(S.SAMPLE_ID).to_numpy(zero_copy_only=False).astype(np.int64)
+            column = batch.column(VECTOR)
+            keep = SC.indexable(ids, column, d)  # the scan's verdicts again: the same rows it counted
+            if not keep.all():
+                where = np.flatnonzero(keep)
+                ids, column = ids[where], column.take(pa.array(where))
+            if not len(ids):
+                continue
+            vectors = SC.to_matrix(column, d)
             index.add_with_ids(vectors, ids)
             rows += len(ids)
             if len(queries):
@@ -255,11 +184,46 @@ def _upload(local: str, uri: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- one index
-def build_one(spark, cfg, rows, n_valid: int, d: int, out_uri: str, clip_model: str | None, spec: dict | None,
-              meta_table) -> dict:
-    """Indexable rows of one model -> the index folder at out_uri -> its index_infos dict."""
+def scan_model(rows, n_rows: int, build_uri: str, ix) -> dict:
+    """One model's selected rows (sample_id, VECTOR) -> the scan pass (scan.scan_partition): verdicts as
+    parquet at build_uri/scan, the training and query samples under build_uri/samples -> what it assumed.
+
+    The samples need the dimension before the pass has counted them: the first row's is taken (one
+    model's rows nearly always share it); build_one draws them again when that or the share kept was
+    wrong, so the guess costs time, never correctness."""
+    first = rows.select(F.size(VECTOR).alias("d")).where(F.col("d") > 0).limit(1).collect()
+    d_guess = int(first[0]["d"]) if first else 0
+    try:
+        want = plan_index(n_rows, d_guess, ix.max_index_memory, ix.key, ix.max_train_vectors).train_size
+    except IndexPlanError:
+        want = 0  # the real plan, after the pass, gives the error
+    samples = {"train": (ix.seed, SC.threshold(want, n_rows)),
+               "queries": (ix.seed + 1, SC.threshold(min(ix.eval_queries, n_rows), n_rows))}
+    (rows.mapInArrow(SC.scan_partition(f"{build_uri}/samples", d_guess, samples, S.SAMPLE_ID, VECTOR), SC.SCAN_DDL)
+     .write.mode("overwrite").parquet(f"{build_uri}/scan"))
+    return {"d": d_guess, "rows": n_rows, "samples": samples, "uri": f"{build_uri}/samples"}
+
+
+def _draw(rows, scanned: dict, name: str, want: int, d: int, n_valid: int, build_uri: str) -> tuple:
+    """-> (ids, vectors) of a sample: from the scan pass when it holds the `want` smallest keys of the
+    indexable rows at dimension d, else from a pass that draws it again with what is now known."""
+    ids, x, held = SC.read_sample(f"{scanned['uri']}/{name}", want, d)
+    seed, bound = scanned["samples"][name]
+    if d == scanned["d"] and (held >= want or bound == SC.KEY_SPACE - 1):
+        return ids, x
+    log.info("index: the %s sample is drawn again (dimension %d, %d of %d rows held)", name, d, held, want)
+    again = {name: (seed, SC.threshold(want, n_valid))}
+    rows.mapInArrow(SC.scan_partition(f"{build_uri}/again", d, again, S.SAMPLE_ID, VECTOR), SC.SCAN_DDL).count()
+    ids, x, _ = SC.read_sample(f"{build_uri}/again/{name}", want, d)
+    return ids, x
+
+
+def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, clip_model: str | None,
+              spec: dict | None, meta_table, scanned: dict) -> dict:
+    """One model's rows (sample_id, VECTOR), its indexable sample_ids (the scan's) -> the index folder at
+    out_uri -> its index_infos dict."""
     ix = cfg.index
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {"scan": scanned["seconds"]}
     try:
         plan = plan_index(n_valid, d, ix.max_index_memory, ix.key, ix.max_train_vectors)
     except IndexPlanError as exc:  # the budget (or a forced key) is the user's to change: a config error
@@ -268,16 +232,13 @@ def build_one(spark, cfg, rows, n_valid: int, d: int, out_uri: str, clip_model: 
              format_bytes(plan.memory_bytes), format_bytes(plan.budget_bytes), plan.train_size,
              format_bytes(plan.train_memory_bytes))
     fs, folder = _fs(out_uri)
-    fs.makedirs(folder, exist_ok=True)
     build = f"{folder}/_build"
-    if fs.exists(build):
-        fs.rm(build, recursive=True)
     fs.makedirs(f"{build}/parts", exist_ok=True)
+    build_uri = f"{_proto(out_uri)}{build}"
 
     t = time.time()
-    _, train_x = _sample(rows, n_valid, plan.train_size, ix.seed, d, f"{_proto(out_uri)}{build}/train_sample")
-    query_ids, queries = _sample(rows, n_valid, min(ix.eval_queries, n_valid), ix.seed + 1, d,
-                                 f"{_proto(out_uri)}{build}/query_sample")
+    _, train_x = _draw(rows, scanned, "train", plan.train_size, d, n_valid, build_uri)
+    query_ids, queries = _draw(rows, scanned, "queries", min(ix.eval_queries, n_valid), d, n_valid, build_uri)
     seconds["sample"] = time.time() - t
     t = time.time()
     trained = B.to_bytes(B.train(plan.key, train_x if len(train_x) else queries[:1], ix.seed))
@@ -347,7 +308,7 @@ def build_one(spark, cfg, rows, n_valid: int, d: int, out_uri: str, clip_model: 
     size = sum(fs.size(f"{folder}/{name}") for name in _index_files(fs, folder))
 
     t = time.time()
-    meta_rows = rows.filter(F.col(REASON).isNull()).select(S.SAMPLE_ID)
+    meta_rows = valid_ids
     columns = metadata_columns(meta_table)
     if meta_table is not None and columns:
         meta_rows = meta_rows.join(meta_table.select(S.SAMPLE_ID, *columns).dropDuplicates([S.SAMPLE_ID]),
@@ -356,7 +317,6 @@ def build_one(spark, cfg, rows, n_valid: int, d: int, out_uri: str, clip_model: 
     (meta_rows.repartitionByRange(meta_parts, S.SAMPLE_ID).sortWithinPartitions(S.SAMPLE_ID)
      .write.mode("overwrite").parquet(f"{_proto(out_uri)}{folder}/metadata"))
     seconds["metadata"] = time.time() - t
-    fs.rm(build, recursive=True)
 
     import faiss
     import pyspark
@@ -445,25 +405,41 @@ def run(spark, cfg) -> dict:
     rejected_frames = []
     reasons_total: dict[str, int] = {}
     indexed = 0
+    builds = []
     for model in models:
-        rows_m = selected(embeddings, dataset, None).filter(F.col(S.CLIP_MODEL).eqNullSafe(F.lit(model)))
-        sizes = {r["d"]: r["n"] for r in rows_m.groupBy(F.size(vec_col).alias("d")).agg(F.count(F.lit(1)).alias("n"))
-                 .collect() if r["d"] is not None and r["d"] > 0}
+        sub = cfg.output if len(models) == 1 and not ix.per_model else (
+            cfg.output.rstrip("/") + "/" + model_folder_name(model))
+        sub_fs, sub_folder = _fs(sub)
+        build = f"{sub_folder}/_build"
+        if sub_fs.exists(build):
+            sub_fs.rm(build, recursive=True)
+        sub_fs.makedirs(build, exist_ok=True)
+        builds.append((sub_fs, build))
+        rows_m = (selected(embeddings, dataset, None).filter(F.col(S.CLIP_MODEL).eqNullSafe(F.lit(model)))
+                  .select(S.SAMPLE_ID, F.col(vec_col).alias(VECTOR)))
+        t = time.time()
+        scanned = scan_model(rows_m, per_model[model], f"{_proto(sub)}{build}", ix)
+        scanned["seconds"] = time.time() - t
+        scan = spark.read.parquet(f"{_proto(sub)}{build}/scan")
+        sizes = {r["size"]: r["n"] for r in scan.groupBy("size").agg(F.count(F.lit(1)).alias("n")).collect()
+                 if r["size"] is not None and r["size"] > 0}
         if not sizes:
             raise ConfigError(f"{model}: no row of {cfg.input} has a {ix.field} embedding to index")
         d = max(sizes, key=lambda k: (sizes[k], -k))  # the dimension most rows have; the others are left out
-        rows_c = checked(rows_m, ix.field, d)
+        rows_c = scan.select(S.SAMPLE_ID, F.when(F.col("size").isNull(), F.lit("no_vector"))
+                             .when(F.col("size") != d, F.lit("wrong_dimension"))
+                             .otherwise(F.col("flaw")).alias(REASON))
         counts = {r[REASON]: r["n"] for r in rows_c.groupBy(REASON).agg(F.count(F.lit(1)).alias("n")).collect()}
         n_valid = counts.pop(None, 0)
         for reason, n in counts.items():
             reasons_total[reason] = reasons_total.get(reason, 0) + n
-        rejected_frames.append(rows_c.filter(F.col(REASON).isNotNull()).select(S.SAMPLE_ID, S.CLIP_MODEL, REASON))
+        rejected_frames.append(rows_c.filter(F.col(REASON).isNotNull())
+                               .select(S.SAMPLE_ID, F.lit(model).cast("string").alias(S.CLIP_MODEL), REASON))
         if not n_valid:
             raise ConfigError(f"{model}: none of its {sum(counts.values())} rows can be indexed ({counts})")
-        sub = cfg.output if len(models) == 1 and not ix.per_model else (
-            cfg.output.rstrip("/") + "/" + model_folder_name(model))
         spec = specs.get(model) or _spec_from_name(model)
-        infos = build_one(spark, cfg, rows_c.filter(F.col(REASON).isNull()), n_valid, d, sub, model, spec, meta_table)
+        infos = build_one(spark, cfg, rows_m, rows_c.filter(F.col(REASON).isNull()).select(S.SAMPLE_ID), n_valid, d,
+                          sub, model, spec, meta_table, scanned)
         infos_summary = {k: infos[k] for k in ("index_key", "index_param", "nb_vectors", "dimension", "size_bytes",
                                                "recall_at_1", "recall_at_10", "latency_ms_p50", "latency_ms_p99",
                                                "queries_per_s", "reached_target", "seconds")}
@@ -475,6 +451,8 @@ def run(spark, cfg) -> dict:
     for frame in rejected_frames[1:]:
         rejected = rejected.unionByName(frame)
     rejected.write.mode("overwrite").parquet(rejected_uri(cfg))
+    for build_fs, build in builds:  # the scan tables the rejected rows were read from are no longer needed
+        build_fs.rm(build, recursive=True)
     rejected_rows = sum(reasons_total.values())
     not_selected = rows_in - selected_rows + sum(n for m, n in per_model.items() if m not in models)
     if indexed + rejected_rows + not_selected != rows_in:

@@ -4,8 +4,6 @@ INPUT  -> an embeddings DataFrame (schemas.EMBEDDINGS), optionally a table of th
           table with sample_id, or LAION's SAMPLE_ID), the field (image | text), the clip_model chosen
           (None: every model) and the dimension the index takes
 OUTPUT -> `selected`: the embeddings rows of the chosen model whose sample_id is in the table;
-          `checked`: those rows with VECTOR (the field's array) and REASON (null: indexable; else
-          why it is left out: no_vector, wrong_dimension, not_finite, zero_vector, reserved_id);
           `metadata_columns`: the columns of the table a search result shows
 """
 
@@ -48,18 +46,3 @@ def selected(embeddings: DataFrame, table: DataFrame | None, clip_model: str | N
         ids = normalise_names(table).select(S.SAMPLE_ID).distinct()
         rows = rows.join(ids, S.SAMPLE_ID, "left_semi")
     return rows
-
-
-def checked(rows: DataFrame, field: str, dimension: int) -> DataFrame:
-    """-> rows with VECTOR (the field's embedding) and REASON (null where the row can be indexed)."""
-    vec = F.col(S.IMAGE_EMBEDDING if field == "image" else S.TEXT_EMBEDDING)
-    # a null element counts as not finite (isnan(null) is null, which forall would let through)
-    finite = F.forall(vec, lambda x: F.coalesce(~F.isnan(x) & (F.abs(x) < F.lit(float("inf"))), F.lit(False)))
-    norm2 = F.aggregate(vec, F.lit(0.0).cast("double"), lambda acc, x: acc + x.cast("double") * x.cast("double"))
-    reason = (F.when(vec.isNull(), "no_vector")
-              .when(F.size(vec) != dimension, "wrong_dimension")
-              .when(~finite, "not_finite")
-              .when(norm2 < F.lit(1e-12), "zero_vector")
-              # faiss marks "no result" with id -1: a row with that id could never be told from none
-              .when(F.col(S.SAMPLE_ID) == -1, "reserved_id"))
-    return rows.select(S.SAMPLE_ID, S.CLIP_MODEL, vec.alias(VECTOR), reason.alias(REASON))

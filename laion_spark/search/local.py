@@ -19,6 +19,9 @@ from laion_spark.io import fsspec_uri
 
 INFOS = "index_infos.json"
 FILES = ("knn.index", "knn.ivfdata", INFOS)
+# Databricks' FUSE mounts of remote storage (dbfs:/ is read at /dbfs/, Unity Catalog volumes at /Volumes/):
+# local paths to fsspec, but each page faiss touches through a memory map would be a request to the store
+REMOTE_MOUNTS = ("/dbfs/", "/Volumes/")
 
 
 def default_cache_dir() -> str:
@@ -33,8 +36,12 @@ def _fs(uri: str):
 
 
 def is_local(uri: str) -> bool:
-    fs, _ = _fs(uri)
-    return type(fs).__name__ == "LocalFileSystem"
+    """-> whether the index at uri can be searched where it is (a local disk), rather than from a copy."""
+    fs, path = _fs(uri)
+    if type(fs).__name__ != "LocalFileSystem":
+        return False
+    path = os.path.abspath(path)
+    return not any((path + "/").startswith(m) for m in REMOTE_MOUNTS)
 
 
 def read_infos(uri: str) -> dict:
@@ -57,10 +64,11 @@ def cache_folder(uri: str, infos: dict, cache_dir: str = "") -> str:
 
 
 def local_index_folder(uri: str, infos: dict, cache: str) -> str:
-    """-> a local folder holding the index files (uri itself when local; else copied into cache/index,
-    once: a finished copy is marked by its own index_infos.json, written last)."""
+    """-> a local folder holding the index files (uri itself when local; else, remote or on a FUSE mount
+    of remote storage, copied into cache/index, once: a finished copy is marked by its own
+    index_infos.json, written last)."""
     fs, path = _fs(uri)
-    if type(fs).__name__ == "LocalFileSystem":
+    if is_local(uri):
         return path
     local = os.path.join(cache, "index")
     if os.path.exists(os.path.join(local, INFOS)):
