@@ -196,6 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "index"))
     ap.add_argument("--plan-only", action="store_true", help="print the LAION-5B plan and stop")
     args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     if args.plan_only:
         print_laion5b()
         return 0

@@ -16,7 +16,7 @@ from laion_spark import cli
 from laion_spark import schemas as S
 from laion_spark.config import ConfigError
 from laion_spark.index.build import ShardSet
-from laion_spark.index.plan import IndexPlanError, parse_bytes, plan_index
+from laion_spark.index.plan import IndexPlanError, nlist_for, parse_bytes, plan_index
 from laion_spark.index.synthetic import clustered_vectors
 
 MODEL = "ViT-T/test"
@@ -91,6 +91,12 @@ def test_plans_fit_their_budget_and_quantise_when_they_must():
         plan = plan_index(n, d, budget)
         assert plan.memory_bytes <= parse_bytes(budget)
         assert plan.train_size >= 39 * plan.nlist and plan.train_size <= n
+    # 1M x 512 in 256M: the 256-byte code fits with a quarter of the lists, not with all of them; it is taken
+    # over the 128-byte code that fits with all of them
+    tight = plan_index(1_000_000, 512, "256M")
+    assert tight.code_bytes == 256 and tight.nlist == nlist_for(1_000_000) // 4
+    assert any(c.key == f"IVF{nlist_for(1_000_000)},PQ256x8" and not c.fits for c in tight.candidates)
+    assert any(c.key.endswith(f"IVF{nlist_for(1_000_000)},PQ128x8") and c.fits for c in tight.candidates)
     laion = plan_index(5_850_000_000, 768, "800G")
     assert "PQ" in laion.encoding and laion.hnsw_quantizer  # LAION ran OPQ/IVF-HNSW/PQ128 at 800G
 
