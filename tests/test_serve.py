@@ -310,3 +310,35 @@ def test_serve_refuses_bad_inputs_before_opening_anything(tmp_path, toy_index):
     res = subprocess.run([sys.executable, "-m", "laion_spark.cli", "serve", f"input={toy_index['index']}",
                           f"images={toy_index['embeddings']}"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert res.returncode == 2 and "no image column" in res.stderr
+
+
+def test_use_safety_model_drops_unsafe_rows_where_the_index_has_punsafe(spark, tmp_path):
+    from laion_spark import schemas as S
+    from laion_spark.index.synthetic import clustered_vectors
+
+    n, d = 400, 16
+    vectors, _ = clustered_vectors(n, d, clusters=4, seed=8)
+    punsafe = np.random.default_rng(2).random(n).round(3)
+    spark.createDataFrame([(i, [float(x) for x in v], None, 0.3, "ViT-T/test", None) for i, v in enumerate(vectors)],
+                          S.EMBEDDINGS).write.parquet(str(tmp_path / "emb"))
+    spark.createDataFrame([(i, f"http://x.test/{i}.jpg", f"c{i}", float(punsafe[i])) for i in range(n)],
+                          "sample_id long, url string, text string, punsafe double").write.parquet(str(tmp_path / "ds"))
+    run_stage(spark, "index", f"input={tmp_path / 'emb'}", f"dataset={tmp_path / 'ds'}",
+              f"output={tmp_path / 'idx'}", "index.eval_queries=50")
+    cfg, _ = cli.prepare("serve", [], [f"input={tmp_path / 'idx'}", "port=0",
+                                       f"search.cache_dir={tmp_path / 'cache'}"])
+    server = build_server(cfg)
+    server.start()
+    try:
+        query = [float(x) for x in vectors[7]]
+        exact = np.argsort(-(vectors @ vectors[7]), kind="stable")  # the ranking, written here
+        status, headers, safe = knn(server, embedding_input=query, num_images=10, deduplicate=False,
+                                    use_safety_model=True)
+        assert status == 200 and "use_safety_model" not in headers.get("X-Unhonoured-Fields", "")
+        assert [r["id"] for r in safe] == [int(i) for i in exact if punsafe[i] <= 0.5][:10]  # LAION's 0.5
+        status, _, every = knn(server, embedding_input=query, num_images=10, deduplicate=False,
+                               use_safety_model=False)
+        assert [r["id"] for r in every] == [int(i) for i in exact[:10]]
+        assert set(r["id"] for r in every) - set(r["id"] for r in safe)  # the filter removed something here
+    finally:
+        server.stop()
