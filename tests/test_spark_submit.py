@@ -239,3 +239,25 @@ def test_pack_ships_the_venv_to_the_cluster(spark, cluster, cluster_dir, env, tm
     assert f"{archives[0]}#environment" in res.stdout
     assert "spark.pyspark.python=./environment/bin/python" in res.stdout
     assert archives[0].stat().st_mtime == mtime
+
+
+@pytest.mark.slow
+def test_index_on_standalone_cluster_then_search_by_spark_submit(spark, cluster, env, tmp_path, toy_index):
+    """jobs/index.py on the cluster (its scan and add tasks run on the worker), then jobs/search.py: the
+    results are the Searcher's over the session's toy index, built in-process from the same rows."""
+    from laion_spark.search.searcher import Searcher
+
+    out = tmp_path / "index"
+    res = run_submit(["index", f"input={toy_index['embeddings']}", f"dataset={toy_index['images']}", f"output={out}",
+                      "index.eval_queries=100", *_cluster_flags(cluster)], env, tmp_path)
+    assert res.returncode == 0, res.stderr[-6000:]
+    infos = json.loads((out / "index_infos.json").read_text())
+    want_infos = json.loads((Path(toy_index["index"]) / "index_infos.json").read_text())
+    assert infos["nb_vectors"] == want_infos["nb_vectors"] and infos["index_key"] == want_infos["index_key"]
+    res = run_submit(["search", f"input={out}", "query=a red circle", "k=5", "format=jsonl",
+                      f"search.cache_dir={tmp_path / 'cache'}", "--", "--master", "local[1]"], env, tmp_path)
+    assert res.returncode == 0, res.stderr[-6000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    want = Searcher(toy_index["index"], cache_dir=toy_index["cache"]).query(text="a red circle", k=5)
+    assert [r["sample_id"] for r in rows] == [r["sample_id"] for r in want]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
