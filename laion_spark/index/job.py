@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 from laion_spark import __version__
 from laion_spark import schemas as S
 from laion_spark.config import ConfigError
-from laion_spark.export.npy import model_folder_name
+from laion_spark.export.npy import matrix, model_folder_name
 from laion_spark.export.shards import commit, new_token, remove_quietly, temporary_path
 from laion_spark.index import build as B
 from laion_spark.index import scan as SC
@@ -135,7 +135,7 @@ def add_partition(trained_uri: str, parts_uri: str, d: int, queries: np.ndarray,
                 ids, column = ids[where], column.take(pa.array(where))
             if not len(ids):
                 continue
-            vectors = SC.to_matrix(column, d)
+            vectors = matrix(column, "float32", "add")
             index.add_with_ids(vectors, ids)
             rows += len(ids)
             if len(queries):

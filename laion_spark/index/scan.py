@@ -1,5 +1,5 @@
 """One pass over one model's embeddings in Python tasks: each row's verdict, and the random samples the
-index trains and is measured on (no Spark imports: the row logic runs and is tested without it).
+index trains and is measured on (no Spark session: the row logic runs and is tested without one).
 
 INPUT  -> Arrow batches of (sample_id, vector: list<float>); the dimension the samples take; per sample its
           seed and its threshold (the share of rows it keeps, as a 64-bit hash bound)
@@ -22,6 +22,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+
+from laion_spark.export.npy import matrix
 
 NO_ID = -1
 FLAWS = (None, "not_finite", "zero_vector", "reserved_id")  # by precedence after no_vector and wrong_dimension
@@ -73,14 +75,6 @@ def indexable(ids: np.ndarray, column: pa.Array, d: int) -> np.ndarray:
     """-> the mask of rows an index of dimension d takes: a vector of d finite values, not zero, id not -1."""
     size, flaw = verdicts(ids, column)
     return (size == d) & (flaw == 0)
-
-
-def to_matrix(column: pa.Array | pa.ChunkedArray, d: int) -> np.ndarray:
-    """A list<float> column of rows of length d -> an n x d float32 matrix."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(values.reshape(len(column), d), dtype=np.float32)
 
 
 def scan_partition(folder_uri: str, d: int, samples: dict[str, tuple[int, int]], id_col: str, vec_col: str):
@@ -156,4 +150,4 @@ def read_sample(folder_uri: str, want: int, d: int) -> tuple[np.ndarray, np.ndar
     ids = table.column("sample_id").to_numpy().astype(np.int64)
     keys = table.column("key").to_numpy()
     order = np.lexsort((ids, keys))[:want]
-    return ids[order], to_matrix(table.column("vector").take(pa.array(order)), d), len(ids)
+    return ids[order], matrix(table.column("vector").take(pa.array(order)), "float32", "sample"), len(ids)
