@@ -285,7 +285,14 @@ class IndexConfig:
     max_index_memory: str = _opt("4G", "most bytes search may hold (K/M/G/T = 2^10/2^20/2^30/2^40); the index "
                                  "chosen is the most accurate that fits")
     key: str = _opt("", "a faiss factory key of the IVF family to use instead of the chosen one "
-                    "(e.g. IVF4096,SQ8 or OPQ64_512,IVF4096_HNSW32,PQ64x8)")
+                    "(e.g. IVF4096,SQ8 or OPQ64_512,IVF4096_HNSW32,PQ64x8); several separated by ';' are "
+                    "measured on a sample and the one with the best recall is built")
+    candidates: int = _opt(2, "index plans that fit the budget measured on a sample before one is built (the "
+                           "best recall@10 wins); 1: the most accurate by the rule, unmeasured", minimum=1)
+    trial_vectors: int = _opt(10_000, "sampled vectors the candidates are built on and measured with (at least "
+                              "the 9,984 a PQ code needs are taken)", minimum=100)
+    trial_seconds: float = _opt(60.0, "most seconds one candidate's trial may take; one that runs past it is not "
+                                "taken (OPQ's training can take minutes)", minimum=1)
     shards: int = _opt(0, "keep N index shards (<output>/shards/knn_00000.index ...) instead of one merged index",
                        minimum=0)
     ondisk: str = _opt("auto", "inverted lists in knn.ivfdata beside knn.index (memory-mapped by search): auto "

@@ -16,6 +16,7 @@ from laion_spark import cli
 from laion_spark import schemas as S
 from laion_spark.config import ConfigError
 from laion_spark.index.build import ShardSet
+from laion_spark.index.choose import TIE
 from laion_spark.index.plan import IndexPlanError, nlist_for, parse_bytes, plan_index
 from laion_spark.index.synthetic import clustered_vectors
 
@@ -130,6 +131,11 @@ def test_quantised_index_reaches_the_recall_it_claims(spark, clustered, tmp_path
     assert infos["nb_vectors"] == len(ids) == summary["indexed"]
     assert infos["memory_to_search_bytes"] <= budget and infos["size_bytes"] <= budget * 1.05
     assert "Flat" not in infos["index_key"].split(",")[-1]
+    # two plans fit; both were measured on a sample, and the one built is the best measured (or within the tie)
+    choice = infos["choice"]
+    assert choice["measured"] and len(choice["tried"]) == 2 and choice["chosen"] == infos["index_key"]
+    taken = next(r for r in choice["tried"] if r["index_key"] == infos["index_key"])
+    assert taken["recall_at_10"] >= max(r["recall_at_10"] for r in choice["tried"]) - TIE
     recall = exact_recall(out / "knn.index", ids, vectors, infos["index_param"])
     assert recall >= 0.95
     assert abs(recall - infos["recall_at_10"]) < 0.03  # what it claims is what it does

@@ -182,6 +182,7 @@ def test_bad_requests_get_a_4xx_with_a_message(server, toy_index):
         (dict(embedding_input=[0.0] * dim), 400, "zero"),
         (dict(embedding_input=["x"]), 400, "numbers"),
         (dict(text="a red circle", deduplicate="yes"), 400, "true or false"),
+        (dict(text="a red circle", unique_urls=1), 400, "unique_urls must be true or false"),
         (dict(image_url="http://127.0.0.1:1/x.png"), 403, "image_url is off"),
     ]
     for body, status, message in cases:

@@ -122,3 +122,101 @@ def test_a_refused_query_shows_the_servers_message(browser, page_server):
     wait_for(browser, lambda d: "serve.max_k" in d.find_element(By.ID, "status").text)
     assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
     assert results(browser) == []
+
+
+@pytest.fixture(scope="module")
+def web_images(toy_index):
+    """A loopback web server holding the toy pictures at /img/<sample_id>.png (where the page's thumbnails
+    come from when serve has no images= table)."""
+    import http.server
+    import threading
+
+    png = toy_index["png"]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            name = self.path.rsplit("/", 1)[-1].removesuffix(".png")
+            body = png.get(int(name)) if self.path.startswith("/img/") and name.isdigit() else None
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/img"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def url_page(spark, toy_index, web_images, tmp_path_factory):
+    """The toy embeddings indexed over a dataset whose URLs point at web_images, every second picture of a
+    caption sharing the URL of the one before (as re-hosted copies do), and punsafe scores; served without
+    images=, so every thumbnail is the result's URL."""
+    import numpy as np
+
+    from tests.toy_index import run_stage
+
+    root = tmp_path_factory.mktemp("url_page")
+    rng = np.random.default_rng(5)
+    rows, last_of_caption = [], {}
+    for sid in sorted(toy_index["png"]):
+        caption = toy_index["captions"][sid]
+        prev = last_of_caption.pop(caption, None)
+        url = f"{web_images}/{prev if prev is not None else sid}.png"
+        if prev is None:
+            last_of_caption[caption] = sid
+        rows.append((sid, url, caption, round(float(rng.random()), 3)))
+    spark.createDataFrame(rows, "sample_id long, url string, text string, punsafe double") \
+        .write.parquet(str(root / "dataset"))
+    run_stage(spark, "index", f"input={toy_index['embeddings']}", f"dataset={root / 'dataset'}",
+              f"output={root / 'index'}", "index.eval_queries=100")
+    cfg, _ = cli.prepare("serve", [], [f"input={root / 'index'}", "port=0", f"search.cache_dir={toy_index['cache']}"])
+    server = build_server(cfg)
+    server.start()
+    yield server, str(root / "index"), {r[0]: r for r in rows}
+    server.stop()
+
+
+def test_without_images_the_thumbnails_are_the_urls_and_each_filter_is_a_toggle(browser, url_page, toy_index):
+    from selenium.webdriver.common.by import By
+
+    server, index, rows = url_page
+    browser.get(server.url)
+    wait_for(browser, lambda d: d.execute_script("return document.body.dataset.ready") == "true")
+    searcher = Searcher(index, cache_dir=toy_index["cache"])
+    query = "a red circle"
+
+    def shown_matches(want):
+        wait_for(browser, lambda d: [r["caption"] for r in results(d)] == [w["text"] for w in want]
+                 and all(r["complete"] for r in results(d)))
+        shown = results(browser)
+        for r, w in zip(shown, want, strict=True):
+            assert r["src"] == w["url"]  # no images table: the picture comes from its web address
+            source = int(w["url"].rsplit("/", 1)[-1].removesuffix(".png"))
+            size = Image.open(io.BytesIO(toy_index["png"][source])).size
+            assert r["width"] > 0 and (r["width"], r["height"]) == size
+        return shown
+
+    search(browser, query)  # the page's defaults: near duplicates and duplicate URLs hidden, safe mode on
+    want = searcher.query(text=query, k=10, max_punsafe=0.5)
+    shown_matches(want)
+    assert len({w["url"] for w in want}) == len(want) and all(w["punsafe"] <= 0.5 for w in want)
+    browser.find_element(By.ID, "dedup").click()  # near duplicates back: then the URL toggle has work to do
+    want = searcher.query(text=query, k=10, deduplicate=False, max_punsafe=0.5)
+    shown_matches(want)
+    browser.find_element(By.ID, "urls").click()
+    want = searcher.query(text=query, k=10, deduplicate=False, unique_urls=False, max_punsafe=0.5)
+    shown_matches(want)
+    assert len({w["url"] for w in want}) < len(want)  # a URL shows twice: the toggle did something
+    browser.find_element(By.ID, "safe").click()
+    want = searcher.query(text=query, k=10, deduplicate=False, unique_urls=False)
+    shown_matches(want)
+    assert any(w["punsafe"] > 0.5 for w in want)  # safe mode off: unsafe rows are back
+    assert "results from" in browser.find_element(By.ID, "status").text

@@ -4,7 +4,7 @@ embed (the toy CLIP) -> an image index, as the stages run them (search and serve
 INPUT  -> a SparkSession and a folder
 OUTPUT -> {"root", "images" (the table's URI), "embeddings", "index" (an image index folder), "truth"
           (sample_id -> the scene's attributes, the toy world's ground truth), "png" (sample_id -> the
-          stored bytes), "checkpoint", "cache"}
+          stored bytes), "captions" (sample_id -> its text), "checkpoint", "cache"}
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ def build_toy_index(spark, root) -> dict:
     from laion_spark.toy.train import ensure_checkpoint
 
     scenes = world.split("test", TOY_N, start=5000)
-    rows, truth, png = [], {}, {}
+    rows, truth, png, captions = [], {}, {}, {}
     for k, scene in enumerate(scenes):
         buf = io.BytesIO()
         scene.image.save(buf, "PNG")
         sid = 70_000 + k
         truth[sid] = scene.attributes
         png[sid] = buf.getvalue()
+        captions[sid] = scene.caption
         rows.append({"sample_id": sid, "url": f"http://toys.test/{k}.png", "text": scene.caption, "language": "en",
                      "status": "success", "error_message": None, "image": png[sid]})
     spark.createDataFrame(pd.DataFrame(rows), "sample_id long, url string, text string, language string, "
@@ -46,4 +47,5 @@ def build_toy_index(spark, root) -> dict:
     run_stage(spark, "index", f"input={root / 'embeddings'}", f"dataset={root / 'images'}",
               f"output={root / 'index'}", "index.eval_queries=200")
     return {"root": root, "images": str(root / "images"), "embeddings": str(root / "embeddings"),
-            "index": str(root / "index"), "truth": truth, "png": png, "checkpoint": ck, "cache": str(root / "cache")}
+            "index": str(root / "index"), "truth": truth, "png": png, "captions": captions,
+            "checkpoint": ck, "cache": str(root / "cache")}

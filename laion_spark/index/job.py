@@ -40,7 +40,8 @@ from laion_spark.export.shards import commit, new_token, remove_quietly, tempora
 from laion_spark.index import build as B
 from laion_spark.index import scan as SC
 from laion_spark.index import tune as T
-from laion_spark.index.plan import IndexPlanError, format_bytes, parse_bytes, plan_index
+from laion_spark.index.choose import choose
+from laion_spark.index.plan import IndexPlanError, format_bytes, parse_bytes, plan_candidates
 from laion_spark.index.transform import REASON, REASONS, VECTOR, metadata_columns, normalise_names, selected
 from laion_spark.io import exists, fsspec_uri, read_json
 
@@ -194,7 +195,7 @@ def scan_model(rows, n_rows: int, build_uri: str, ix) -> dict:
     first = rows.select(F.size(VECTOR).alias("d")).where(F.col("d") > 0).limit(1).collect()
     d_guess = int(first[0]["d"]) if first else 0
     try:
-        want = plan_index(n_rows, d_guess, ix.max_index_memory, ix.key, ix.max_train_vectors).train_size
+        want = max(p.train_size for p in _plans(n_rows, d_guess, ix))
     except IndexPlanError:
         want = 0  # the real plan, after the pass, gives the error
     samples = {"train": (ix.seed, SC.threshold(want, n_rows)),
@@ -202,6 +203,10 @@ def scan_model(rows, n_rows: int, build_uri: str, ix) -> dict:
     (rows.mapInArrow(SC.scan_partition(f"{build_uri}/samples", d_guess, samples, S.SAMPLE_ID, VECTOR), SC.SCAN_DDL)
      .write.mode("overwrite").parquet(f"{build_uri}/scan"))
     return {"d": d_guess, "rows": n_rows, "samples": samples, "uri": f"{build_uri}/samples"}
+
+
+def _plans(n: int, d: int, ix) -> list:
+    return plan_candidates(n, d, ix.max_index_memory, ix.key, ix.max_train_vectors, ix.candidates)
 
 
 def _draw(rows, scanned: dict, name: str, want: int, d: int, n_valid: int, build_uri: str) -> tuple:
@@ -225,21 +230,28 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
     ix = cfg.index
     seconds: dict[str, float] = {"scan": scanned["seconds"]}
     try:
-        plan = plan_index(n_valid, d, ix.max_index_memory, ix.key, ix.max_train_vectors)
+        plans = _plans(n_valid, d, ix)
     except IndexPlanError as exc:  # the budget (or a forced key) is the user's to change: a config error
         raise ConfigError(str(exc)) from None
-    log.info("index: %s vectors x %d -> %s (search holds %s of %s; training sample %d, %s)", n_valid, d, plan.key,
-             format_bytes(plan.memory_bytes), format_bytes(plan.budget_bytes), plan.train_size,
-             format_bytes(plan.train_memory_bytes))
     fs, folder = _fs(out_uri)
     build = f"{folder}/_build"
     fs.makedirs(f"{build}/parts", exist_ok=True)
     build_uri = f"{_proto(out_uri)}{build}"
 
     t = time.time()
-    _, train_x = _draw(rows, scanned, "train", plan.train_size, d, n_valid, build_uri)
+    train_ids, train_x = _draw(rows, scanned, "train", max(p.train_size for p in plans), d, n_valid, build_uri)
     query_ids, queries = _draw(rows, scanned, "queries", min(ix.eval_queries, n_valid), d, n_valid, build_uri)
     seconds["sample"] = time.time() - t
+    t = time.time()
+    pick, choice = choose(plans, train_ids, train_x, queries, query_ids, ix.target_recall, ix.max_query_ms,
+                          ix.trial_vectors, ix.seed, ix.trial_seconds)
+    plan = plans[pick]
+    train_x = train_x[: plan.train_size]  # the sample is in key order: a prefix is a smaller random sample
+    if choice["measured"]:
+        seconds["choose"] = time.time() - t
+    log.info("index: %s vectors x %d -> %s (search holds %s of %s; training sample %d, %s)", n_valid, d, plan.key,
+             format_bytes(plan.memory_bytes), format_bytes(plan.budget_bytes), plan.train_size,
+             format_bytes(plan.train_memory_bytes))
     t = time.time()
     trained = B.to_bytes(B.train(plan.key, train_x if len(train_x) else queries[:1], ix.seed))
     del train_x
@@ -331,7 +343,7 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
         "latency_ms_p50": tuning.latency_ms_p50, "latency_ms_p99": tuning.latency_ms_p99,
         "queries_per_s": tuning.queries_per_s, "tuning": tuning.tried,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "plan": plan.as_dict(), "layout": layout, "metadata_columns": [S.SAMPLE_ID, *columns],
+        "plan": plan.as_dict(), "choice": choice, "layout": layout, "metadata_columns": [S.SAMPLE_ID, *columns],
         "versions": {"laion_spark": __version__, "faiss": faiss.__version__, "spark": pyspark.__version__,
                      "python": platform.python_version()},
     }

@@ -245,8 +245,38 @@ def plan_index(n: int, d: int, budget: int | str, forced_key: str = "", max_trai
 _FORCED = re.compile(r"(?:OPQ(\d+)(?:_(\d+))?,)?IVF(\d+)(_HNSW\d+)?,(Flat|SQfp16|SQ8|SQ6|SQ4|PQ(\d+)(?:x8)?)")
 
 
-def _forced(n: int, d: int, budget_bytes: int, key: str, max_train_vectors: int) -> Plan:
-    """A user's own factory key (IVF families only: they take ids, memory-map and merge)."""
+def plan_candidates(n: int, d: int, budget: int | str, forced_key: str = "", max_train_vectors: int = 1_000_000,
+                    count: int = 2) -> list[Plan]:
+    """N, d, budget -> the plans worth measuring, best by the rule first: plan_index's choice, then up to
+    count - 1 more that fit, each with another encoding (the rule's order is a guess about recall; the job
+    measures them on a sample, index/choose.py). A forced key with `;` (IVF4096,SQ4;IVF1024,PQ256x8) gives
+    each of its keys, in its order. The exact scan has nothing to weigh: it is alone."""
+    if forced_key and ";" in forced_key:
+        keys = [k for k in (part.strip() for part in forced_key.split(";")) if k]
+        if not keys:
+            raise IndexPlanError(f"index.key={forced_key!r}: no key between the ';'")
+        return [plan_index(n, d, budget, k, max_train_vectors) for k in keys]
+    first = plan_index(n, d, budget, forced_key, max_train_vectors)
+    if forced_key or first.exact or count <= 1:
+        return [first]
+    out, encodings = [first], {first.encoding}
+    for c in first.candidates:
+        if len(out) >= count:
+            break
+        if not c.fits or c.key == first.key:
+            continue
+        other = _forced(n, d, first.budget_bytes, c.key, max_train_vectors, why=c.why)
+        if other.encoding in encodings or other.exact:
+            continue
+        encodings.add(other.encoding)
+        out.append(other)
+    return out
+
+
+def _forced(n: int, d: int, budget_bytes: int, key: str, max_train_vectors: int,
+            why: str = "forced by index.key") -> Plan:
+    """A factory key (a user's own, or a candidate's) -> its Plan (IVF families only: they take ids,
+    memory-map and merge)."""
     m = _FORCED.fullmatch(key.replace(" ", ""))
     if not m:
         raise IndexPlanError(f"index.key={key!r}: give an IVF key such as IVF1024,SQ8, IVF4096_HNSW32,PQ64x8 or "
@@ -264,4 +294,4 @@ def _forced(n: int, d: int, budget_bytes: int, key: str, max_train_vectors: int)
                 code_bytes=_code_bytes(encoding, d), memory_bytes=mem, budget_bytes=budget_bytes, train_size=size,
                 train_memory_bytes=_train_memory(size, d, nlist, encoding) if size else 0,
                 exact=(nlist == 1 and encoding == "Flat"), hnsw_quantizer=hnsw,
-                candidates=(Candidate(key, mem, mem <= budget_bytes, "forced by index.key"),))
+                candidates=(Candidate(key, mem, mem <= budget_bytes, why),))

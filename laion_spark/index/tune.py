@@ -103,9 +103,10 @@ class Tuning:
 
 
 def tune(index, queries: np.ndarray, query_ids: np.ndarray, exact: np.ndarray, target_recall: float,
-         max_query_ms: float, hnsw_quantizer: bool) -> Tuning:
+         max_query_ms: float, hnsw_quantizer: bool, warn: bool = True) -> Tuning:
     """-> the smallest setting whose recall@10 reaches target_recall with p99 within max_query_ms; else
-    the best recall within max_query_ms; else the fastest (each with a warning)."""
+    the best recall within max_query_ms; else the fastest (each with a warning, unless warn is off: a
+    trial on a sample, index/choose.py, is not the index a user gets)."""
     tried = []
     probe = _parts(index)[0]
     chosen = None
@@ -128,7 +129,8 @@ def tune(index, queries: np.ndarray, query_ids: np.ndarray, exact: np.ndarray, t
     if chosen is None:
         fast = [r for r in tried if r["latency_ms_p99"] <= max_query_ms]
         chosen = max(fast or tried[:1], key=lambda r: (r["recall_at_10"], -r["latency_ms_p99"]))
-        log.warning("index: recall@10 %.3f < target %.3f within %s ms (best setting %s); a larger "
+        say = log.warning if warn else log.debug
+        say("index: recall@10 %.3f < target %.3f within %s ms (best setting %s); a larger "
                     "index.max_index_memory or index.max_query_ms gets closer", chosen["recall_at_10"], target_recall,
                     max_query_ms, chosen["index_param"])
     apply(index, chosen["index_param"])

@@ -2,7 +2,8 @@
 
 INPUT  -> the decoded JSON body of POST /knn-service (text | image (base64) | image_url | embedding_input,
           modality, num_images, num_result_ids, indice_name, deduplicate, use_safety_model,
-          use_violence_detector, use_mclip, aesthetic_score, aesthetic_weight) or POST /metadata
+          use_violence_detector, use_mclip, aesthetic_score, aesthetic_weight; and ours, unique_urls)
+          or POST /metadata
           ({"indice_name", "ids"}), the served indices {name: Searcher} and the server's Settings
 OUTPUT -> KnnQuery (what to search, where, with which filters, and which fields could not be honoured);
           result rows in clip-retrieval's shape ({"url", "caption", "id", "similarity", ... the other
@@ -30,7 +31,8 @@ MODALITIES = ("image", "text")
 # client sends it too)
 KNN_FIELDS = frozenset({"text", "image", "image_url", "embedding_input", "modality", "num_images", "num_result_ids",
                         "indice_name", "use_mclip", "deduplicate", "use_safety_model", "use_violence_detector",
-                        "aesthetic_score", "aesthetic_weight", "verbose"})
+                        "aesthetic_score", "aesthetic_weight", "verbose",
+                        "unique_urls"})  # ours: clip-retrieval's front drops duplicate URLs itself, we do it here
 LAION_UNSAFE = 0.5  # LAION's rule: punsafe > 0.5 is unsafe (clip-retrieval's safety model threshold)
 
 
@@ -79,6 +81,7 @@ class KnnQuery:
     num_images: int = 10  # rows returned with their metadata
     num_result_ids: int = 10  # rows returned in all (those past num_images: id and similarity only)
     deduplicate: bool = True
+    unique_urls: bool = True  # results with a URL already shown are dropped
     max_punsafe: float | None = None
     unhonoured: tuple[str, ...] = ()  # accepted fields whose effect we do not apply (reported)
     ignored: tuple[str, ...] = field(default=())  # fields clip-retrieval does not have either
@@ -194,6 +197,7 @@ def parse_knn(body, indices: dict, settings: Settings) -> KnnQuery:
             raise ApiError(400, "embedding_input must be a non-empty list of numbers")
         query["embedding"] = value
     deduplicate = _bool(body, "deduplicate", settings.deduplicate)
+    unique_urls = _bool(body, "unique_urls", settings.unique_urls)
     safety = _bool(body, "use_safety_model", False)
     unhonoured = []
     if safety and "punsafe" not in indices[index].infos.get("metadata_columns", ()):
@@ -208,7 +212,8 @@ def parse_knn(body, indices: dict, settings: Settings) -> KnnQuery:
         unhonoured.append("aesthetic_weight")
     ignored = tuple(sorted(k for k in body if k not in KNN_FIELDS))
     return KnnQuery(index=index, num_images=num_images, num_result_ids=num_result_ids, deduplicate=deduplicate,
-                    max_punsafe=settings.safety_threshold if safety else None, unhonoured=tuple(unhonoured),
+                    unique_urls=unique_urls, max_punsafe=settings.safety_threshold if safety else None,
+                    unhonoured=tuple(unhonoured),
                     ignored=ignored, **query)
 
 
@@ -257,7 +262,7 @@ def run_knn(searcher, q: KnnQuery, settings: Settings, image: bytes | None = Non
     answers 400)."""
     rows = searcher.query(text=q.text, image=image if image is not None else q.image, embedding=q.embedding,
                           k=q.num_result_ids, deduplicate=q.deduplicate, dedup_threshold=settings.dedup_threshold,
-                          unique_urls=settings.unique_urls, max_punsafe=q.max_punsafe,
+                          unique_urls=q.unique_urls, max_punsafe=q.max_punsafe,
                           max_pwatermark=settings.max_pwatermark)
     return knn_response(rows, q.num_images, thumbnail)
 

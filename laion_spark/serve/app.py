@@ -154,7 +154,8 @@ class SearchService:
                             "safety": "punsafe" in x.infos.get("metadata_columns", ())}
                         for n, x in self.indices.items()},
             "thumbnails": self.images is not None, "max_k": s.max_k, "default_k": s.default_k,
-            "deduplicate": s.deduplicate, "image_url": s.allow_image_url and self.fetcher is not None,
+            "deduplicate": s.deduplicate, "unique_urls": s.unique_urls,
+            "image_url": s.allow_image_url and self.fetcher is not None,
         }
 
     def _knn(self, data) -> Response:

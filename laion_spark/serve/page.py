@@ -5,9 +5,10 @@ OUTPUT -> HTML (GET /), JS (GET /app.js), CSS (GET /app.css)
 
 The page reads /config.json (indices, defaults), posts clip-retrieval requests to /knn-service and shows
 each result's thumbnail (the result's `thumbnail`, served from images=, else its web URL), caption and
-similarity. Deduplication and safe mode are toggles; changing one searches again. Captions come from the
-web: they are set as text (textContent), never parsed as HTML, and a link is made only from an http(s)
-URL. The script is a file of its own so that the page's Content-Security-Policy can forbid inline script.
+similarity. Near-duplicate images, duplicate URLs and safe mode are toggles; changing one searches
+again. Captions come from the web: they are set as text (textContent), never parsed as HTML, and a link
+is made only from an http(s) URL. The script is a file of its own so that the page's
+Content-Security-Policy can forbid inline script.
 """
 
 HTML = """<!doctype html>
@@ -34,6 +35,7 @@ HTML = """<!doctype html>
     </select></label>
     <label>results <input id="k" type="number" min="1" value="10"></label>
     <label><input id="dedup" type="checkbox" checked> hide near-duplicate images</label>
+    <label><input id="urls" type="checkbox" checked> hide duplicate URLs</label>
     <label><input id="safe" type="checkbox" checked> safe mode</label>
   </div>
 </header>
@@ -105,6 +107,7 @@ async function search(query) {
     indice_name: $("indice").value,
     num_images: parseInt($("k").value, 10) || config.default_k,
     deduplicate: $("dedup").checked,
+    unique_urls: $("urls").checked,
     use_safety_model: $("safe").checked,
   });
   showStatus("searching\u2026", false);
@@ -158,6 +161,7 @@ async function start() {
   $("k").value = config.default_k;
   $("k").max = config.max_k;
   $("dedup").checked = config.deduplicate;
+  $("urls").checked = config.unique_urls;
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     search({text: $("q").value});
@@ -169,7 +173,7 @@ async function start() {
     reader.onload = () => search({image: reader.result});
     reader.readAsDataURL(file);
   });
-  for (const id of ["dedup", "safe", "modality", "indice"]) {
+  for (const id of ["dedup", "urls", "safe", "modality", "indice"]) {
     $(id).addEventListener("change", () => { if (lastQuery) search(lastQuery); });
   }
   document.body.dataset.ready = "true";
