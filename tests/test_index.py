@@ -297,3 +297,25 @@ def test_the_training_sample_is_random_and_the_same_for_any_partitioning(spark, 
     assert deciles.min() > 0.05 and deciles.max() < 0.15
     other = sample(rows, 6, "other")[0]  # another seed, another sample
     assert len(set(other.tolist()) & set(got.tolist())) < want // 2
+
+
+def test_file_uris_in_and_out_with_shards(spark, tmp_path):
+    from laion_spark.search.searcher import Searcher
+
+    vectors, _ = clustered_vectors(3_000, 16, clusters=8, seed=6)
+    ids = ids_for(3_000, seed=4)
+    path = write_embeddings(spark, tmp_path / "emb", ids, vectors)
+    out = tmp_path / "index"
+    summary = build(spark, f"input={Path(path).as_uri()}", f"output={out.as_uri()}", "index.shards=2",
+                    "index.eval_queries=100")
+    assert summary["indexed"] == 3_000
+    infos = json.loads((out / "index_infos.json").read_text())
+    assert infos["layout"]["shards"] == ["knn_00000.index", "knn_00001.index"]
+    assert sum(faiss.read_index(str(out / "shards" / s)).ntotal for s in infos["layout"]["shards"]) == 3_000
+    assert not (out / "_build").exists()  # the build folder is cleaned up through the same URI
+    by_uri = Searcher(out.as_uri(), cache_dir=str(tmp_path / "cache"))
+    by_path = Searcher(str(out), cache_dir=str(tmp_path / "cache2"))
+    exact = np.argsort(-(vectors @ vectors[5]), kind="stable")[:5]
+    for s in (by_uri, by_path):
+        got = s.query(embedding=vectors[5].tolist(), k=5, deduplicate=False)
+        assert [r["sample_id"] for r in got] == [int(ids[i]) for i in exact]
