@@ -312,6 +312,41 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class TagHead:
+    """One score head over the CLIP image embedding; an empty architecture leaves its column null."""
+
+    architecture: str = _opt("", "linear (LAION's aesthetic v1), aesthetic_v2, h14_nsfw (clip-retrieval's), mlp "
+                             "(ours, and converted autokeras detectors); empty: not configured, a null column",
+                             choices=("", "linear", "aesthetic_v2", "h14_nsfw", "mlp"))
+    checkpoint: str = _opt("", "PyTorch state dict (file or URI) of the head", content=True)
+    dimension: int = _opt(0, "embedding size the head takes (0: read from the checkpoint)", minimum=0)
+    clip_model: str = _opt("", "the embedding space it was trained on (a clip_model value; empty: any of its size)")
+    l2_normalize: bool = _opt(True, "L2-normalise the embedding first (LAION's heads expect it)")
+    sigmoid: bool = _opt(False, "apply a sigmoid to the output (h14_nsfw's module has none; converted autokeras "
+                         "detectors need one)")
+
+
+@dataclass(frozen=True)
+class TagZeroShot:
+    """nsfw_zero_shot: LAION-400M's NSFW column (UNLIKELY / UNSURE / NSFW) from CLIP prompts and the top-2 rule."""
+
+    enabled: bool = _opt(True, "compute the column (needs the embeddings' CLIP model, named by its _summary.json)")
+    prompts: str = _opt("laion400m", "laion400m (as LAION ran it, with its lost comma), laion400m_fixed, or a file: "
+                        "neutral prompts, a line ---, then the NSFW prompts", content=True)
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    """tag: dataset + embeddings -> tags (punsafe, aesthetic_score, pwatermark, nsfw_zero_shot; scores only)."""
+
+    embeddings: str = _opt("", "URI of the embeddings table (embeddings=URI)", output=False)
+    punsafe: TagHead = field(default_factory=TagHead)
+    aesthetic_score: TagHead = field(default_factory=TagHead)
+    nsfw_zero_shot: TagZeroShot = field(default_factory=TagZeroShot)
+    rows_per_task: int = _opt(100_000, "dataset rows per tag task", minimum=1, output=False)
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """demo: a generated crawl -> extract -> dedupe -> download (loopback images) -> embed + filter (the toy
     CLIP) -> export of the kept pairs, all under `output`."""
@@ -335,6 +370,7 @@ class JobConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    tag: TagConfig = field(default_factory=TagConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)

@@ -176,3 +176,17 @@ EMBEDDINGS = StructType(
 # download_failed:<status>, not_embedded, below_threshold)
 FILTER_FIELDS = [StructField(SIMILARITY, FloatType(), True), StructField(CLIP_MODEL, StringType(), True)]
 REJECT_FIELDS = [*FILTER_FIELDS, StructField(REASON, StringType(), False)]
+
+
+# One row per dataset row (tag): scores only, null where a head is not configured or the row has no
+# embedding; taggers names the versioned tagger of each value (architecture/checkpoint hash)
+TAGS = StructType(
+    [
+        StructField(SAMPLE_ID, LongType(), False),
+        StructField("punsafe", FloatType(), True),
+        StructField("pwatermark", FloatType(), True),
+        StructField("aesthetic_score", FloatType(), True),
+        StructField("nsfw_zero_shot", StringType(), True),  # UNLIKELY / UNSURE / NSFW (LAION-400M's NSFW column)
+        StructField("taggers", MapType(StringType(), StringType()), True),
+    ]
+)

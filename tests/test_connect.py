@@ -300,3 +300,48 @@ def test_index_and_search_through_spark_connect(connect_url, tmp_path):
     got = search_out["results"]["text"]
     np.testing.assert_allclose([r["similarity"] for r in got], text_scores, atol=1e-4)
     assert all(r["text"] == query for r in got[:3])
+
+
+@pytest.mark.slow
+def test_embed_and_tag_through_spark_connect(connect_url, tmp_path):
+    # embed, then tag (a head loaded on the driver and in the tasks, the zero-shot prompts encoded with the
+    # embeddings' own CLIP) through a Connect server; expectations: open_clip and torch called here
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from embed_fixtures import CORRUPT_ID, TINY_A, images_frame, reference_embeddings, write_model
+
+    from laion_spark.tag.zero_shot import preset
+    from tests.test_tag_zero_shot import reference
+
+    model = write_model(tmp_path / "model", "tiny-a", TINY_A, seed=1)
+    frame = images_frame(12)
+    images = tmp_path / "images"
+    images.mkdir()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), images / "part-0.parquet")
+    good = frame[(frame.status == "success") & (frame.sample_id != CORRUPT_ID)]
+    prompts, boundary = preset("laion400m")
+    want_image, want_prompts = reference_embeddings(model, good.image.tolist(), prompts)
+    torch.manual_seed(3)
+    head = torch.nn.Linear(TINY_A["embed_dim"], 1)
+    torch.save(head.state_dict(), tmp_path / "aesthetic.pth")
+    embeddings, tags = tmp_path / "embeddings", tmp_path / "tags"
+    args = {
+        "embed": [f"input={images}", f"output={embeddings}", *model.overrides()],
+        "tag": [f"input={images}", f"embeddings={embeddings}", f"output={tags}",
+                "tag.aesthetic_score.architecture=linear",
+                f"tag.aesthetic_score.checkpoint={tmp_path / 'aesthetic.pth'}"],
+    }
+    res = _run_client(STAGES_CLIENT, connect_url, tmp_path, json.dumps(args))
+    assert res.returncode == 0, res.stderr[-6000:]
+    out = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    got = pq.read_table(tags).to_pandas().set_index("sample_id")
+    assert sorted(got.index) == sorted(frame.sample_id) and out["tag"]["tagged"] == len(frame)  # every row once
+    with torch.no_grad():
+        want_aesthetic = head(torch.from_numpy(want_image))[:, 0].numpy()
+    np.testing.assert_allclose(got.loc[good.sample_id].aesthetic_score.to_numpy(dtype=float), want_aesthetic,
+                               atol=1e-4)
+    assert list(got.loc[good.sample_id].nsfw_zero_shot) == reference(want_image, want_prompts, boundary)
+    others = got.drop(index=good.sample_id)  # failed downloads and the corrupt image: no embedding, no tags
+    assert others.aesthetic_score.isna().all() and others.nsfw_zero_shot.isna().all()

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 # written from DESIGN.md's tables, not read from the registry: which stage writes which table
 DESIGN_PRODUCERS = {
     "candidates": "extract", "candidates_errors": "extract", "pairs": "dedupe", "images": "download",
-    "embeddings": "embed", "dataset": "filter", "dataset_rejected": "filter", "index": "index",
+    "embeddings": "embed", "dataset": "filter", "dataset_rejected": "filter", "index": "index", "tags": "tag",
 }
 
 
@@ -52,7 +52,10 @@ def test_the_tables_form_the_design_graph():
     # search's short keys (query=, k=) are its own: no other stage takes them
     assert stages.get("search").aliases == {"query": "search.query", "image": "search.image", "k": "search.k",
                                             "format": "search.format"}
-    assert all(not s.aliases for n, s in stages.STAGES.items() if n not in ("filter", "index", "search", "serve"))
+    assert stages.get("tag").aliases == {"embeddings": "tag.embeddings"}
+    assert {produced[t] for t in (t.table for t in stages.get("tag").inputs)} == {"filter", "embed"}
+    assert all(not s.aliases for n, s in stages.STAGES.items()
+               if n not in ("filter", "index", "search", "serve", "tag"))
 
 
 def test_cli_usage_lists_the_registry_and_demo_is_a_stage():

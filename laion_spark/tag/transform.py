@@ -1,0 +1,102 @@
+"""tag's row logic: batches of (sample_id, image_embedding, clip_model) -> the tags of each row (no Spark).
+
+INPUT  -> pandas batches of the dataset's rows joined with their embeddings (null where a row has
+          none), the configured heads (output column -> HeadSpec), the zero-shot prompts' text
+          embeddings per clip_model with their boundary, and the tagger names
+OUTPUT -> one row per input row (schemas.TAGS): sample_id, punsafe, pwatermark, aesthetic_score (float, null where the
+          head is not configured or the row has no embedding), nsfw_zero_shot (UNLIKELY / UNSURE /
+          NSFW, null likewise), taggers (tag -> the versioned tagger that gave it)
+
+A head scores only what it can: a row without an embedding, or with one that is not finite, gets a
+null, never a made-up score; heads load once per Python worker (heads.load_head caches them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from laion_spark import schemas as S
+from laion_spark.tag.heads import HeadSpec, load_head
+from laion_spark.tag.zero_shot import categorise
+
+PUNSAFE, PWATERMARK, AESTHETIC, NSFW_ZERO_SHOT, TAGGERS = (
+    "punsafe", "pwatermark", "aesthetic_score", "nsfw_zero_shot", "taggers")
+SCORE_COLUMNS = (PUNSAFE, PWATERMARK, AESTHETIC)
+
+
+@dataclass(frozen=True)
+class TagPlan:
+    """What the tasks apply (picklable): heads by column, zero-shot prompts per clip_model, tagger names."""
+
+    heads: dict = field(default_factory=dict)  # column -> HeadSpec
+    prompts: dict = field(default_factory=dict)  # clip_model -> p x d float32 prompt embeddings
+    boundary: int = 0
+    taggers: dict = field(default_factory=dict)  # column -> tagger name (zero-shot: per model, below)
+    zero_shot_name: str = ""  # e.g. clip_zero_shot_laion400m; the model is appended per row
+
+
+def _matrix(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A column of embedding arrays (None where missing) -> (the positions with a usable vector, their
+    n x d matrix): a vector of another length than the batch's first, or not finite, is left out."""
+    have = [i for i, v in enumerate(values) if v is not None and len(v)]
+    if not have:
+        return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+    d = len(values.iloc[have[0]])
+    have = [i for i in have if len(values.iloc[i]) == d]
+    x = np.stack([np.asarray(values.iloc[i], dtype=np.float32) for i in have])
+    finite = np.isfinite(x).all(axis=1) & (np.abs(x).sum(axis=1) > 0)
+    return np.asarray(have, np.int64)[finite], x[finite]
+
+
+def tag_frame(frame: pd.DataFrame, plan: TagPlan) -> pd.DataFrame:
+    """One batch (sample_id, image_embedding, clip_model) -> its tags (schemas.TAGS' columns, same order)."""
+    n = len(frame)
+    out = {S.SAMPLE_ID: frame[S.SAMPLE_ID].astype("int64").to_numpy()}
+    scores = {c: np.full(n, np.nan, np.float32) for c in SCORE_COLUMNS}
+    nsfw: list = [None] * n
+    models = frame[S.CLIP_MODEL].where(frame[S.CLIP_MODEL].notna(), None)
+    for model in pd.unique(models.dropna()):
+        rows = np.flatnonzero((models == model).to_numpy())
+        where, x = _matrix(frame[S.IMAGE_EMBEDDING].iloc[rows].reset_index(drop=True))
+        if not len(where):
+            continue
+        at = rows[where]
+        for column, spec in plan.heads.items():
+            if x.shape[1] == load_head(spec).dimension:  # the driver checked every model's dimension
+                scores[column][at] = load_head(spec).score(x)
+        if model in plan.prompts:
+            for i, category in zip(at, categorise(x, plan.prompts[model], plan.boundary), strict=True):
+                nsfw[i] = category
+    for c in SCORE_COLUMNS:
+        out[c] = pd.array([None if np.isnan(v) else float(v) for v in scores[c]], dtype="Float32")
+    out[NSFW_ZERO_SHOT] = nsfw
+    # which tagger gave each value of the row (none for a null: nothing was given)
+    given = {c: ~np.isnan(scores[c]) for c in plan.heads}
+    out[TAGGERS] = [{**{c: plan.taggers[c] for c in plan.heads if given[c][i]},
+                     **({NSFW_ZERO_SHOT: f"{plan.zero_shot_name}/{m}"} if nsfw[i] is not None else {})}
+                    for i, m in enumerate(models)]
+    return pd.DataFrame(out)
+
+
+def tag_batches(plan: TagPlan):
+    """-> the mapInPandas function: batches of joined rows -> batches of tags."""
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            if len(frame):
+                yield tag_frame(frame, plan)
+
+    return run
+
+
+def head_spec(column: str, cfg_head) -> HeadSpec | None:
+    """A TagHead config section -> its HeadSpec, None where it is not configured (no architecture)."""
+    if not cfg_head.architecture:
+        return None
+    return HeadSpec(column=column, architecture=cfg_head.architecture, checkpoint=cfg_head.checkpoint,
+                    dimension=cfg_head.dimension, clip_model=cfg_head.clip_model,
+                    l2_normalize=cfg_head.l2_normalize, sigmoid=cfg_head.sigmoid)
