@@ -112,3 +112,27 @@ def test_zero_shot_with_the_toy_clip_follows_laions_rule(spark, toy_index, tmp_p
     assert len(got) == summary["rows_in"] and summary["scored"]["nsfw_zero_shot"] == len(ids)
     assert got[ids[0]]["taggers"]["nsfw_zero_shot"] == f"clip_zero_shot_laion400m_fixed/{emb[ids[0]]['clip_model']}"
     assert got[ids[0]]["punsafe"] is None  # no head configured: null
+
+
+def test_hostile_rows_get_nulls_and_duplicate_dataset_rows_stay_rows(spark, tables, tmp_path):
+    root = tables["root"]
+    good = [float(x) for x in tables["vectors"][0]]
+    rows = [(1, good, good, 0.3, MODEL, None),
+            (2, [float("nan")] + good[1:], good, 0.3, MODEL, None),  # not finite
+            (3, [0.0] * D, good, 0.0, MODEL, None),  # a zero vector: no direction to score
+            (4, [float("inf")] * D, good, 0.1, MODEL, None),
+            (5, good, good, 0.3, None, None)]  # no clip_model: still scored by its size
+    spark.createDataFrame(rows, S.EMBEDDINGS).write.parquet(str(tmp_path / "emb"))
+    # the dataset holds sample_id 1 twice (a union of two tables): tag keeps one row per dataset row
+    spark.createDataFrame([(i,) for i in (1, 1, 2, 3, 4, 5, 6)], "sample_id long").write.parquet(str(tmp_path / "ds"))
+    summary = run_tag(spark, f"input={tmp_path / 'ds'}", f"embeddings={tmp_path / 'emb'}", f"output={tmp_path / 't'}",
+                      "tag.aesthetic_score.architecture=linear", "tag.nsfw_zero_shot.enabled=false",
+                      f"tag.aesthetic_score.checkpoint={root / 'aesthetic.pth'}")
+    got = sorted((r["sample_id"], r["aesthetic_score"]) for r in spark.read.parquet(str(tmp_path / "t")).collect())
+    with torch.no_grad():
+        x = torch.tensor([good])
+        want = float(tables["linear"](x / x.norm(dim=1, keepdim=True))[0, 0])
+    assert [i for i, _ in got] == [1, 1, 2, 3, 4, 5, 6] and summary["tagged"] == 7
+    scored = {i: s for i, s in got}
+    assert scored[1] == pytest.approx(want, abs=1e-5) and scored[5] == pytest.approx(want, abs=1e-5)
+    assert all(scored[i] is None for i in (2, 3, 4, 6))

@@ -59,8 +59,10 @@ def tag_frame(frame: pd.DataFrame, plan: TagPlan) -> pd.DataFrame:
     scores = {c: np.full(n, np.nan, np.float32) for c in SCORE_COLUMNS}
     nsfw: list = [None] * n
     models = frame[S.CLIP_MODEL].where(frame[S.CLIP_MODEL].notna(), None)
-    for model in pd.unique(models.dropna()):
-        rows = np.flatnonzero((models == model).to_numpy())
+    space = models.fillna("").to_numpy()  # a vector without a clip_model is still scored by its size
+    for model in pd.unique(space):
+        rows = np.flatnonzero(space == model)
+        model = model or None
         where, x = _matrix(frame[S.IMAGE_EMBEDDING].iloc[rows].reset_index(drop=True))
         if not len(where):
             continue
