@@ -37,7 +37,7 @@ setup(
     extras_require={
         "cluster": ["venv-pack>=0.2"],
         # embed (and the toy CLIP): torch is gigabytes, so the stages before embed do without it
-        "embed": ["torch>=2.1", "torchvision>=0.16", "open_clip_torch>=2.24"],
+        "embed": ["torch>=2.1", "torchvision>=0.16", "open_clip_torch>=2.24", "timm>=1.0"],
         "index": ["faiss-cpu>=1.8"],  # index, search and serve
         "s3": ["s3fs"],  # s3:// inputs (Common Crawl's bucket from inside AWS)
         "gcs": ["gcsfs"],

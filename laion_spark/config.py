@@ -336,12 +336,27 @@ class TagZeroShot:
 
 
 @dataclass(frozen=True)
+class TagWatermark:
+    """pwatermark: an image classifier over the stored image (LAION's: timm efficientnet_b3a, 256 x 256)."""
+
+    architecture: str = _opt("", "timm architecture of the detector (LAION's: efficientnet_b3, timm's name for "
+                             "efficientnet_b3a); empty: not configured, a null column")
+    checkpoint: str = _opt("", "its PyTorch state dict (file or URI; LAION's model.pt {'weights': ...} too)",
+                           content=True)
+    image_size: int = _opt(256, "images are resized to this square (no crop), as LAION's detector", minimum=8)
+    device: str = _opt("auto", "auto: the GPU Spark gave the task, else CPU; cpu; cuda",
+                       choices=("auto", "cpu", "cuda"), output=False)
+    batch_size: int = _opt(32, "images per forward pass", minimum=1, output=False)
+
+
+@dataclass(frozen=True)
 class TagConfig:
     """tag: dataset + embeddings -> tags (punsafe, aesthetic_score, pwatermark, nsfw_zero_shot; scores only)."""
 
     embeddings: str = _opt("", "URI of the embeddings table (embeddings=URI)", output=False)
     punsafe: TagHead = field(default_factory=TagHead)
     aesthetic_score: TagHead = field(default_factory=TagHead)
+    pwatermark: TagWatermark = field(default_factory=TagWatermark)
     nsfw_zero_shot: TagZeroShot = field(default_factory=TagZeroShot)
     rows_per_task: int = _opt(100_000, "dataset rows per tag task", minimum=1, output=False)
 

@@ -136,3 +136,34 @@ def test_hostile_rows_get_nulls_and_duplicate_dataset_rows_stay_rows(spark, tabl
     scored = {i: s for i, s in got}
     assert scored[1] == pytest.approx(want, abs=1e-5) and scored[5] == pytest.approx(want, abs=1e-5)
     assert all(scored[i] is None for i in (2, 3, 4, 6))
+
+
+@pytest.mark.slow
+def test_pwatermark_classifies_the_stored_images(spark, toy_index, tables, tmp_path):
+    import io
+
+    import timm
+    from PIL import Image
+    from torchvision import transforms
+
+    torch.manual_seed(5)
+    detector = timm.create_model("resnet10t", pretrained=False, num_classes=2).eval()
+    torch.save(detector.state_dict(), tmp_path / "wm.pt")
+    common = ["tag.nsfw_zero_shot.enabled=false", "tag.pwatermark.architecture=resnet10t",
+              f"tag.pwatermark.checkpoint={tmp_path / 'wm.pt'}", "tag.pwatermark.image_size=64"]
+    summary = run_tag(spark, f"input={toy_index['images']}", f"embeddings={toy_index['embeddings']}",
+                      f"output={tmp_path / 'tags'}", *common)
+    got = {r["sample_id"]: r for r in spark.read.parquet(str(tmp_path / "tags")).collect()}
+    ids = sorted(toy_index["png"])
+    pre = transforms.Compose([transforms.Resize((64, 64)), transforms.ToTensor(),
+                              transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    with torch.no_grad():
+        batch = torch.stack([pre(Image.open(io.BytesIO(toy_index["png"][i])).convert("RGB")) for i in ids])
+        want = detector(batch).softmax(1)[:, 0].numpy()  # LAION's rule: index 0 is "watermark"
+    np.testing.assert_allclose([got[i]["pwatermark"] for i in ids], want, atol=1e-5)
+    assert summary["scored"]["pwatermark"] == len(ids) and got[ids[0]]["taggers"]["pwatermark"].startswith("resnet10t/")
+    # a table without the image bytes cannot be classified: a clear error, nothing written
+    root = tables["root"]
+    with pytest.raises(ConfigError, match="has no image column"):
+        run_tag(spark, f"input={root / 'release'}", f"embeddings={root / 'emb'}", f"output={tmp_path / 'x'}", *common)
+    assert not (tmp_path / "x").exists()

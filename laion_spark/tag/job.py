@@ -45,6 +45,17 @@ def _heads(cfg) -> dict:
     return out
 
 
+def _watermark_spec(cfg):
+    """tag.pwatermark -> a WatermarkSpec on the CPU (each task picks its own device), None if not configured."""
+    from laion_spark.tag.watermark import WatermarkSpec
+
+    w = cfg.tag.pwatermark
+    if not w.architecture:
+        return None
+    return WatermarkSpec(checkpoint=w.checkpoint, architecture=w.architecture, image_size=w.image_size,
+                         batch_size=w.batch_size)
+
+
 def _prompts(cfg) -> tuple[list[str], int, str]:
     """-> (prompts, boundary, the tagger's name) of tag.nsfw_zero_shot.prompts (a preset or a file)."""
     name = cfg.tag.nsfw_zero_shot.prompts
@@ -84,6 +95,14 @@ def prepare(cfg) -> None:
             load_head(spec)
         except HeadError as exc:
             raise ConfigError(f"tag.{column}: {exc}") from None
+    spec = _watermark_spec(cfg)
+    if spec is not None:
+        from laion_spark.tag.watermark import load_watermark
+
+        try:
+            load_watermark(spec)
+        except HeadError as exc:
+            raise ConfigError(f"tag.pwatermark: {exc}") from None
     if t.nsfw_zero_shot.enabled:
         _prompts(cfg)
 
@@ -131,13 +150,22 @@ def run(spark, cfg) -> dict:
         raise ConfigError(f"input {cfg.input} has no sample_id (or SAMPLE_ID) column")
     embeddings = read_embeddings(spark, t.embeddings)
     check_duplicates(embeddings, t.embeddings)
-    rows = dataset.select(S.SAMPLE_ID).join(
+    watermark = _watermark_spec(cfg)
+    if watermark is not None and S.IMAGE not in dataset.columns:
+        raise ConfigError(f"tag.pwatermark classifies the stored images, and input {cfg.input} has no image column "
+                          "(give the dataset filter wrote, which keeps download's image bytes)")
+    keep = [S.SAMPLE_ID, *([S.IMAGE] if watermark is not None else [])]
+    rows = dataset.select(*keep).join(
         embeddings.select(S.SAMPLE_ID, S.IMAGE_EMBEDDING, S.CLIP_MODEL), S.SAMPLE_ID, "left")
     spaces = {(r[S.CLIP_MODEL], r["d"]): r["n"] for r in rows.where(F.col(S.IMAGE_EMBEDDING).isNotNull())
               .groupBy(S.CLIP_MODEL, F.size(S.IMAGE_EMBEDDING).alias("d")).agg(F.count(F.lit(1)).alias("n")).collect()}
     heads = _heads(cfg)
     _check_heads(heads, spaces)
     taggers = {c: f"{s.architecture}/{load_head(s).checksum}" for c, s in heads.items()}
+    if watermark is not None:
+        from laion_spark.tag.watermark import load_watermark
+
+        taggers[TT.PWATERMARK] = f"{watermark.architecture}/{load_watermark(watermark).checksum}"
     prompts, boundary, zero_name = {}, 0, ""
     if t.nsfw_zero_shot.enabled:
         texts, boundary, zero_name = _prompts(cfg)
@@ -154,7 +182,8 @@ def run(spark, cfg) -> dict:
             except ModelLoadError as exc:
                 raise ConfigError(f"tag.nsfw_zero_shot needs the CLIP model of {model} to encode its prompts: {exc}; "
                                   "set tag.nsfw_zero_shot.enabled=false to tag without it") from None
-    plan = TT.TagPlan(heads=heads, prompts=prompts, boundary=boundary, taggers=taggers, zero_shot_name=zero_name)
+    plan = TT.TagPlan(heads=heads, prompts=prompts, boundary=boundary, taggers=taggers, zero_shot_name=zero_name,
+                      watermark=watermark, watermark_device=t.pwatermark.device)
     rows_in = dataset.count()
     partitions = max(1, -(-rows_in // t.rows_per_task))
     write_table(rows.repartition(partitions, S.SAMPLE_ID).mapInPandas(TT.tag_batches(plan), S.TAGS), cfg.output,
@@ -170,7 +199,7 @@ def run(spark, cfg) -> dict:
     summary = {
         "rows_in": rows_in, "tagged": counts["rows"], "without_embedding": rows_in - embedded,
         "scored": {c: counts[c] for c in (*TT.SCORE_COLUMNS, TT.NSFW_ZERO_SHOT)},
-        "not_configured": [c for c in TT.SCORE_COLUMNS if c not in heads],
+        "not_configured": [c for c in TT.SCORE_COLUMNS if c not in taggers],
         "taggers": {**taggers, **({TT.NSFW_ZERO_SHOT: zero_name} if zero_name else {})},
         "nsfw_zero_shot": categories,
         "embedding_spaces": {f"{m}:{d}": n for (m, d), n in spaces.items()},

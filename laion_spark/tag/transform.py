@@ -1,11 +1,13 @@
 """tag's row logic: batches of (sample_id, image_embedding, clip_model) -> the tags of each row (no Spark).
 
 INPUT  -> pandas batches of the dataset's rows joined with their embeddings (null where a row has
-          none), the configured heads (output column -> HeadSpec), the zero-shot prompts' text
-          embeddings per clip_model with their boundary, and the tagger names
-OUTPUT -> one row per input row (schemas.TAGS): sample_id, punsafe, pwatermark, aesthetic_score (float, null where the
-          head is not configured or the row has no embedding), nsfw_zero_shot (UNLIKELY / UNSURE /
-          NSFW, null likewise), taggers (tag -> the versioned tagger that gave it)
+          none) and, where pwatermark is configured, the stored image bytes; the configured heads
+          (output column -> HeadSpec), the zero-shot prompts' text embeddings per clip_model with
+          their boundary, the watermark detector's spec, and the tagger names
+OUTPUT -> one row per input row (schemas.TAGS): sample_id, punsafe, pwatermark, aesthetic_score
+          (float, null where the head is not configured or the row has no embedding / image),
+          nsfw_zero_shot (UNLIKELY / UNSURE / NSFW, null likewise), taggers (tag -> the versioned
+          tagger that gave it)
 
 A head scores only what it can: a row without an embedding, or with one that is not finite, gets a
 null, never a made-up score; heads load once per Python worker (heads.load_head caches them).
@@ -37,6 +39,8 @@ class TagPlan:
     boundary: int = 0
     taggers: dict = field(default_factory=dict)  # column -> tagger name (zero-shot: per model, below)
     zero_shot_name: str = ""  # e.g. clip_zero_shot_laion400m; the model is appended per row
+    watermark: object = None  # a watermark.WatermarkSpec (its device resolved in each task), or None
+    watermark_device: str = "cpu"  # tag.pwatermark.device: auto / cpu / cuda
 
 
 def _matrix(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -73,15 +77,31 @@ def tag_frame(frame: pd.DataFrame, plan: TagPlan) -> pd.DataFrame:
         if model in plan.prompts:
             for i, category in zip(at, categorise(x, plan.prompts[model], plan.boundary), strict=True):
                 nsfw[i] = category
+    if plan.watermark is not None and S.IMAGE in frame.columns:
+        scores[PWATERMARK][:] = _watermark(plan).score(list(frame[S.IMAGE]))
     for c in SCORE_COLUMNS:
         out[c] = pd.array([None if np.isnan(v) else float(v) for v in scores[c]], dtype="Float32")
     out[NSFW_ZERO_SHOT] = nsfw
     # which tagger gave each value of the row (none for a null: nothing was given)
-    given = {c: ~np.isnan(scores[c]) for c in plan.heads}
-    out[TAGGERS] = [{**{c: plan.taggers[c] for c in plan.heads if given[c][i]},
+    columns = [*plan.heads, *([PWATERMARK] if plan.watermark is not None else [])]
+    given = {c: ~np.isnan(scores[c]) for c in columns}
+    out[TAGGERS] = [{**{c: plan.taggers[c] for c in columns if given[c][i]},
                      **({NSFW_ZERO_SHOT: f"{plan.zero_shot_name}/{m}"} if nsfw[i] is not None else {})}
                     for i, m in enumerate(models)]
     return pd.DataFrame(out)
+
+
+def _watermark(plan: TagPlan):
+    """The task's detector, on the device Spark gave the task (embed's rule), loaded once per worker."""
+    import dataclasses
+
+    import torch
+
+    from laion_spark.embed.device import select_device, task_resources
+    from laion_spark.tag.watermark import load_watermark
+
+    choice = select_device(task_resources(), plan.watermark_device, "fp32", torch.cuda.device_count())
+    return load_watermark(dataclasses.replace(plan.watermark, device=choice.device))
 
 
 def tag_batches(plan: TagPlan):
