@@ -166,15 +166,20 @@ class EmbeddingHead:
 _LOADED: dict = {}
 
 
-def load_head(spec: HeadSpec) -> EmbeddingHead:
-    """HeadSpec -> its EmbeddingHead, loaded once per process (a Python worker scores many batches)."""
+def load_once(cache: dict, spec, column: str, build):
+    """A frozen spec with a `checkpoint` -> build(spec, its state dict, its URI, its checksum), made once
+    per process and spec (a Python worker scores many batches; the driver checks them first)."""
     from laion_spark.embed.model import ModelLoadError, checkpoint_checksum, local_checkpoint
 
-    if spec not in _LOADED:
+    if spec not in cache:
         try:
             path = local_checkpoint(spec.checkpoint)
         except ModelLoadError as exc:
-            raise HeadError(f"{spec.column}: {exc}") from None
-        checksum = checkpoint_checksum(spec.checkpoint)
-        _LOADED[spec] = EmbeddingHead(spec, read_state_dict(path), spec.checkpoint, checksum)
-    return _LOADED[spec]
+            raise HeadError(f"{column}: {exc}") from None
+        cache[spec] = build(spec, read_state_dict(path), spec.checkpoint, checkpoint_checksum(spec.checkpoint))
+    return cache[spec]
+
+
+def load_head(spec: HeadSpec) -> EmbeddingHead:
+    """HeadSpec -> its EmbeddingHead, loaded once per process."""
+    return load_once(_LOADED, spec, spec.column, EmbeddingHead)

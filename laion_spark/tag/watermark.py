@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from laion_spark.tag.heads import HeadError, read_state_dict
+from laion_spark.tag.heads import HeadError, load_once
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -117,13 +117,4 @@ _LOADED: dict = {}
 
 def load_watermark(spec: WatermarkSpec) -> WatermarkModel:
     """WatermarkSpec -> its model, loaded once per process."""
-    from laion_spark.embed.model import ModelLoadError, checkpoint_checksum, local_checkpoint
-
-    if spec not in _LOADED:
-        try:
-            path = local_checkpoint(spec.checkpoint)
-        except ModelLoadError as exc:
-            raise HeadError(f"pwatermark: {exc}") from None
-        _LOADED[spec] = WatermarkModel(spec, read_state_dict(path), spec.checkpoint,
-                                       checkpoint_checksum(spec.checkpoint))
-    return _LOADED[spec]
+    return load_once(_LOADED, spec, "pwatermark", WatermarkModel)
