@@ -33,6 +33,7 @@ setup(
         "urllib3>=2.0,<3",  # the download stage's address guard plugs into urllib3's connections
         "Pillow>=10.0",
         "PyYAML>=6.0",
+        "mmh3>=4.0",  # export's LAION hash column
     ],
     extras_require={
         "cluster": ["venv-pack>=0.2"],
