@@ -161,6 +161,9 @@ class DownloadConfig:
     encode_format: str = _opt("jpg", "stored image format", choices=("jpg", "webp", "png"))
     encode_quality: int = _opt(95, "JPEG/WebP quality", minimum=1)
     # reruns
+    url_col: str = _opt("", "the input's URL column (empty: url, else LAION's URL)", output=True)
+    caption_col: str = _opt("", "the input's caption column (empty: text, else LAION's TEXT, else Re-LAION's "
+                            "caption)")
     retry_from: str = _opt(
         "", "URI of an earlier images table: keep its successes and final failures, re-download only its "
         "retryable failures (and input rows it lacks)", output=False,

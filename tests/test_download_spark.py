@@ -296,3 +296,38 @@ def test_corpus_images_through_http_and_spark_get_the_status_their_facts_imply(s
             wrong.append(f"{r.text}: sha256 {r.sha256} != MANIFEST.tsv's {digest}")
     assert not wrong, f"{len(wrong)} of {len(out)} rows differ:\n" + "\n".join(wrong)
     assert summary["statuses"].get("success", 0) > 100
+
+
+def test_a_laion_release_downloads_with_its_columns(spark, tmp_path, servers):
+    # LAION-5B's spelling (SAMPLE_ID, URL, TEXT, WIDTH, HEIGHT, similarity, hash, punsafe, pwatermark) and
+    # Re-LAION's lower-case one (url, caption, no sample id): both download, LAION's columns carried through
+    from pyspark.sql import functions as F
+
+    ok, _ = servers
+    jpeg = encode(textured((300, 200), seed=7), "JPEG", quality=90)
+    ok.add_file("/laion.jpg", jpeg)
+    urls = [ok.url("/laion.jpg"), ok.url("/status/404"), ok.url("/laion.jpg?b=2")]
+    laion = pd.DataFrame({"SAMPLE_ID": [11, 12, 13], "URL": urls, "TEXT": ["a", "b", "c"], "WIDTH": [300, 1, 300],
+                          "HEIGHT": [200, 1, 200], "similarity": [0.31, 0.29, 0.33], "hash": [1, 2, 3],
+                          "punsafe": [0.1, 0.2, 0.3], "pwatermark": [0.4, 0.5, 0.6]})
+    spark.createDataFrame(laion).write.parquet(str(tmp_path / "laion"))
+    summary, images = run_download(spark, tmp_path, str(tmp_path / "laion"), "images_laion")
+    by_id = images.set_index(S.SAMPLE_ID)
+    assert sorted(by_id.index) == [11, 12, 13] and summary["rows_in"] == summary["rows_out"] == 3
+    assert list(by_id.loc[[11, 12, 13], S.URL]) == urls and list(by_id.loc[[11, 12, 13], S.TEXT]) == ["a", "b", "c"]
+    assert list(by_id.loc[[11, 12, 13], S.STATUS]) == ["success", "http_error", "success"]
+    assert list(by_id.loc[[11, 12, 13], "laion_similarity"]) == [0.31, 0.29, 0.33]  # filter adds its own similarity
+    assert list(by_id.loc[[11, 12, 13], "pwatermark"]) == [0.4, 0.5, 0.6]
+    assert list(by_id.loc[[11, 12, 13], "laion_width"]) == [300, 1, 300]  # beside download's own width
+    assert "URL" not in images.columns and "similarity" not in images.columns
+
+    relaion = pd.DataFrame({"url": urls, "caption": ["x", "y", "z"], "punsafe": [0.0, 0.9, 0.5]})
+    spark.createDataFrame(relaion).write.parquet(str(tmp_path / "relaion"))
+    _, images = run_download(spark, tmp_path, str(tmp_path / "relaion"), "images_relaion")
+    # no sample id in the table: computed as dedupe computes it, xxhash64(url, text) over all 64 bits
+    want = {r["url"]: r["id"] for r in spark.createDataFrame(relaion.rename(columns={"caption": "text"}))
+            .select("url", F.xxhash64("url", "text").alias("id")).collect()}
+    assert dict(zip(images[S.URL], images[S.SAMPLE_ID], strict=True)) == want
+    assert sorted(images[S.TEXT]) == ["x", "y", "z"] and "caption" not in images.columns
+    with pytest.raises(Exception, match="download.url_col='link'"):
+        run_download(spark, tmp_path, str(tmp_path / "relaion"), "images_bad", "download.url_col=link")

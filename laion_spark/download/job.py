@@ -78,10 +78,11 @@ def task_count(download_cfg, rows: int) -> int:
 def run(spark, cfg) -> dict:
     from pyspark.sql import Observation
 
+    from laion_spark.download.laion_input import from_release
     from laion_spark.download.transform import download_images, host_pauses, split_retry
 
     d = cfg.download
-    pairs = spark.read.parquet(cfg.input)
+    pairs = from_release(spark.read.parquet(cfg.input), d, cfg.dedupe)  # LAION's URL / TEXT / SAMPLE_ID too
     needed = {S.URL} | ({S.SAMPLE_ID} if d.retry_from else set())
     missing = needed - set(pairs.columns)
     if missing:
