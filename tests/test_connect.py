@@ -152,21 +152,30 @@ spark.stop()
 """
 
 
+def tiny_images(tmp_path, n: int):
+    """-> (the tiny-a CLIP written to tmp_path, an images frame of n rows, its table's folder, the rows
+    embed can embed: success and decodable), for the stages run through Connect below."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from embed_fixtures import CORRUPT_ID, TINY_A, images_frame, write_model
+
+    model = write_model(tmp_path / "model", "tiny-a", TINY_A, seed=1)
+    frame = images_frame(n)
+    images = tmp_path / "images"
+    images.mkdir()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), images / "part-0.parquet")
+    return model, frame, images, frame[(frame.status == "success") & (frame.sample_id != CORRUPT_ID)]
+
+
 @pytest.mark.slow
 def test_embed_and_filter_through_spark_connect(connect_url, tmp_path):
     # the embed stage's pandas UDF, model cache and job (conf set and reset, no SparkContext) and the
     # filter through a Connect server, checked against open_clip called here directly
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
-    from embed_fixtures import CORRUPT_ID, TINY_A, images_frame, reference_embeddings, write_model
+    from embed_fixtures import CORRUPT_ID, reference_embeddings
 
-    model = write_model(tmp_path / "model", "tiny-a", TINY_A, seed=1)
-    frame = images_frame(10)
-    images = tmp_path / "images"
-    images.mkdir()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), images / "part-0.parquet")
-    good = frame[(frame.status == "success") & (frame.sample_id != CORRUPT_ID)]
+    model, frame, images, good = tiny_images(tmp_path, 10)
     want_image, want_text = reference_embeddings(model, good.image.tolist(), good.text.tolist())
     similarity = dict(zip(good.sample_id, (want_image * want_text).sum(axis=1)))
     ordered = sorted(similarity.values())
@@ -252,16 +261,10 @@ def test_index_and_search_through_spark_connect(connect_url, tmp_path):
     # eval queries' exact top-k from the same pass), merged and as shards, then search in the same client;
     # expectations: open_clip called here and an exact ranking by numpy over its embeddings
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
-    from embed_fixtures import CORRUPT_ID, TINY_A, images_frame, reference_embeddings, write_model
+    from embed_fixtures import CORRUPT_ID, reference_embeddings
 
-    model = write_model(tmp_path / "model", "tiny-a", TINY_A, seed=1)
-    frame = images_frame(24)
-    images = tmp_path / "images"
-    images.mkdir()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), images / "part-0.parquet")
-    good = frame[(frame.status == "success") & (frame.sample_id != CORRUPT_ID)]
+    model, frame, images, good = tiny_images(tmp_path, 24)
     query = "a red circle"
     want_image, want_text = reference_embeddings(model, good.image.tolist(), [*good.text.tolist(), query])
     q = want_text[-1]
@@ -307,20 +310,14 @@ def test_embed_and_tag_through_spark_connect(connect_url, tmp_path):
     # embed, then tag (a head loaded on the driver and in the tasks, the zero-shot prompts encoded with the
     # embeddings' own CLIP) through a Connect server; expectations: open_clip and torch called here
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
-    from embed_fixtures import CORRUPT_ID, TINY_A, images_frame, reference_embeddings, write_model
+    from embed_fixtures import TINY_A, reference_embeddings
 
     from laion_spark.tag.zero_shot import preset
     from tests.test_tag_zero_shot import reference
 
-    model = write_model(tmp_path / "model", "tiny-a", TINY_A, seed=1)
-    frame = images_frame(12)
-    images = tmp_path / "images"
-    images.mkdir()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), images / "part-0.parquet")
-    good = frame[(frame.status == "success") & (frame.sample_id != CORRUPT_ID)]
+    model, frame, images, good = tiny_images(tmp_path, 12)
     prompts, boundary = preset("laion400m")
     want_image, want_prompts = reference_embeddings(model, good.image.tolist(), prompts)
     torch.manual_seed(3)

@@ -17,6 +17,7 @@ listed twice).
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from laion_spark import schemas as S
 from laion_spark.config import ConfigError
@@ -45,25 +46,14 @@ def from_release(pairs: DataFrame, download_cfg, dedupe_cfg) -> DataFrame:
     captions = (S.TEXT, "TEXT", "caption")
     text = (_pick(columns, download_cfg.caption_col, captions, "caption", "download.caption_col")
             if download_cfg.caption_col or any(c in columns for c in captions) else None)
-    renames = {url: S.URL, **({text: S.TEXT} if text else {})}
-    if S.SAMPLE_ID not in columns and "SAMPLE_ID" in columns:
-        renames["SAMPLE_ID"] = S.SAMPLE_ID
-    for ours in (S.URL, S.TEXT, S.SAMPLE_ID):  # an unrelated column of our name would shadow the renamed one
-        if ours in columns and ours not in renames and ours in renames.values():
-            renames[ours] = f"laion_{ours}"
-    # columns download or a later stage adds: LAION's keep their values beside ours (Spark's names are
-    # case-insensitive, so LAION's WIDTH meets download's width)
-    taken = {c.lower() for c in (*S.DOWNLOAD_COLUMNS, *LATER_COLUMNS)}
-    for name in columns:
-        if name not in renames and name.lower() in taken and name not in S.DOWNLOAD_COLUMNS:
-            renames[name] = f"laion_{name.lower()}"
-    out = pairs
-    for old, new in renames.items():
-        if old != new:
-            out = out.withColumnRenamed(old, f"__{new}")
-    for old, new in renames.items():
-        if old != new:
-            out = out.withColumnRenamed(f"__{new}", new)
+    sample_id = next((c for c in (S.SAMPLE_ID, "SAMPLE_ID") if c in columns), None)
+    sources = {url: S.URL, **({text: S.TEXT} if text else {}), **({sample_id: S.SAMPLE_ID} if sample_id else {})}
+    # any other column that would meet one of ours (Spark's names are case-insensitive: LAION's WIDTH meets
+    # download's width, a second URL column meets url) keeps its values beside ours as laion_<name>
+    taken = {c.lower() for c in (S.URL, S.TEXT, S.SAMPLE_ID, *S.DOWNLOAD_COLUMNS, *LATER_COLUMNS)}
+    names = {c: sources.get(c) or (f"laion_{c.lower()}" if c.lower() in taken and c not in S.DOWNLOAD_COLUMNS
+                                   else c) for c in columns}
+    out = pairs.select(*[F.col(f"`{c}`").alias(n) for c, n in names.items()])
     if S.SAMPLE_ID not in out.columns and text:
         out = out.withColumn(S.SAMPLE_ID, sample_id_column(dedupe_cfg))
     return out

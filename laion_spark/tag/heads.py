@@ -70,15 +70,15 @@ def read_state_dict(path: str) -> dict:
 def _layers(sd: dict, path: str, architecture: str) -> list[tuple[str, int]]:
     """-> [(key prefix, output size)] of the linear layers, in order, checked to chain."""
     if architecture == "linear":
-        found = [("", None)] if "weight" in sd else []
+        prefixes = [""] if "weight" in sd else []
     else:
         idx = sorted({int(m.group(1)) for k in sd if (m := re.fullmatch(r"layers\.(\d+)\.weight", k))})
-        found = [(f"layers.{i}.", None) for i in idx]
-    if not found:
+        prefixes = [f"layers.{i}." for i in idx]
+    if not prefixes:
         want = "weight, bias" if architecture == "linear" else "layers.N.weight"
         raise HeadError(f"{path}: no {want} keys for architecture {architecture} (keys: {sorted(sd)[:8]})")
     out, width = [], None
-    for prefix, _ in found:
+    for prefix in prefixes:
         w, b = sd.get(prefix + "weight"), sd.get(prefix + "bias")
         if w is None or w.ndim != 2 or b is None or tuple(b.shape) != (w.shape[0],):
             raise HeadError(f"{path}: {prefix}weight / {prefix}bias are not a linear layer "

@@ -235,9 +235,12 @@ def ensure_heads(directory: str | os.PathLike | None = None, recipe: dict = RECI
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="folder (default build/toy-heads/)")
-    heads = ensure_heads(ap.parse_args(argv).out)
-    print(json.dumps({**heads._asdict(), "metrics": {k: v for k, v in heads.metrics.items() if k != "recipe"}},
-                     indent=2))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # as toy.train's main
+    heads = ensure_heads(args.out)
+    for name in ("punsafe", "aesthetic_score", "pwatermark"):
+        log.info("%-16s %s", name, getattr(heads, name))
+    log.info("held-out accuracy %s", {k: v for k, v in heads.metrics.items() if k != "recipe"})
     return 0
 
 
