@@ -171,12 +171,60 @@ class DownloadConfig:
 
 
 @dataclass(frozen=True)
-class ExportConfig:
-    """export: images -> webdataset shards (tar + parquet + _stats.json per shard)."""
+class ExportSubsets:
+    """Subsets of the release: a Spark SQL condition over the release's columns each (empty: not written).
+    They remove nothing from the release: LAION-5B shipped every pair with its scores."""
 
-    format: str = _opt("webdataset", "output format", choices=("webdataset",))
-    samples_per_shard: int = _opt(10000, "rows per shard (successes go in the tar, every row in the parquet)",
-                                  minimum=1)
+    en: str = _opt("LANGUAGE = 'en'", "laion2B-en: English pairs")
+    multi: str = _opt("LANGUAGE IS NOT NULL AND LANGUAGE NOT IN ('en', 'nolang', '')",
+                      "laion2B-multi: pairs in another language CLD3 identified")
+    nolang: str = _opt("LANGUAGE IS NULL OR LANGUAGE IN ('nolang', '')", "laion1B-nolang: no language identified")
+    high_resolution: str = _opt("WIDTH >= 1024 AND HEIGHT >= 1024", "laion-high-resolution: both sides >= 1024")
+    aesthetic: str = _opt("AESTHETIC_SCORE >= 6 AND punsafe < 0.5 AND pwatermark < 0.8",
+                          "laion-aesthetics 6+ (unscored rows are not in it)")
+    research_safe: str = _opt("punsafe IS NOT NULL AND punsafe <= 0.45",
+                              "Re-LAION's research-safe: punsafe above 0.45 out (unscored rows too: unknown is not "
+                              "safe)")
+
+
+@dataclass(frozen=True)
+class ExportBlocklist:
+    """Lists of URLs or hex digests (one a line, # comments): a row matching any is removed from every
+    output, with reason blocklisted:<the file's name without extension>."""
+
+    url: tuple = _opt((), "files of URLs (matched as written and normalised)", content=True)
+    url_md5: tuple = _opt((), "files of hex MD5s of URLs", content=True)
+    url_sha256: tuple = _opt((), "files of hex SHA-256s of URLs", content=True)
+    image_md5: tuple = _opt((), "files of hex MD5s of the downloaded image bytes", content=True)
+    image_sha1: tuple = _opt((), "files of hex SHA-1s of the downloaded image bytes", content=True)
+    image_sha256: tuple = _opt((), "files of hex SHA-256s of the downloaded image bytes", content=True)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """export: dataset + tags (+ embeddings) -> a LAION-style release (parquet, subsets, webdataset
+    shards, .npy shards, a dataset card); or, with format=webdataset, any images table -> shards."""
+
+    format: str = _opt("release", "release: the layout below <output> (laion/, subsets/, webdataset/, emb/, "
+                       "README.md); webdataset: shards of the input table directly in <output>",
+                       choices=("release", "webdataset"))
+    tags: str = _opt("", "URI of the tags table (tag's output; tags=URI); empty: the score columns are null",
+                     output=False)
+    embeddings: str = _opt("", "URI of the embeddings table (embeddings=URI), for emb/", output=False)
+    outputs: tuple = _opt((), "what the release writes, of laion, webdataset, emb (empty: all, emb where "
+                          "embeddings are given)")
+    columns: str = _opt("laion5b", "the release's columns: LAION-5B's, or LAION-400M's (with NSFW)",
+                        choices=("laion5b", "laion400m"))
+    where: str = _opt("", "a Spark SQL condition over the dataset's columns; rows failing it are removed "
+                      "(reason excluded:<condition>)")
+    subsets: ExportSubsets = field(default_factory=ExportSubsets)
+    blocklist: ExportBlocklist = field(default_factory=ExportBlocklist)
+    removed_output: str = _opt("", "URI of the removed rows with their reason (default: <output>_removed)",
+                               output=False)
+    samples_per_shard: int = _opt(10000, "rows per webdataset shard (successes go in the tar, every row in the "
+                                  "parquet)", minimum=1)
+    npy_dtype: str = _opt("float16", "dtype of the .npy shards in emb/", choices=("float16", "float32"))
+    npy_rows_per_shard: int = _opt(100000, "rows per .npy shard (about)", minimum=1)
 
 
 @dataclass(frozen=True)

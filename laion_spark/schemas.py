@@ -8,6 +8,7 @@ from pyspark.sql.types import (
     ArrayType,
     BinaryType,
     BooleanType,
+    DoubleType,
     FloatType,
     IntegerType,
     LongType,
@@ -114,6 +115,7 @@ DOWNLOAD_FIELDS = [
     StructField("original_bytes", LongType(), True),
     StructField("sha256", StringType(), True),
     StructField("md5", StringType(), True),
+    StructField("sha1", StringType(), True),  # the digest hash lists (Re-LAION's) are given in, with md5
 ]
 DOWNLOAD_COLUMNS = tuple(f.name for f in DOWNLOAD_FIELDS)
 
@@ -190,3 +192,40 @@ TAGS = StructType(
         StructField("taggers", MapType(StringType(), StringType()), True),
     ]
 )
+
+
+# --- export: the release's columns, as LAION published them (peers-index-tag-export.md, section 4) ---
+
+# LAION-5B (laion2B-en / -multi / laion1B-nolang joined with their tags): one type per column, exactly
+RELEASE_LAION5B = StructType(
+    [
+        StructField("SAMPLE_ID", LongType(), False),
+        StructField("URL", StringType(), False),
+        StructField("TEXT", StringType(), False),
+        StructField("WIDTH", IntegerType(), True),  # the original image's (LAION's raw metadata had them swapped)
+        StructField("HEIGHT", IntegerType(), True),
+        StructField("similarity", DoubleType(), True),
+        StructField("LANGUAGE", StringType(), True),
+        StructField("punsafe", FloatType(), True),
+        StructField("pwatermark", FloatType(), True),
+        StructField("AESTHETIC_SCORE", FloatType(), True),
+        StructField("LICENSE", StringType(), True),  # null where the page had none
+        StructField("hash", LongType(), False),  # mmh3.hash64((URL + TEXT).encode())[0]
+    ]
+)
+
+# LAION-400M (cah_stats_spark.py's columns and order; NSFW = the zero-shot tag)
+RELEASE_LAION400M = StructType(
+    [
+        StructField("SAMPLE_ID", LongType(), False),
+        StructField("URL", StringType(), False),
+        StructField("TEXT", StringType(), False),
+        StructField("HEIGHT", IntegerType(), True),
+        StructField("WIDTH", IntegerType(), True),
+        StructField("LICENSE", StringType(), True),
+        StructField("NSFW", StringType(), True),
+        StructField("similarity", DoubleType(), True),
+    ]
+)
+
+RELEASES = {"laion5b": RELEASE_LAION5B, "laion400m": RELEASE_LAION400M}

@@ -61,14 +61,14 @@ def image_row(i: int) -> dict:
         status = FAILURES[i % len(FAILURES)]
         return {**base, "status": status, "error_message": f"{status} for {i}", "retryable": status == "timeout",
                 "http_status": 503 if status == "http_error" else None, "image": None, "image_format": None,
-                "width": None, "height": None, "bytes": None, "sha256": None, "md5": None}
+                "width": None, "height": None, "bytes": None, "sha256": None, "md5": None, "sha1": None}
     fmt = ("jpg", "png", "webp")[i % 3]
     w, h = 16 + i, 12 + (i % 7)
     body = image_bytes(fmt, (w, h), i)
     return {**base, "status": S.SUCCESS, "error_message": None, "retryable": False, "http_status": 200,
             "image": body, "image_format": fmt, "width": w, "height": h, "bytes": len(body),
             "original_width": w * 2, "original_height": h * 2, "original_format": "jpeg",
-            "original_bytes": len(body) * 3, "sha256": f"{i:064x}", "md5": f"{i:032x}"}
+            "original_bytes": len(body) * 3, "sha256": f"{i:064x}", "md5": f"{i:032x}", "sha1": f"{i:040x}"}
 
 
 ROWS = [image_row(i) for i in range(30)]
@@ -88,7 +88,9 @@ def images(spark, tmp_path_factory) -> str:
 
 
 def export(spark, input_uri: str, output: Path, *extra: str) -> dict:
-    cfg, module = cli.prepare("export", [], [f"input={input_uri}", f"output={output}", *extra])
+    # format=webdataset: shards of any images table, straight into output (the release is test_export_release's)
+    cfg, module = cli.prepare("export", [], [f"input={input_uri}", f"output={output}", "export.format=webdataset",
+                                             *extra])
     return cli.run("export", cfg, module, spark)
 
 
@@ -200,7 +202,7 @@ def test_rerun_is_byte_identical_and_overwrite_removes_old_shards(spark, images,
     assert len(first) == 5
 
     with pytest.raises(OutputExistsError):
-        cli.prepare("export", [], [f"input={images}", f"output={out}"])
+        cli.prepare("export", [], [f"input={images}", f"output={out}", "export.format=webdataset"])
 
     # fewer, bigger shards: the old 00003 and 00004 must go; a killed attempt's temporary too
     (out / ".00001.tar.tmp-0123abcd").write_bytes(b"partial")
@@ -283,8 +285,9 @@ def test_empty_input_writes_no_shards(spark, tmp_path):
 
 def test_prepare_rejects_bad_input_and_output(images, tmp_path):
     with pytest.raises(ConfigError, match="input not found"):
-        cli.prepare("export", [], [f"input={tmp_path / 'missing'}", f"output={tmp_path / 'out'}"])
+        cli.prepare("export", [], [f"input={tmp_path / 'missing'}", f"output={tmp_path / 'out'}",
+                                   "export.format=webdataset"])
     with pytest.raises(ConfigError, match="overlap"):
-        cli.prepare("export", [], [f"input={images}", f"output={images}/wds"])
+        cli.prepare("export", [], [f"input={images}", f"output={images}/wds", "export.format=webdataset"])
     with pytest.raises(ConfigError, match="export.format"):
         cli.prepare("export", [], [f"input={images}", f"output={tmp_path / 'o'}", "export.format=tfrecord"])

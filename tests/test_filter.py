@@ -90,7 +90,7 @@ def images_row(i: int, language, status) -> dict:
         retryable=False, http_status=200 if ok else None, final_url=None, content_type="image/jpeg",
         fetched_at=None, image=f"jpeg-bytes-{i}".encode() if ok else None, image_format="jpg" if ok else None,
         width=64, height=48, bytes=10 + i, original_width=640, original_height=480, original_format="jpeg",
-        original_bytes=1000 + i, sha256=None, md5=None,
+        original_bytes=1000 + i, sha256=None, md5=None, sha1=None,
     )
 
 

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 DESIGN_PRODUCERS = {
     "candidates": "extract", "candidates_errors": "extract", "pairs": "dedupe", "images": "download",
     "embeddings": "embed", "dataset": "filter", "dataset_rejected": "filter", "index": "index", "tags": "tag",
+    "export": "export", "export_removed": "export",
 }
 
 
@@ -54,8 +55,11 @@ def test_the_tables_form_the_design_graph():
                                             "format": "search.format"}
     assert stages.get("tag").aliases == {"embeddings": "tag.embeddings"}
     assert {produced[t] for t in (t.table for t in stages.get("tag").inputs)} == {"filter", "embed"}
+    # export reads filter's dataset, tag's tags and embed's embeddings
+    assert stages.get("export").aliases == {"tags": "export.tags", "embeddings": "export.embeddings"}
+    assert {produced[t.table] for t in stages.get("export").inputs} == {"filter", "tag", "embed"}
     assert all(not s.aliases for n, s in stages.STAGES.items()
-               if n not in ("filter", "index", "search", "serve", "tag"))
+               if n not in ("filter", "index", "search", "serve", "tag", "export"))
 
 
 def test_cli_usage_lists_the_registry_and_demo_is_a_stage():

@@ -193,7 +193,10 @@ def run(spark, cfg) -> dict:
     filtered = _run_stage(spark, "filter", filter_cfg)
     # the webdataset is made of the kept pairs, as LAION's was; export takes the dataset table as it
     # takes images (it has every images column, plus similarity and clip_model, carried into the json)
-    export = _run_stage(spark, "export", dataclasses.replace(cfg, input=uris["dataset"], output=uris["webdataset"]))
+    # (format=webdataset: the shards straight into webdataset/; the release with tags is issue 12's demo)
+    shards_only = dataclasses.replace(cfg.export, format="webdataset")
+    export = _run_stage(spark, "export", dataclasses.replace(cfg, input=uris["dataset"], output=uris["webdataset"],
+                                                             export=shards_only))
 
     pairs = read_table(spark, uris["pairs"], S.PAIRS)
     languages = {r[S.LANGUAGE]: r["count"] for r in pairs.groupBy(S.LANGUAGE).count().collect()}

@@ -5,7 +5,7 @@ INPUT  -> the downloaded bytes and a DownloadConfig (allowed_formats, min_image_
           encode_format, encode_quality)
 OUTPUT -> an ImageResult: a status of schemas.DOWNLOAD_STATUSES (success, not_image,
           unsupported_format, too_small, too_many_pixels, decode_error), the stored image and
-          its size, the original's format / size / byte count, and sha256 / md5 of the body
+          its size, the original's format / size / byte count, and sha256 / md5 / sha1 of the body
 
 Order of the checks, each one cheaper than the next:
 1. sniff: the magic-byte checks of Pillow's plugins name the format; one outside allowed_formats
@@ -108,6 +108,7 @@ class ImageResult:
     original_bytes: int | None = None
     sha256: str | None = None  # hex, of the downloaded body
     md5: str | None = None
+    sha1: str | None = None
 
 
 def normalize_formats(names) -> frozenset[str]:
@@ -147,6 +148,7 @@ def process_image(body: bytes, cfg: DownloadConfig) -> ImageResult:
         return _fail(result, "not_image", "empty body")
     result.sha256 = hashlib.sha256(body).hexdigest()
     result.md5 = hashlib.md5(body).hexdigest()
+    result.sha1 = hashlib.sha1(body).hexdigest()
     allowed = normalize_formats(cfg.allowed_formats)
     magic = sniff_format(body)
     result.original_format = magic

@@ -76,10 +76,10 @@ class RowDownloader:
                 log.exception("process_image failed on %s", url)
                 return {**failure("decode_error", f"{type(exc).__name__}: {exc}"), **row,
                         "original_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
-                        "md5": hashlib.md5(body).hexdigest()}
+                        "md5": hashlib.md5(body).hexdigest(), "sha1": hashlib.sha1(body).hexdigest()}
         out = {**row, **{k: getattr(img, k) for k in (
             "image", "image_format", "width", "height", "original_width", "original_height",
-            "original_format", "original_bytes", "sha256", "md5")}}
+            "original_format", "original_bytes", "sha256", "md5", "sha1")}}
         out["bytes"] = len(img.image) if img.image is not None else None
         if img.status != S.SUCCESS:
             return {**out, **failure(img.status, img.error_message or img.status, http_status=fetched.http_status)}

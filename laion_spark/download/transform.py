@@ -90,7 +90,10 @@ class RetrySplit(NamedTuple):
 def split_retry(df: DataFrame, previous: DataFrame) -> RetrySplit:
     """Input rows + an earlier images table -> what to keep and what to download again (by sample_id)."""
     base = [c for c in df.columns if c not in S.DOWNLOAD_COLUMNS]
-    prev = previous.select(F.col(S.SAMPLE_ID).alias("_prev_id"), *S.DOWNLOAD_COLUMNS)
+    # a table written before a download column existed (sha1) gives nulls in it for the rows it keeps
+    prev = previous.select(F.col(S.SAMPLE_ID).alias("_prev_id"), *[
+        F.col(f.name) if f.name in previous.columns else F.lit(None).cast(f.dataType).alias(f.name)
+        for f in S.DOWNLOAD_FIELDS])
     joined = df.select(*base).join(prev, F.col(S.SAMPLE_ID) == F.col("_prev_id"), "left")
     again = F.col(S.STATUS).isNull() | retryable_column()
     schema = S.images_schema(df.schema)

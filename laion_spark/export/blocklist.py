@@ -75,26 +75,48 @@ def url_keys(url: str | None, kind: str) -> list[str]:
     return list(dict.fromkeys(_digest(algorithm, f) for f in forms))
 
 
-def parse_list(text: str, source: str, kind: str) -> list[str]:
-    """A list file's text -> its keys (see the module docstring); BlocklistError for a bad line."""
+def parse_line(raw: str, kind: str) -> list[str]:
+    """One line of a list of that kind -> its keys ([] for a blank or comment line); ValueError saying
+    what is wrong with a malformed one."""
+    line = raw.strip()
+    if not line or line.startswith("#"):
+        return []
+    if kind == "url":
+        normal = normalise_url(line)
+        if normal is None or urlsplit(normal).scheme not in ("http", "https"):
+            raise ValueError(f"not an http(s) URL: {line[:200]!r}")
+        return list(dict.fromkeys((line, normal)))
+    algorithm = kind.split("_", 1)[1]
+    entry = line.split(" #", 1)[0].split("\t#", 1)[0].strip()
+    want = HEX_LENGTH[algorithm]
+    if len(entry) != want or not _HEX.fullmatch(entry):
+        raise ValueError(f"not a hex {algorithm} digest ({want} hex digits): {entry[:80]!r}")
+    return [entry.lower()]
+
+
+def check_kind(kind: str, source: str) -> None:
     if kind not in KINDS:
         raise BlocklistError(f"{source}: kind {kind!r} is not one of {', '.join(KINDS)}")
+
+
+def parse_list(text: str, source: str, kind: str) -> list[str]:
+    """A list file's text -> its keys (see the module docstring); BlocklistError for a bad line."""
+    check_kind(kind, source)
     keys: list[str] = []
-    algorithm = kind.split("_", 1)[1] if kind != "url" else None
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if algorithm is None:
-            normal = normalise_url(line)
-            if normal is None or urlsplit(normal).scheme not in ("http", "https"):
-                raise BlocklistError(f"{source}:{number}: not an http(s) URL: {line[:200]!r}")
-            keys.extend(dict.fromkeys((line, normal)))
-            continue
-        entry = line.split(" #", 1)[0].split("\t#", 1)[0].strip()
-        want = HEX_LENGTH[algorithm]
-        if len(entry) != want or not _HEX.fullmatch(entry):
-            raise BlocklistError(f"{source}:{number}: not a hex {algorithm} digest ({want} hex digits): "
-                                 f"{entry[:80]!r}")
-        keys.append(entry.lower())
+        try:
+            keys.extend(parse_line(raw, kind))
+        except ValueError as exc:
+            raise BlocklistError(f"{source}:{number}: {exc}") from None
     return keys
+
+
+def first_bad_line(lines, source: str, kind: str) -> BlocklistError | None:
+    """Lines of a list (an iterable, read one at a time) -> the error of its first malformed line, None if
+    every line parses (the driver's way to name the line Spark found bad, without holding the list)."""
+    for number, raw in enumerate(lines, 1):
+        try:
+            parse_line(raw, kind)
+        except ValueError as exc:
+            return BlocklistError(f"{source}:{number}: {exc}")
+    return None

@@ -1,4 +1,6 @@
-"""The export job: config -> read images -> count -> shard sizes -> pack -> write webdataset shards -> check.
+"""The export job, format=webdataset: config -> read images -> count -> shard sizes -> pack -> write
+webdataset shards -> check (format=release, the default, is export/release_job.py, which writes its
+shards through write_shards here).
 
 INPUT  -> JobConfig with input (an images table: the download stage's output), output (a folder URI)
           and export.* (format=webdataset, samples_per_shard)
@@ -40,8 +42,10 @@ def _norm(uri: str) -> str:
 
 def prepare(cfg) -> None:
     """Checks that need no Spark: the input exists; output and input do not contain one another."""
-    if cfg.export.format != "webdataset":
-        raise ConfigError(f"export.format {cfg.export.format!r} is not supported; valid values: webdataset")
+    if cfg.export.format == "release":
+        from laion_spark.export import release_job
+
+        return release_job.prepare(cfg)
     if not exists(cfg.input):
         raise ConfigError(f"input not found: {cfg.input}")
     inp, out = _norm(cfg.input), _norm(cfg.output)
@@ -100,17 +104,12 @@ def check_stats(rows_in: int, num_shards: int, sizes: dict[int, int], stats: lis
         raise ExportError(f"row accounting failed: {rows_in} input rows but {written} rows in the shards")
 
 
-def run(spark, cfg) -> dict:
-    e = cfg.export
-    images = spark.read.parquet(cfg.input)
-    try:
-        check_columns(images)
-    except ValueError as exc:
-        raise ConfigError(f"input {cfg.input}: {exc}") from None
-    output_uri = fsspec_uri(cfg.output)
+def write_shards(images, e, output_uri: str, mode: str) -> dict:
+    """An images-like DataFrame + ExportConfig + folder (fsspec URI) + mode -> the webdataset shards
+    written there and checked (ExportError unless they account for every row) -> their summary."""
     rows_in = images.count()
     num_shards = math.ceil(rows_in / e.samples_per_shard)
-    prepare_folder(output_uri, cfg.mode)
+    prepare_folder(output_uri, mode)
     sizes: dict[int, int] = {}
     stats: list[dict] = []
     if num_shards:
@@ -132,8 +131,7 @@ def run(spark, cfg) -> dict:
             statuses[status] = statuses.get(status, 0) + n
     totals = {k: sum(s[k] for s in stats) for k in ("successes", "skipped", "failed_to_download",
                                                      "failed_to_resize", "tar_bytes")}
-    summary = {
-        "format": e.format,
+    return {
         "rows_in": rows_in,
         "shards": num_shards,
         "rows": sum(s["count"] for s in stats),
@@ -147,14 +145,31 @@ def run(spark, cfg) -> dict:
         "first_key": layout.key(0, 0),
         "stale_temporaries_removed": stale,
     }
+
+
+def run(spark, cfg) -> dict:
+    if cfg.export.format == "release":
+        from laion_spark.export import release_job
+
+        return release_job.run(spark, cfg)
+    images = spark.read.parquet(cfg.input)
+    try:
+        check_columns(images)
+    except ValueError as exc:
+        raise ConfigError(f"input {cfg.input}: {exc}") from None
+    summary = {"format": cfg.export.format, **write_shards(images, cfg.export, fsspec_uri(cfg.output), cfg.mode)}
     log.info("export: %s rows -> %s shards in %s (%s samples in tars, %s failures, %s skipped)",
-             rows_in, num_shards, cfg.output, totals["successes"],
-             totals["failed_to_download"] + totals["failed_to_resize"], totals["skipped"])
+             summary["rows_in"], summary["shards"], cfg.output, summary["successes"],
+             summary["failed_to_download"] + summary["failed_to_resize"], summary["skipped"])
     return summary
 
 
 def format_report(summary: dict) -> str:
     """Summary dict -> the text the CLI prints."""
+    if summary.get("format") == "release":
+        from laion_spark.export import release_job
+
+        return release_job.format_report(summary)
     lines = [f"export: {summary['rows_in']} rows -> {summary['shards']} webdataset shards "
              f"({summary['successes']} samples in tars, {summary['tar_bytes'] / 1e6:.1f} MB)"]
     for status, rows in summary["statuses"].items():

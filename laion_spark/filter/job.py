@@ -15,7 +15,6 @@ OUTPUT -> dataset at `output`, rejected at filter.rejected_output (default <outp
 from __future__ import annotations
 
 import logging
-import math
 
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -23,8 +22,6 @@ from pyspark.sql import types as T
 from laion_spark import schemas as S
 from laion_spark.config import ConfigError
 from laion_spark.export import npy as N
-from laion_spark.export.transform import pack_embeddings
-from laion_spark.export.write import missing_embedding_files, write_embeddings
 from laion_spark.filter.transform import (
     BELOW_THRESHOLD,
     NOT_EMBEDDED,
@@ -159,41 +156,17 @@ def _remove_stale_npy(cfg) -> int:
 
 def write_npy(spark, cfg, embeddings) -> dict:
     """The written dataset + embeddings -> .npy shards of the kept rows at npy_uri(cfg) -> summary."""
-    f = cfg.filter
-    folder = fsspec_uri(npy_uri(cfg))
-    import fsspec
+    from laion_spark.export.emb import NpyError, write_spaces
 
-    fs, path = fsspec.core.url_to_fs(folder)
-    if cfg.mode == "overwrite":
-        removed = N.remove_files(folder)
-        if removed:
-            log.info("filter: removed %d .npy shard files of an earlier run from %s", removed, folder)
-    fs.makedirs(path, exist_ok=True)
-    vectors = kept_vectors(spark.read.parquet(cfg.output), embeddings)
-    per_model = {r[S.CLIP_MODEL]: r["n"] for r in spark.read.parquet(cfg.output).groupBy(S.CLIP_MODEL)
+    f = cfg.filter
+    dataset = spark.read.parquet(cfg.output)
+    per_model = {r[S.CLIP_MODEL]: r["n"] for r in dataset.groupBy(S.CLIP_MODEL)
                  .agg(F.count(F.lit(1)).alias("n")).collect()}
-    models = sorted(per_model, key=lambda m: (m is None, m or ""))
-    names = {m: N.model_folder_name(m) for m in models}
-    if len(set(names.values())) != len(names):
-        raise FilterError(f"clip_model names {models} give the same folder name; cannot separate their shards")
-    out: dict = {"folder": folder, "dtype": f.npy_dtype, "rows": 0, "shards": 0, "models": {}}
-    for model in models:
-        sub = folder if len(models) == 1 else f"{folder.rstrip('/')}/{names[model]}"
-        rows = vectors.filter(F.col(S.CLIP_MODEL).eqNullSafe(F.lit(model).cast(T.StringType())))
-        num_shards = max(1, math.ceil(per_model[model] / f.npy_rows_per_shard))
-        stats = write_embeddings(pack_embeddings(rows, num_shards), sub, f.npy_dtype)
-        written = sum(s["rows"] for s in stats)
-        if written != per_model[model]:
-            raise FilterError(f".npy shards of {model}: {per_model[model]} kept rows but {written} written to {sub}")
-        missing = missing_embedding_files(sub, stats)
-        if missing:
-            raise FilterError(f".npy shards of {model}: {missing[:5]} missing from {sub} after the write")
-        dims = sorted({s["dim"] for s in stats})
-        out["models"][model] = {"folder": sub, "rows": written, "shards": len(stats), "dims": dims}
-        out["rows"] += written
-        out["shards"] += len(stats)
-    out["stale_temporaries_removed"] = N.remove_files(folder, temporaries_only=True)
-    return out
+    try:
+        return write_spaces(kept_vectors(dataset, embeddings), per_model, fsspec_uri(npy_uri(cfg)), f.npy_dtype,
+                            f.npy_rows_per_shard, cfg.mode)
+    except NpyError as exc:
+        raise FilterError(str(exc)) from None
 
 
 def run(spark, cfg) -> dict:
