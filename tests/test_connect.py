@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -217,7 +218,6 @@ def test_embed_and_filter_through_spark_connect(connect_url, tmp_path):
 def test_download_and_export_through_spark_connect(connect_url, tmp_path):
     # the download stage's UDF (address guard, fetcher, image checks) and the webdataset export through a
     # Connect server, from the demo image server on 127.0.0.1; expectations from what the server answers
-    import tarfile
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -310,6 +310,7 @@ def test_embed_and_tag_through_spark_connect(connect_url, tmp_path):
     # embed, then tag (a head loaded on the driver and in the tasks, the zero-shot prompts encoded with the
     # embeddings' own CLIP) through a Connect server; expectations: open_clip and torch called here
     import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
     from embed_fixtures import TINY_A, reference_embeddings
@@ -323,12 +324,22 @@ def test_embed_and_tag_through_spark_connect(connect_url, tmp_path):
     torch.manual_seed(3)
     head = torch.nn.Linear(TINY_A["embed_dim"], 1)
     torch.save(head.state_dict(), tmp_path / "aesthetic.pth")
-    embeddings, tags = tmp_path / "embeddings", tmp_path / "tags"
+    embeddings, tags, release = tmp_path / "embeddings", tmp_path / "tags", tmp_path / "release"
+    banned = good.url.iloc[0]
+    (tmp_path / "takedown.txt").write_text(banned + "\n")
+    dataset = tmp_path / "dataset"  # the images rows with download's image_format, as filter's dataset has it
+    dataset.mkdir()
+    pq.write_table(pa.Table.from_pandas(frame.assign(image_format=frame.image.map(lambda b: None if b is None
+                                                                                 else "jpg")),
+                                        preserve_index=False), dataset / "part-0.parquet")
     args = {
         "embed": [f"input={images}", f"output={embeddings}", *model.overrides()],
         "tag": [f"input={images}", f"embeddings={embeddings}", f"output={tags}",
                 "tag.aesthetic_score.architecture=linear",
                 f"tag.aesthetic_score.checkpoint={tmp_path / 'aesthetic.pth'}"],
+        # and the release: the tags joined, a list matched by a join, shards and .npy files, all through Connect
+        "export": [f"input={dataset}", f"tags={tags}", f"embeddings={embeddings}", f"output={release}",
+                   f"export.blocklist.url={tmp_path / 'takedown.txt'}", "export.npy_dtype=float32"],
     }
     res = _run_client(STAGES_CLIENT, connect_url, tmp_path, json.dumps(args))
     assert res.returncode == 0, res.stderr[-6000:]
@@ -342,3 +353,19 @@ def test_embed_and_tag_through_spark_connect(connect_url, tmp_path):
     assert list(got.loc[good.sample_id].nsfw_zero_shot) == reference(want_image, want_prompts, boundary)
     others = got.drop(index=good.sample_id)  # failed downloads and the corrupt image: no embedding, no tags
     assert others.aesthetic_score.isna().all() and others.nsfw_zero_shot.isna().all()
+
+    laion = pq.read_table(release / "laion").to_pandas().set_index("SAMPLE_ID")
+    banned_id = int(good.sample_id.iloc[0])
+    assert sorted(laion.index) == sorted(set(frame.sample_id) - {banned_id})
+    assert out["export"]["reasons"] == {"blocklisted:takedown": 1}
+    np.testing.assert_allclose(laion.AESTHETIC_SCORE.to_numpy(dtype=float),
+                               got.loc[laion.index].aesthetic_score.to_numpy(dtype=float), atol=1e-6, equal_nan=True)
+    names = []
+    for shard in sorted((release / "webdataset").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            names += tar.getnames()
+    successes = int((frame.status == "success").sum()) - 1
+    assert len([n for n in names if n.endswith(".json")]) == successes == out["export"]["webdataset"]["successes"]
+    ids = [i for m in sorted((release / "emb").glob("*/metadata/*.parquet"))
+           for i in pq.read_table(m).column("sample_id").to_pylist()]
+    assert sorted(ids) == sorted(set(good.sample_id) - {banned_id})
