@@ -331,3 +331,28 @@ def test_a_bad_list_line_or_expression_is_a_clear_error_and_nothing_is_written(s
     with pytest.raises(ConfigError, match="emb"):
         cli.prepare("export", [], [*base, "export.outputs=laion,emb"])
     assert not (out / "laion").exists()
+
+
+def test_hostile_lists_and_tags(spark, world, tmp_path):
+    # CRLF line ends, a byte-order mark, tabs and spaces around entries, a gzipped list, an empty list;
+    # and a tags table with one sample_id twice: the same rows go, and no dataset row is released twice
+    import gzip
+
+    root, lists = world["root"], tmp_path / "lists"
+    lists.mkdir()
+    md5 = hashlib.md5(world["bodies"][2]).hexdigest().upper()
+    (lists / "crlf.txt").write_bytes(("\ufeff# list\r\n \t\r\n\t" + md5 + "  \t# note\r\n").encode("utf-8"))
+    with gzip.open(lists / "zipped_urls.txt.gz", "wt") as fh:
+        fh.write(f"  {world['urls'][9]}  \n")
+    (lists / "empty.txt").write_text("")
+    tags = spark.read.parquet(str(root / "tags"))
+    tags.unionByName(tags.limit(1)).write.parquet(str(tmp_path / "tags_twice"))
+    out = tmp_path / "hostile"
+    summary = run_stage(spark, "export", f"input={root / 'dataset.parquet'}", f"tags={tmp_path / 'tags_twice'}",
+                        f"output={out}", "export.outputs=laion",
+                        f"export.blocklist.image_md5={lists / 'crlf.txt'},{lists / 'empty.txt'}",
+                        f"export.blocklist.url={lists / 'zipped_urls.txt.gz'}")
+    assert summary["reasons"] == {"blocklisted:crlf": 1, "blocklisted:zipped_urls": 1}
+    ids = pq.read_table(out / "laion").column("SAMPLE_ID").to_pylist()
+    assert len(ids) == len(set(ids)) == N - 2
+    assert world["ids"][2] not in ids and world["ids"][9] not in ids

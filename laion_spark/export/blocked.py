@@ -89,9 +89,10 @@ def _line_keys(lines: DataFrame, kind: str) -> DataFrame:
         return parsed.select(F.explode_outer(F.coalesce(F.col("keys"), F.array(F.lit(None).cast("string"))))
                              .alias(KEY), F.col("keys").isNull().alias("bad"))
     want = HEX_LENGTH[kind.split("_", 1)[1]]
-    line = F.trim(F.col("value"))
+    # the same stripping as Python's str.strip() in parse_line (Spark's trim takes spaces only), BOM too
+    line = F.regexp_replace(F.col("value"), r"^[\s\x{FEFF}]+|\s+$", "")
     skip = (line == "") | line.startswith("#")
-    entry = F.trim(F.split(F.split(line, " #", 2)[0], "\t#", 2)[0])
+    entry = F.regexp_replace(F.split(F.split(line, " #", 2)[0], "\t#", 2)[0], r"^\s+|\s+$", "")
     good = entry.rlike(f"^[0-9a-fA-F]{{{want}}}$")
     return (lines.where(~skip)
             .select(F.when(good, F.lower(entry)).alias(KEY), (~good).alias("bad")))

@@ -78,7 +78,7 @@ def url_keys(url: str | None, kind: str) -> list[str]:
 def parse_line(raw: str, kind: str) -> list[str]:
     """One line of a list of that kind -> its keys ([] for a blank or comment line); ValueError saying
     what is wrong with a malformed one."""
-    line = raw.strip()
+    line = raw.strip().lstrip("\ufeff").strip()  # a byte-order mark some editors write first
     if not line or line.startswith("#"):
         return []
     if kind == "url":
