@@ -56,5 +56,11 @@ bench: install
 toy-clip: install
 	$(RUN) $(PY) -m laion_spark.toy.train --package
 
+# The toy tag heads (punsafe, aesthetic, watermark), committed beside the toy CLIP; after a change to their
+# recipe this trains them again (under build/toy-heads/) and writes the new packaged copy.
+.PHONY: toy-heads
+toy-heads: install
+	$(RUN) $(PY) -m laion_spark.toy.heads --package
+
 clean:
 	rm -rf demo-output bench/out spark-warehouse .pytest_cache

@@ -1,6 +1,6 @@
 """Toy tag heads for the tests and the demo, trained on the toy world: recipe -> three checkpoints.
 
-    python -m laion_spark.toy.heads [--out DIR]
+    python -m laion_spark.toy.heads [--out DIR] [--package]
 
 Each head plays one of LAION's on the toy world, in LAION's own formats, so the tag stage loads them
 exactly as it loads LAION's files:
@@ -12,8 +12,10 @@ exactly as it loads LAION's files:
   pwatermark       a text overlay drawn on the image: timm's `test_efficientnet` with LAION's three-layer
                    classifier (256 -> 64 -> 32 -> 2, index 0 = watermark) over the image itself
 Training is deterministic on CPU (fixed seeds, one thread, deterministic algorithms) from the world's
-train split; `metrics` holds the held-out accuracy on its test split. ensure_heads() trains once per
-recipe (and toy CLIP) into build/toy-heads/ and reuses the files after that.
+train split; `metrics` holds the held-out accuracy on its test split. ensure_heads() returns the
+committed copy in laion_spark/toy/weights/ when it is of the current recipe (hash of the recipe, this
+file, the world and the toy CLIP), else trains once into build/toy-heads/ (about 30 s) and reuses that.
+`--package` refreshes the committed copy after a recipe change.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from laion_spark.toy import world
+
+PACKAGED = Path(__file__).with_name("weights")
+HEAD_NAMES = ("punsafe", "aesthetic_score", "pwatermark")
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +217,11 @@ def ensure_heads(directory: str | os.PathLike | None = None, recipe: dict = RECI
 
     from laion_spark.toy.train import _locked, _write_atomically, default_directory
 
-    folder = Path(directory) if directory is not None else default_directory().parent / "toy-heads"
     stem = f"toy-heads-{recipe_hash(recipe)}"
-    paths = {name: folder / f"{stem}-{name}.pt" for name in ("punsafe", "aesthetic_score", "pwatermark")}
+    if directory is None and (PACKAGED / f"{stem}.json").is_file():  # the committed copy of this recipe
+        directory = PACKAGED
+    folder = Path(directory) if directory is not None else default_directory().parent / "toy-heads"
+    paths = {name: folder / f"{stem}-{name}.pt" for name in HEAD_NAMES}
     metrics_file = folder / f"{stem}.json"
 
     def result() -> ToyHeads:
@@ -232,12 +239,36 @@ def ensure_heads(directory: str | os.PathLike | None = None, recipe: dict = RECI
     return result()
 
 
+def package(heads: ToyHeads, recipe: dict = RECIPE) -> ToyHeads:
+    """Heads trained under build/ -> copies in laion_spark/toy/weights/ (committed: about 0.5 MB, so that
+    neither the tests nor the demo train them); packaged heads of older recipes are removed."""
+    import shutil
+
+    stem = f"toy-heads-{recipe_hash(recipe)}"
+    PACKAGED.mkdir(exist_ok=True)
+    for name in HEAD_NAMES:
+        shutil.copyfile(getattr(heads, name), PACKAGED / f"{stem}-{name}.pt")
+    (PACKAGED / f"{stem}.json").write_text(json.dumps(heads.metrics, indent=2) + "\n")  # last: the marker
+    for old in PACKAGED.glob("toy-heads-*"):
+        if not old.name.startswith(stem):
+            old.unlink()
+    return ensure_heads(recipe=recipe)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="folder (default build/toy-heads/)")
+    ap.add_argument("--package", action="store_true",
+                    help="train into build/ (or reuse it) and copy the heads to laion_spark/toy/weights/")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # as toy.train's main
+    if args.package and args.out is None:
+        from laion_spark.toy.train import default_directory
+
+        args.out = str(default_directory().parent / "toy-heads")
     heads = ensure_heads(args.out)
+    if args.package:
+        heads = package(heads)
     for name in ("punsafe", "aesthetic_score", "pwatermark"):
         log.info("%-16s %s", name, getattr(heads, name))
     log.info("held-out accuracy %s", {k: v for k, v in heads.metrics.items() if k != "recipe"})
