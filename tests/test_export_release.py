@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import mmh3
@@ -68,19 +70,24 @@ def run_stage(spark, stage, *args, configs=()):
 def world(spark, tmp_path_factory):
     """Served images -> download -> a dataset (+ similarity) with tags and embeddings, and four blocklists."""
     root = tmp_path_factory.mktemp("release")
+    # the server stays up for the module: img2dataset downloads the release's URLs again
     with FaultServer("127.0.0.1") as server:
-        bodies, urls = {}, {}
-        for i in range(N):
-            bodies[i] = body(i)
-            urls[i] = server.add_file(f"/img{i}.jpg", bodies[i], "image/png" if i % 3 == 0 and i else "image/jpeg")
-        pairs = pd.DataFrame({
-            S.SAMPLE_ID: [1000 + 7 * i for i in range(N)], S.URL: [urls[i] for i in range(N)],
-            S.TEXT: [f"picture {i} – ünïcode" if i % 2 else f"picture {i}" for i in range(N)],
-            S.LANGUAGE: [LANGUAGES[i % 4] for i in range(N)],
-            S.LICENSE: [LICENSE if i % 4 == 1 else None for i in range(N)]})
-        spark.createDataFrame(pairs).repartition(2).write.parquet(str(root / "pairs"))
-        run_stage(spark, "download", f"input={root / 'pairs'}", f"output={root / 'images'}",
-                  "download.allowed_networks=127.0.0.1/32", "download.retries=0", "download.threads=8")
+        yield _world(spark, root, server)
+
+
+def _world(spark, root, server) -> dict:
+    bodies, urls = {}, {}
+    for i in range(N):
+        bodies[i] = body(i)
+        urls[i] = server.add_file(f"/img{i}.jpg", bodies[i], "image/png" if i % 3 == 0 and i else "image/jpeg")
+    pairs = pd.DataFrame({
+        S.SAMPLE_ID: [1000 + 7 * i for i in range(N)], S.URL: [urls[i] for i in range(N)],
+        S.TEXT: [f"picture {i} – ünïcode" if i % 2 else f"picture {i}" for i in range(N)],
+        S.LANGUAGE: [LANGUAGES[i % 4] for i in range(N)],
+        S.LICENSE: [LICENSE if i % 4 == 1 else None for i in range(N)]})
+    spark.createDataFrame(pairs).repartition(2).write.parquet(str(root / "pairs"))
+    run_stage(spark, "download", f"input={root / 'pairs'}", f"output={root / 'images'}",
+              "download.allowed_networks=127.0.0.1/32", "download.retries=0", "download.threads=8")
     images = spark.read.parquet(str(root / "images")).toPandas()
     assert (images.status == S.SUCCESS).all(), images[["url", "status", "error_message"]]
     rng = np.random.default_rng(7)
@@ -283,13 +290,46 @@ def test_the_dataset_card_gives_the_counts(exported):
     assert "mlp/abc123" in card and "- Spark 4." in card and f"- CLIP: `{MODEL}`" in card
 
 
-def test_the_release_is_img2datasets_input(exported):
-    # img2dataset reads the parquet with pandas, takes url_col / caption_col and copies the additional
-    # columns; those it reserves for itself may not be among them (its main.py)
+# img2dataset itself, in a venv of its own (make test builds it: `make img2dataset`), or IMG2DATASET=<its binary>
+IMG2DATASET = os.environ.get("IMG2DATASET") or str(REPO / "build" / "img2dataset-venv" / "bin" / "img2dataset")
+ADDITIONAL = ["SAMPLE_ID", "similarity", "hash", "punsafe", "pwatermark", "LICENSE"]
+
+
+def test_img2dataset_downloads_the_release(world, exported, tmp_path):
+    # LAION's recipe for its own parquet, run on ours: every released URL downloaded again from the
+    # server, its caption TEXT, the additional columns copied into each sample's json unchanged
+    if not os.access(IMG2DATASET, os.X_OK):
+        pytest.skip(f"img2dataset not found at {IMG2DATASET}: `make img2dataset` (part of `make test`) installs it")
     out, _ = exported
-    frame = pd.read_parquet(out / "laion", columns=["URL", "TEXT", "similarity", "hash", "punsafe", "pwatermark"])
-    assert frame.URL.str.startswith("http://127.0.0.1:").all() and frame.TEXT.notna().all()
-    assert not {"similarity", "hash", "punsafe", "pwatermark"} & IMG2DATASET_RESERVED
+    assert not set(ADDITIONAL) & IMG2DATASET_RESERVED
+    target = tmp_path / "i2d"
+    done = subprocess.run(
+        [IMG2DATASET, "--url_list", str(out / "laion"), "--input_format", "parquet", "--url_col", "URL",
+         "--caption_col", "TEXT", "--save_additional_columns", json.dumps(ADDITIONAL), "--output_format",
+         "webdataset", "--output_folder", str(target), "--processes_count", "1", "--thread_count", "4",
+         "--resize_mode", "no", "--skip_reencode", "True", "--enable_wandb", "False",
+         "--disallowed_header_directives", "[]"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    release = {r["SAMPLE_ID"]: r for r in release_of(out).to_pylist()}
+    by_url = {u: i for i, u in world["urls"].items()}
+    samples = list(wds.WebDataset(sorted(str(p) for p in target.glob("*.tar")), shardshuffle=False,
+                                  empty_check=False))
+    assert len(samples) == len(release)
+    seen = set()
+    for s in samples:
+        meta = json.loads(s["json"])
+        r = release[meta["SAMPLE_ID"]]
+        assert meta["status"] == "success" and meta["url"] == r["URL"]
+        assert meta["caption"] == r["TEXT"] == s["txt"].decode()
+        assert meta["hash"] == r["hash"] and meta["LICENSE"] == r["LICENSE"]
+        assert meta["similarity"] == pytest.approx(r["similarity"], abs=1e-9)
+        for column in ("punsafe", "pwatermark"):
+            assert meta[column] == (None if r[column] is None else pytest.approx(r[column], abs=1e-6)), column
+        # the bytes it fetched are the served image (img2dataset's sha256 of what it downloaded)
+        assert meta["sha256"] == hashlib.sha256(world["bodies"][by_url[r["URL"]]]).hexdigest()
+        seen.add(meta["SAMPLE_ID"])
+    assert seen == set(release)
 
 
 def test_laion400m_columns_and_where(spark, world, tmp_path):

@@ -57,3 +57,23 @@ def test_a_prompt_file():
     for bad, where in (("a\nb\n", "p.txt: give"), ("a\n---\nb\n---\nc", "p.txt:4: a second")):
         with pytest.raises(ValueError, match=where):
             read_prompts(bad, "p.txt")
+
+
+def test_a_stray_vector_first_in_a_batch_leaves_the_others_scored():
+    # a vector of another length (a corrupt row) heads the batch: the rest are still categorised by the
+    # rule above, and the stray one, which no prompt set fits, gets no category (it used to fail the task)
+    import pandas as pd
+
+    from laion_spark.tag.transform import TagPlan, tag_frame
+
+    rng = np.random.default_rng(3)
+    prompts = rng.standard_normal((6, 16)).astype(np.float32)
+    images = prompts[rng.integers(0, 6, 40)] + rng.standard_normal((40, 16)).astype(np.float32) * 0.4
+    vectors = [rng.standard_normal(15).astype(np.float32), *images, None]
+    frame = pd.DataFrame({"sample_id": np.arange(len(vectors)), "image_embedding": vectors,
+                          "clip_model": ["m"] * len(vectors)})
+    plan = TagPlan(prompts={"m": prompts}, boundary=3, zero_shot_name="zs")
+    got = tag_frame(frame, plan)
+    assert got["nsfw_zero_shot"].tolist() == [None, *reference(images, prompts, 3), None]
+    assert got["taggers"][0] == {} and got["taggers"][1] == {"nsfw_zero_shot": "zs/m"}
+    assert got["punsafe"].isna().all()

@@ -43,17 +43,21 @@ class TagPlan:
     watermark_device: str = "cpu"  # tag.pwatermark.device: auto / cpu / cuda
 
 
-def _matrix(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """A column of embedding arrays (None where missing) -> (the positions with a usable vector, their
-    n x d matrix): a vector of another length than the batch's first, or not finite, is left out."""
-    have = [i for i, v in enumerate(values) if v is not None and len(v)]
-    if not have:
-        return np.empty(0, np.int64), np.empty((0, 0), np.float32)
-    d = len(values.iloc[have[0]])
-    have = [i for i in have if len(values.iloc[i]) == d]
-    x = np.stack([np.asarray(values.iloc[i], dtype=np.float32) for i in have])
-    finite = np.isfinite(x).all(axis=1) & (np.abs(x).sum(axis=1) > 0)
-    return np.asarray(have, np.int64)[finite], x[finite]
+def _matrices(values: pd.Series) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """A column of embedding arrays (None where missing) -> {length: (positions, n x length matrix)} of the
+    usable vectors (finite, not all zero). Each length apart: a stray vector, wherever it sits in the
+    batch, leaves the others scored, and is scored only by a head or prompt set of its own size."""
+    by_length: dict[int, list[int]] = {}
+    for i, v in enumerate(values):
+        if v is not None and len(v):
+            by_length.setdefault(len(v), []).append(i)
+    out = {}
+    for d, have in by_length.items():
+        x = np.stack([np.asarray(values.iloc[i], dtype=np.float32) for i in have])
+        finite = np.isfinite(x).all(axis=1) & (np.abs(x).sum(axis=1) > 0)
+        if finite.any():
+            out[d] = (np.asarray(have, np.int64)[finite], x[finite])
+    return out
 
 
 def tag_frame(frame: pd.DataFrame, plan: TagPlan) -> pd.DataFrame:
@@ -67,16 +71,15 @@ def tag_frame(frame: pd.DataFrame, plan: TagPlan) -> pd.DataFrame:
     for model in pd.unique(space):
         rows = np.flatnonzero(space == model)
         model = model or None
-        where, x = _matrix(frame[S.IMAGE_EMBEDDING].iloc[rows].reset_index(drop=True))
-        if not len(where):
-            continue
-        at = rows[where]
-        for column, spec in plan.heads.items():
-            if x.shape[1] == load_head(spec).dimension:  # the driver checked every model's dimension
-                scores[column][at] = load_head(spec).score(x)
-        if model in plan.prompts:
-            for i, category in zip(at, categorise(x, plan.prompts[model], plan.boundary), strict=True):
-                nsfw[i] = category
+        for d, (where, x) in _matrices(frame[S.IMAGE_EMBEDDING].iloc[rows].reset_index(drop=True)).items():
+            at = rows[where]
+            for column, spec in plan.heads.items():
+                if d == load_head(spec).dimension:  # the driver checked every model's dimension
+                    scores[column][at] = load_head(spec).score(x)
+            prompts = plan.prompts.get(model)
+            if prompts is not None and prompts.shape[1] == d:
+                for i, category in zip(at, categorise(x, prompts, plan.boundary), strict=True):
+                    nsfw[i] = category
     if plan.watermark is not None and S.IMAGE in frame.columns:
         scores[PWATERMARK][:] = _watermark(plan).score(list(frame[S.IMAGE]))
     for c in SCORE_COLUMNS:
