@@ -201,7 +201,7 @@ RELEASE_LAION5B = StructType(
     [
         StructField("SAMPLE_ID", LongType(), False),
         StructField("URL", StringType(), False),
-        StructField("TEXT", StringType(), False),
+        StructField("TEXT", StringType(), True),  # a null caption stays null (hash reads it as '')
         StructField("WIDTH", IntegerType(), True),  # the original image's (LAION's raw metadata had them swapped)
         StructField("HEIGHT", IntegerType(), True),
         StructField("similarity", DoubleType(), True),
@@ -219,7 +219,7 @@ RELEASE_LAION400M = StructType(
     [
         StructField("SAMPLE_ID", LongType(), False),
         StructField("URL", StringType(), False),
-        StructField("TEXT", StringType(), False),
+        StructField("TEXT", StringType(), True),
         StructField("HEIGHT", IntegerType(), True),
         StructField("WIDTH", IntegerType(), True),
         StructField("LICENSE", StringType(), True),

@@ -396,3 +396,31 @@ def test_hostile_lists_and_tags(spark, world, tmp_path):
     ids = pq.read_table(out / "laion").column("SAMPLE_ID").to_pylist()
     assert len(ids) == len(set(ids)) == N - 2
     assert world["ids"][2] not in ids and world["ids"][9] not in ids
+
+
+def test_hostile_dataset_rows(spark, world, tmp_path):
+    # a dataset row listed twice, one without a URL, one without a sample_id and one without a caption:
+    # each pair is released once, the rows that are no pair are removed with their reason, a null caption
+    # is released as it is, with LAION's hash of URL + ''
+    images = world["images"].drop(columns=["i"])
+    twice = images.iloc[[8]]
+    no_url = images.iloc[[9]].assign(url=None)
+    no_id = images.iloc[[10]].assign(sample_id=None)
+    no_text = images.iloc[[11]].assign(text=None)
+    hostile = pd.concat([images.iloc[[6, 7, 8]], twice, no_url, no_id, no_text], ignore_index=True)
+    hostile["sample_id"] = hostile["sample_id"].astype("Int64")
+    pq.write_table(pa.Table.from_pandas(hostile, preserve_index=False), tmp_path / "hostile.parquet",
+                   coerce_timestamps="us")
+    out = tmp_path / "out"
+    summary = run_stage(spark, "export", f"input={tmp_path / 'hostile.parquet'}", f"tags={world['root'] / 'tags'}",
+                        f"output={out}", "export.outputs=laion,webdataset")
+    ids = world["ids"]
+    assert summary["reasons"] == {"duplicate_sample_id": 1, "no_url": 1, "no_sample_id": 1}
+    rows = {r["SAMPLE_ID"]: r for r in release_of(out).to_pylist()}
+    assert sorted(rows) == sorted([ids[6], ids[7], ids[8], ids[11]]) and release_of(out).num_rows == 4
+    assert rows[ids[11]]["TEXT"] is None
+    assert rows[ids[11]]["hash"] == mmh3.hash64(world["urls"][11].encode("utf-8"))[0]
+    assert summary["webdataset"]["successes"] == 4
+    removed = pq.read_table(str(out) + "_removed").to_pandas()
+    assert sorted(removed.reason) == ["duplicate_sample_id", "no_sample_id", "no_url"]
+    assert dict(zip(removed.reason, removed.sample_id))["no_url"] == ids[9]

@@ -4,9 +4,9 @@ INPUT  -> a dataset (filter's output: images rows with similarity and clip_model
           LAION's own spellings of the columns included), the tags table or None, the release layout
           (laion5b / laion400m), the (sample_id, reason) rows blocklists matched, and export.where
 OUTPUT -> `scored`: the dataset's rows with the tag scores beside them (TAG_COLUMNS, null where untagged)
-          and LAION's hash; `decide`: the same with REASON (null: released; blocklisted:<list> or
-          excluded:<where>); `release_columns`: a decided frame's released rows in the layout's columns and
-          types (schemas.RELEASES), in LAION's order
+          and LAION's hash; `decide`: the same with REASON (null: released; blocklisted:<list>, no_url,
+          duplicate_sample_id or excluded:<where>); `release_columns`: a decided frame's released rows in
+          the layout's columns and types (schemas.RELEASES), in LAION's order
 
 Scores come from the tags table when one is given; without it, from the dataset's own punsafe /
 pwatermark / ... columns where it has them (a re-downloaded LAION subset carries LAION's), else null: a
@@ -27,6 +27,9 @@ TAG_COLUMNS = (PUNSAFE, PWATERMARK, AESTHETIC, NSFW)
 HASH = "hash"
 UNTAGGED = "_untagged"  # true where a tags table was given and has no row for the dataset row
 EXCLUDED_PREFIX = "excluded:"
+NO_URL = "no_url"
+NO_SAMPLE_ID = "no_sample_id"
+DUPLICATE = "duplicate_sample_id"
 
 # where a column may be found in the dataset: ours first, then LAION's spelling
 _SOURCES = {
@@ -75,17 +78,29 @@ def scored(dataset: DataFrame, tags: DataFrame | None) -> DataFrame:
 
 def decide(rows: DataFrame, blocked: DataFrame | None, where: str = "") -> DataFrame:
     """scored rows + blocklist matches (sample_id, reason; None: no lists) + export.where -> the rows with
-    REASON: blocklisted:<list> first, then excluded:<where> for a row the condition does not hold for
-    (null counts as not holding), null for a released row."""
-    reason = F.lit(None).cast(T.StringType())
+    REASON, the first that applies: blocklisted:<list>; NO_SAMPLE_ID; NO_URL (a pair without an image URL is no pair
+    to release); DUPLICATE for every row of a sample_id but one (a release has each pair once: the one
+    with the smallest url, text, sha256 stays); excluded:<where> for a row the condition does not hold
+    for (null counts as not holding); null for a released row."""
+    from pyspark.sql import Window
+
+    reasons = []
     if blocked is not None:
         rows = rows.join(blocked.select(F.col(S.SAMPLE_ID).alias("_blocked_id"), F.col(S.REASON).alias("_blocked")),
                          F.col(S.SAMPLE_ID) == F.col("_blocked_id"), "left").drop("_blocked_id")
-        reason = F.col("_blocked")
+        reasons.append(F.col("_blocked"))
+    url = source(rows, S.URL, T.StringType())
+    reasons.append(F.when(F.col(S.SAMPLE_ID).isNull(), F.lit(NO_SAMPLE_ID)))
+    reasons.append(F.when(url.isNull() | (F.trim(url) == ""), F.lit(NO_URL)))
+    order = [url.asc_nulls_last(), source(rows, S.TEXT, T.StringType()).asc_nulls_last(),
+             source(rows, "sha256", T.StringType()).asc_nulls_last()]
+    # rows a list or a missing URL already removes do not take the one place of their sample_id
+    first = F.row_number().over(Window.partitionBy(S.SAMPLE_ID).orderBy(F.coalesce(*reasons).isNotNull(), *order))
+    reasons.append(F.when(first > 1, F.lit(DUPLICATE)))
     if where:
         holds = F.coalesce(F.expr(where).cast(T.BooleanType()), F.lit(False))
-        reason = F.coalesce(reason, F.when(~holds, F.lit(EXCLUDED_PREFIX + where)))
-    out = rows.withColumn(S.REASON, reason)
+        reasons.append(F.when(~holds, F.lit(EXCLUDED_PREFIX + where)))
+    out = rows.withColumn(S.REASON, F.coalesce(*reasons))
     return out.drop("_blocked") if blocked is not None else out
 
 
