@@ -9,7 +9,7 @@ OUTPUT -> printed figures per run: successes (expected: the image URLs), images/
           the server's CPU time; the ratio ours / img2dataset; a table at the end
 
 Run: `SPARK_LOCAL_IP=127.0.0.1 .venv/bin/python bench/download.py [--urls 5000] [--only both]`
-     with `IMG2DATASET=/work/i2d-venv/bin/img2dataset` for the baseline (see bench/README.md)
+     with `IMG2DATASET=build/img2dataset-venv/bin/img2dataset` for the baseline (see bench/README.md)
 
 Memory: /proc is polled for the process tree under the tool's process (driver JVM, Python
 workers; img2dataset's processes): the peak of the summed RSS (shared pages counted once per
