@@ -82,7 +82,7 @@ def prepare(stage: str, config_files: list[str], overrides: list[str]):
             raise ConfigError(f"{spelled} is required: {entry.usage()}")
     module = importlib.import_module(entry.module)
     module.prepare(cfg)
-    if cfg.output:
+    if cfg.output and not getattr(module, "RESUMES", False):  # the pipeline resumes an existing run_dir
         check_output(cfg.output, cfg.mode)
     return cfg, module
 

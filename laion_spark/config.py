@@ -422,6 +422,17 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    """pipeline: archives -> every stage under run_dir (`run_dir=`), a finished stage skipped on a rerun."""
+
+    rerun_from: str = _opt("", "pipeline.from=STAGE (or from=): rerun this stage and every later one even where "
+                           "complete", output=False)
+    until: str = _opt("", "stop after this stage (until=)", output=False)
+    previous: str = _opt("", "earlier run directories, comma-separated: pairs they hold are not fetched again "
+                         "(dedupe.previous = their pairs)", output=False)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """The keys every stage takes, plus one section per stage."""
 
@@ -440,6 +451,7 @@ class JobConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 COMMON_KEYS = ("input", "output", "mode")

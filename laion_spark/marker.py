@@ -82,15 +82,16 @@ def file_hash(uri: str) -> str | None:
         return None
 
 
-def inputs_of(stage, cfg) -> list[dict]:
+def inputs_of(stage, cfg, warn: bool = True) -> list[dict]:
     """A stage + config -> its inputs: key, table, URI, and the marker hash of each table of ours
-    (None: the input is incomplete, or was not written by laion-spark). Warns for each such input."""
+    (None: the input is incomplete, or was not written by laion-spark). Warns for each such input
+    (unless warn=False: the pipeline only compares them)."""
     entries = []
     for t, uri in table_uris(stage, cfg, stage.inputs):
         entry = {"key": t.key, "table": t.table, "uri": uri}
         if t.ours:
             entry["marker"] = marker_hash(uri)
-            if entry["marker"] is None:
+            if entry["marker"] is None and warn:
                 log.warning("%s: input %s=%s has no %s: it is incomplete (a stage that failed or is still "
                             "running) or was not written by laion-spark; its rows are read as they are",
                             stage.name, t.key, uri, MARKER)

@@ -118,6 +118,12 @@ _REGISTRY = (
     _stage("serve", "index folder(s) [+ images] -> an HTTP search service (clip-retrieval's API) and a web page",
            inputs=[Table("input", "index"), Table("serve.images", "images", alias="images", required=False)],
            spark=False, key_aliases=[("port", "serve.port"), ("host", "serve.host")]),
+    _stage("pipeline", "web archives -> every stage above (extract to index) under one run directory; a finished "
+           "stage is skipped, a changed one reruns with what depends on it; run_dir/manifest.json",
+           inputs=[Table("input", "archives", ours=False)],
+           outputs=[Table("output", "run_dir", alias="run_dir")],
+           key_aliases=[("from", "pipeline.rerun_from"), ("pipeline.from", "pipeline.rerun_from"),
+                        ("until", "pipeline.until"), ("previous", "pipeline.previous")]),
     _stage("demo", "a generated crawl -> every stage above, under one run directory (loopback only)",
            outputs=[Table("output", "run_dir")]),
 )

@@ -1,0 +1,1 @@
+"""pipeline: web archives -> every stage under one run directory, resumable between stages."""

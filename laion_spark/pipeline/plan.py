@@ -1,0 +1,129 @@
+"""The pipeline's plan (no Spark): a JobConfig -> the steps under run_dir, and whether each must run.
+
+INPUT  -> the pipeline's JobConfig (input: archives; output: run_dir; every stage's keys; pipeline.*)
+OUTPUT -> `steps`: one Step per stage run (index twice: image and text), each with the JobConfig that
+          stage runs with (its tables at DESIGN.md's places under run_dir, mode=overwrite);
+          `decide`: (run?, why) for one step from what its outputs' completion markers say
+
+A step is skipped when its main output has its marker (`_summary.json`, written last by every stage),
+that marker was taken over the same output-relevant keys (marker.output_hash: checkpoints and lists by
+content) and the same inputs, each named with the hash of its own marker. So a stage that reran gives
+its dependants a new input hash and they rerun too, along the registry's inputs, and nothing else
+does: a new filter threshold reruns filter, export and index; a new hash list export and index.
+
+tag reads `images` (every downloaded row), not `dataset`: its models then never rerun for a new
+threshold, and export joins the scores of the rows it releases by sample_id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import NamedTuple
+
+from laion_spark import marker, stages
+
+# the stages in the order they run; `index` is two steps (image, text)
+ORDER = ("extract", "dedupe", "download", "embed", "filter", "tag", "export", "index")
+INDEX_FIELDS = ("image", "text")
+
+
+class Step(NamedTuple):
+    name: str  # "download", "index:image"
+    stage: str  # the registry's stage
+    cfg: object  # the JobConfig it runs with
+
+
+def table_uris(run_dir: str) -> dict[str, str]:
+    """run_dir -> where each table lives (DESIGN.md, "A run directory")."""
+    root = run_dir.rstrip("/")
+    names = ("candidates", "candidates_errors", "pairs", "images", "embeddings", "dataset", "dataset_rejected", "tags",
+             "export", "export_removed", "report")
+    uris = {name: f"{root}/{name}" for name in names}
+    uris.update({f"index_{f}": f"{root}/index/{f}" for f in INDEX_FIELDS})
+    uris["release"] = f"{uris['export']}/laion"
+    uris["manifest"] = f"{root}/manifest.json"
+    return uris
+
+
+def _previous(cfg) -> str:
+    """pipeline.previous (earlier run directories) + dedupe.previous (pairs tables) -> dedupe's list."""
+    earlier = [f"{u.strip().rstrip('/')}/pairs" for u in cfg.pipeline.previous.split(",") if u.strip()]
+    given = [u.strip() for u in cfg.dedupe.previous.split(",") if u.strip()]
+    return ",".join(dict.fromkeys([*earlier, *given]))
+
+
+def steps(cfg) -> list[Step]:
+    """The pipeline's JobConfig -> its steps, from extract to the text index, each configured."""
+    u = table_uris(cfg.output)
+    base = dataclasses.replace(cfg, mode="overwrite")
+    r = dataclasses.replace
+    release = u["release"] if (not cfg.export.outputs or "laion" in cfg.export.outputs) else u["dataset"]
+    out = [
+        Step("extract", "extract", r(base, output=u["candidates"], extract=r(cfg.extract, errors_output=""))),
+        Step("dedupe", "dedupe", r(base, input=u["candidates"], output=u["pairs"],
+                                   dedupe=r(cfg.dedupe, previous=_previous(cfg)))),
+        Step("download", "download", r(base, input=u["pairs"], output=u["images"])),
+        Step("embed", "embed", r(base, input=u["images"], output=u["embeddings"])),
+        Step("filter", "filter", r(base, input=u["images"], output=u["dataset"], filter=r(
+            cfg.filter, embeddings=u["embeddings"], rejected_output="", npy_output=""))),
+        Step("tag", "tag", r(base, input=u["images"], output=u["tags"], tag=r(cfg.tag, embeddings=u["embeddings"]))),
+        Step("export", "export", r(base, input=u["dataset"], output=u["export"],
+                                   export=r(cfg.export, format="release", tags=u["tags"], embeddings=u["embeddings"],
+                                            removed_output=""))),
+    ]
+    for field in INDEX_FIELDS:
+        out.append(Step(f"index:{field}", "index", r(base, input=u["embeddings"], output=u[f"index_{field}"],
+                                                     index=r(cfg.index, dataset=release, field=field,
+                                                             rejected_output=""))))
+    return out
+
+
+def selected(all_steps: list[Step], rerun_from: str, until: str) -> tuple[list[Step], set[str]]:
+    """-> (the steps up to pipeline.until, the names pipeline.from forces to rerun)."""
+    names = [s.stage for s in all_steps]
+    last = max(i for i, n in enumerate(names) if n == until) if until else len(all_steps) - 1
+    kept = all_steps[: last + 1]
+    forced = set()
+    if rerun_from:
+        first = names.index(rerun_from)
+        forced = {s.name for s in kept[first:]}
+    return kept, forced
+
+
+def _read_marker(uri: str) -> dict | None:
+    from laion_spark.io import read_json
+
+    try:
+        return read_json(marker.marker_uri(uri))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def _inputs_key(entries: list[dict]) -> dict:
+    return {(e["key"], e["uri"]): e.get("marker", e.get("content")) for e in entries}
+
+
+def decide(step: Step, forced: bool = False) -> tuple[bool, str]:
+    """A step -> (whether it runs, why), from its main output's completion marker."""
+    from laion_spark.io import exists
+
+    if forced:
+        return True, "pipeline.from asks for it"
+    entry = stages.get(step.stage)
+    done = _read_marker(step.cfg.output)
+    if done is None:
+        return True, ("incomplete: its output has no completion marker" if exists(step.cfg.output)
+                      else "not run yet")
+    digest, values = marker.output_hash(entry, step.cfg)
+    if done.get("output_hash") != digest:
+        now = json.loads(json.dumps(values, default=str))
+        before = done.get("output_config", {})
+        changed = sorted(k for k in {*now, *before} if now.get(k) != before.get(k))
+        return True, f"config changed: {', '.join(changed) or 'its output keys'}"
+    now_inputs = _inputs_key(marker.inputs_of(entry, step.cfg, warn=False))
+    before_inputs = _inputs_key(done.get("inputs", []))
+    changed = sorted({k for k in {*now_inputs, *before_inputs} if now_inputs.get(k) != before_inputs.get(k)})
+    if changed:
+        return True, "input changed: " + ", ".join(f"{key}={uri}" for key, uri in changed)
+    return False, "complete, with the same config and inputs"
