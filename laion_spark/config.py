@@ -140,7 +140,8 @@ class DownloadConfig:
     )
     connect_to: tuple = _opt(
         (), "HOST[:PORT]=ADDR:PORT: connect there instead (curl --connect-to; HOST * = any); ADDR is still "
-        "checked by the address guard"
+        "checked by the address guard",
+        output=False,  # routing, as DNS is: the URL names what is fetched (a new port is no new table)
     )
     # image checks (LAION's defaults)
     min_image_bytes: int = _opt(5120, "downloads smaller than this are too_small", minimum=0)

@@ -65,11 +65,17 @@ def run(spark, cfg) -> dict:
         "config": M.config_of(cfg), "steps": [],
     }
     write_json(uris["manifest"], doc)
-    ran = []
+    ran, summaries = [], {}
     for i, step in enumerate(todo, 1):
         go, why = P.decide(step, step.name in forced)
         started = time.time()
-        if not go:
+        if step.stage == "index" and summaries.get("export", {}).get("released") == 0:
+            # an incremental crawl with nothing new: no index of nothing (faiss cannot train on no rows)
+            go, why = False, "the release has no rows: nothing to index"
+            summary = None
+            entry = M.step_entry(step, "empty", why, started, summary)
+            log.info("pipeline [%d/%d] %s not built: %s", i, len(todo), step.name, why)
+        elif not go:
             summary = P._read_marker(step.cfg.output)
             entry = M.step_entry(step, "skipped", why, started, summary)
             log.info("pipeline [%d/%d] %s skipped: %s", i, len(todo), step.name, why)
@@ -85,13 +91,14 @@ def run(spark, cfg) -> dict:
                 raise
             entry = M.step_entry(step, "run", why, started, summary)
             ran.append(step.name)
+        summaries[step.name] = summary or {}
         log.info("pipeline [%d/%d] %s", i, len(todo), _line(entry))
         doc["steps"].append(entry)
         write_json(uris["manifest"], doc)
     doc.update(status="complete", ended=M.now())
     write_json(uris["manifest"], doc)
     return {"run_dir": cfg.output, "manifest": uris["manifest"], "ran": ran,
-            "skipped": [s["step"] for s in doc["steps"] if s["action"] == "skipped"],
+            "skipped": [s["step"] for s in doc["steps"] if s["action"] != "run"],
             "steps": doc["steps"], "tables": {k: v for k, v in uris.items() if k != "manifest"}}
 
 
