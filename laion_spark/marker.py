@@ -32,6 +32,8 @@ MARKER_VERSION = 1
 
 
 def _get(cfg, key: str) -> str:
+    if not key:  # a table at a fixed place in the stage's output (export's laion/): no key of its own
+        return ""
     value = cfg
     for part in key.split("."):
         value = getattr(value, part)

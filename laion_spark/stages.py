@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 class Table:
     """One input or output of a stage: the config key that holds its URI and the table it is."""
 
-    key: str  # "input", "output", "filter.embeddings", "run_dir", ...
+    key: str  # "input", "output", "filter.embeddings", "run_dir", ...; "": at <output><suffix>, no key of its own
     table: str  # DESIGN.md's table name: candidates, pairs, images, ... ("archives": files, not a table)
     alias: str = ""  # the short spelling on the command line (embeddings=URI)
     required: bool = True
@@ -65,6 +65,8 @@ class Stage:
     def usage(self) -> str:
         parts = []
         for t in (*self.inputs, *self.outputs):
+            if not t.key:
+                continue
             spelled = t.alias or t.key
             item = f"{spelled}=<{t.table}>"
             parts.append(item if t.required else f"[{item}]")
@@ -106,7 +108,9 @@ _REGISTRY = (
            inputs=[Table("input", "dataset"), Table("export.tags", "tags", alias="tags", required=False),
                    Table("export.embeddings", "embeddings", alias="embeddings", required=False)],
            outputs=[Table("output", "export"),
-                    Table("export.removed_output", "export_removed", required=False, suffix="_removed")]),
+                    Table("export.removed_output", "export_removed", required=False, suffix="_removed"),
+                    # the release inside it gets the marker too: index reads it, and must see it change
+                    Table("", "release", required=False, suffix="/laion")]),
     _stage("index", "embeddings (+ the dataset to index) -> a faiss index with metadata and measured recall",
            inputs=[Table("input", "embeddings"), Table("index.dataset", "dataset", alias="dataset", required=False)],
            outputs=[Table("output", "index"),

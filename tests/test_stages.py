@@ -58,8 +58,13 @@ def test_the_tables_form_the_design_graph():
     # export reads filter's dataset, tag's tags and embed's embeddings
     assert stages.get("export").aliases == {"tags": "export.tags", "embeddings": "export.embeddings"}
     assert {produced[t.table] for t in stages.get("export").inputs} == {"filter", "tag", "embed"}
+    # the release export writes inside its folder is what index reads in a pipeline
+    assert produced["release"] == "export"
+    assert stages.get("pipeline").aliases == {"run_dir": "output", "from": "pipeline.rerun_from",
+                                              "pipeline.from": "pipeline.rerun_from", "until": "pipeline.until",
+                                              "previous": "pipeline.previous"}
     assert all(not s.aliases for n, s in stages.STAGES.items()
-               if n not in ("filter", "index", "search", "serve", "tag", "export"))
+               if n not in ("filter", "index", "search", "serve", "tag", "export", "pipeline"))
 
 
 def test_cli_usage_lists_the_registry_and_demo_is_a_stage():

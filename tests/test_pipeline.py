@@ -1,0 +1,173 @@
+"""pipeline: the demo's generated crawl (real WARC/WAT files) and its loopback image server, the toy CLIP
+and the toy heads, through every stage under one run_dir; then the same command again, and again after
+changes, each time checking which steps ran against the dependencies written out here (which tables each
+stage reads), not against the code's own plan. One shared sequence of runs; each test reads its part."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from laion_spark import cli
+from laion_spark import schemas as S
+from laion_spark.demo.crawl import write_demo_crawl
+from laion_spark.demo.images import DemoImageServer
+from laion_spark.demo.job import toy_threshold
+from laion_spark.toy.heads import ensure_heads
+from laion_spark.toy.train import ensure_checkpoint
+
+pytestmark = pytest.mark.slow
+
+ALL = ["extract", "dedupe", "download", "embed", "filter", "tag", "export", "index:image", "index:text"]
+# who reads what (DESIGN.md's tables; tag reads images so that a threshold leaves its models alone):
+# a step reruns when one of these changed
+READS = {"extract": [], "dedupe": ["extract"], "download": ["dedupe"], "embed": ["download"],
+         "filter": ["download", "embed"], "tag": ["download", "embed"], "export": ["filter", "tag", "embed"],
+         "index:image": ["embed", "export"], "index:text": ["embed", "export"]}
+
+
+def downstream(changed: set[str]) -> list[str]:
+    """Steps that rerun when `changed` rerun: themselves and, in order, every step reading a rerun one."""
+    out = set(changed)
+    for step in ALL:
+        if any(r in out for r in READS[step]):
+            out.add(step)
+    return [s for s in ALL if s in out]
+
+
+def ids(uri, column=S.SAMPLE_ID) -> list[int]:
+    return sorted(pq.read_table(uri, columns=[column]).column(column).to_pylist())
+
+
+def pipeline(spark, args: list[str]) -> dict:
+    cfg, module = cli.prepare("pipeline", [], args)
+    return cli.run("pipeline", cfg, module, spark)
+
+
+@pytest.fixture(scope="module")
+def runs(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    files = write_demo_crawl(str(root / "crawl"), seed=0)
+    checkpoint, heads = ensure_checkpoint(), ensure_heads()
+    threshold = toy_threshold(checkpoint)
+    run_dir = root / "run"
+    out = {"run_dir": run_dir, "root": root}
+    with DemoImageServer() as server:
+        base = [f"input={','.join(files)}", "download.allowed_networks=127.0.0.1/32",
+                f"download.connect_to=*:80=127.0.0.1:{server.port},*:443=127.0.0.1:{server.closed_port}",
+                f"embed.model={checkpoint.model}", f"embed.pretrained={checkpoint.checkpoint}",
+                f"embed.model_config={checkpoint.model_config}", "index.candidates=1", *heads.overrides()]
+
+        def at(t):
+            return [f"filter.threshold.{g}={t}" for g in ("en", "multi", "nolang")]
+
+        first = [*base, f"run_dir={run_dir}", *at(threshold)]
+        out["first"] = pipeline(spark, first)
+        out["first_release"] = ids(run_dir / "export" / "laion", "SAMPLE_ID")
+        out["first_pairs"] = ids(run_dir / "pairs")
+        out["again"] = pipeline(spark, first)
+        changed = [*base, f"run_dir={run_dir}", *at(threshold - 0.02)]
+        out["threshold"] = pipeline(spark, changed)
+        release = pq.read_table(run_dir / "export" / "laion").to_pylist()
+        blocked = sorted(release, key=lambda r: r["URL"])[0]
+        (root / "takedowns.txt").write_text(f"# a removal request\n{blocked['URL']}\n")
+        listed = [*changed, f"export.blocklist.url={root / 'takedowns.txt'}"]
+        out["blocked"] = blocked
+        out["blocklist"] = pipeline(spark, listed)
+        out["listed_release"] = ids(run_dir / "export" / "laion", "SAMPLE_ID")
+        out["only_tag"] = pipeline(spark, [*listed, "pipeline.from=tag", "until=tag"])
+        (run_dir / "embeddings" / "_summary.json").unlink()  # as a run killed inside embed leaves it
+        out["incomplete"] = pipeline(spark, listed)
+        out["manifest"] = json.loads((run_dir / "manifest.json").read_text())
+        out["incremental"] = pipeline(spark, [*[a for a in listed if not a.startswith("run_dir=")],
+                                              f"run_dir={root / 'next'}", f"previous={run_dir}"])
+    yield out
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def ran(summary) -> list[str]:
+    return [s["step"] for s in summary["steps"] if s["action"] == "run"]
+
+
+def test_the_first_run_builds_every_table_and_a_manifest(runs):
+    run_dir, first = runs["run_dir"], runs["first"]
+    assert ran(first) == ALL
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert runs["manifest"]["status"] == "complete" and manifest["status"] == "complete"
+    for table in ("candidates", "pairs", "images", "embeddings", "dataset", "dataset_rejected", "tags", "export",
+                  "export_removed", "index/image", "index/text"):
+        assert (run_dir / table / "_summary.json").is_file(), table
+    versions = runs["manifest"]["versions"]
+    assert versions["java"] and versions["spark"].startswith("4.") and versions["torch"] and versions["faiss"]
+    checkpoints = runs["manifest"]["checkpoints_and_lists"]
+    assert checkpoints["tag.punsafe.checkpoint"].startswith("sha256:")
+    # nothing blocklisted in the first run: the release is the dataset; tag scored every images row;
+    # both indices hold exactly the release
+    assert runs["first_release"] and runs["first_release"] == ids(run_dir / "dataset")
+    steps = {s["step"]: s for s in first["steps"]}
+    assert steps["tag"]["counts"]["tagged"] == steps["download"]["counts"]["rows_out"]
+    assert steps["export"]["counts"]["released"] == len(runs["first_release"]) == steps["filter"]["counts"]["dataset"]
+    assert all(s["seconds"] is not None and s["started"] <= s["ended"] for s in first["steps"])
+
+
+def test_the_same_command_again_runs_nothing(runs):
+    again = runs["again"]
+    assert ran(again) == [] and [s["step"] for s in again["steps"]] == ALL
+    assert all(s["action"] == "skipped" and s["why"].startswith("complete") for s in again["steps"])
+
+
+def test_a_new_threshold_reruns_filter_and_what_reads_it_not_tag(runs):
+    assert ran(runs["threshold"]) == downstream({"filter"}) == ["filter", "export", "index:image", "index:text"]
+    why = {s["step"]: s["why"] for s in runs["threshold"]["steps"]}
+    assert why["filter"] == "config changed: filter.threshold.en, filter.threshold.multi, filter.threshold.nolang"
+
+
+def test_a_new_hash_list_reruns_export_and_the_indices_only(runs):
+    run_dir, blocked = runs["run_dir"], runs["blocked"]
+    assert ran(runs["blocklist"]) == downstream({"export"}) == ["export", "index:image", "index:text"]
+    assert blocked["SAMPLE_ID"] not in runs["listed_release"]
+    removed = pq.read_table(run_dir / "export_removed").to_pylist()
+    assert [(r[S.SAMPLE_ID], r[S.REASON]) for r in removed] == [(blocked["SAMPLE_ID"], "blocklisted:takedowns")]
+
+
+def test_from_and_until(runs):
+    only = runs["only_tag"]
+    assert [s["step"] for s in only["steps"]] == ALL[: ALL.index("tag") + 1]
+    assert ran(only) == ["tag"]
+    assert next(s for s in only["steps"] if s["step"] == "tag")["why"] == "pipeline.from asks for it"
+
+
+def test_an_incomplete_stage_is_redone_with_what_depends_on_it(runs):
+    run_dir, incomplete = runs["run_dir"], runs["incomplete"]
+    assert ran(incomplete) == downstream({"embed"})
+    assert next(s for s in incomplete["steps"] if s["step"] == "embed")["why"].startswith("incomplete")
+    # the final tables are whole again: the indices hold exactly the release, which holds no blocked row
+    release = ids(run_dir / "export" / "laion", "SAMPLE_ID")
+    assert release == runs["listed_release"]
+    for field in ("image", "text"):
+        assert ids(run_dir / "index" / field / "metadata") == release, field
+    embedded = ids(run_dir / "embeddings")
+    assert len(embedded) == len(set(embedded))
+
+
+def test_an_incremental_crawl_fetches_only_what_is_new(runs):
+    nxt = runs["incremental"]
+    steps = {s["step"]: s for s in nxt["steps"]}
+    assert steps["dedupe"]["counts"]["removed_previous"] == len(runs["first_pairs"])
+    assert steps["dedupe"]["counts"]["pairs"] == 0 and steps["download"]["counts"]["rows_in"] == 0
+    assert steps["index:image"]["action"] == steps["index:text"]["action"] == "empty"
+    assert (runs["root"] / "next" / "manifest.json").is_file()
+
+
+def test_bad_pipeline_keys_are_clear_errors(tmp_path):
+    from laion_spark.config import ConfigError
+
+    for args, match in (([f"run_dir={tmp_path}", "input=x.warc.gz", "until=nope"], "pipeline.until=nope"),
+                        ([f"run_dir={tmp_path}", "input=x.warc.gz", "from=index", "until=embed"], "comes after")):
+        with pytest.raises(ConfigError, match=match):
+            cli.prepare("pipeline", [], args)
+    assert dataclasses.is_dataclass(cli.prepare("pipeline", [], [f"run_dir={tmp_path}", "input=x.warc.gz"])[0])
