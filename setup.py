@@ -40,6 +40,7 @@ setup(
         # embed (and the toy CLIP): torch is gigabytes, so the stages before embed do without it
         "embed": ["torch>=2.1", "torchvision>=0.16", "open_clip_torch>=2.24", "timm>=1.0"],
         "index": ["faiss-cpu>=1.8"],  # index, search and serve
+        "report": ["matplotlib>=3.8"],  # the run's report (PNG plots)
         "s3": ["s3fs"],  # s3:// inputs (Common Crawl's bucket from inside AWS)
         "gcs": ["gcsfs"],
         "test": ["pytest", "ruff", "html5lib", "lxml", "webdataset"],

@@ -12,6 +12,7 @@ The stages, their modules, usage lines and short table keys come from laion_spar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -76,11 +77,13 @@ def prepare(stage: str, config_files: list[str], overrides: list[str]):
     """Stage + config sources -> (validated JobConfig, stage module); raises before Spark starts."""
     entry = stages.get(stage)
     cfg = config_mod.load_config(config_files, overrides, stage=stage)
+    module = importlib.import_module(entry.module)
+    if not cfg.output and hasattr(module, "default_output") and cfg.input:  # report: <run_dir>/report
+        cfg = dataclasses.replace(cfg, output=module.default_output(cfg))
     for key in entry.required_keys:
         if not marker._get(cfg, key):
             spelled = next((a for a, k in entry.aliases.items() if k == key), key)
             raise ConfigError(f"{spelled} is required: {entry.usage()}")
-    module = importlib.import_module(entry.module)
     module.prepare(cfg)
     if cfg.output and not getattr(module, "RESUMES", False):  # the pipeline resumes an existing run_dir
         check_output(cfg.output, cfg.mode)

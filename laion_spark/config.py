@@ -423,6 +423,13 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """report: a run directory -> run_dir/report/index.html (plots, the funnel, sample pairs)."""
+
+    samples: int = _opt(8, "kept and rejected pairs shown with their images (each)", minimum=0, output=False)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """pipeline: archives -> every stage under run_dir (`run_dir=`), a finished stage skipped on a rerun."""
 
@@ -453,6 +460,7 @@ class JobConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 COMMON_KEYS = ("input", "output", "mode")

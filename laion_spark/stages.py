@@ -122,6 +122,10 @@ _REGISTRY = (
     _stage("serve", "index folder(s) [+ images] -> an HTTP search service (clip-retrieval's API) and a web page",
            inputs=[Table("input", "index"), Table("serve.images", "images", alias="images", required=False)],
            spark=False, key_aliases=[("port", "serve.port"), ("host", "serve.host")]),
+    _stage("report", "a run directory -> run_dir/report/index.html: the funnel with every rejection reason, "
+           "plots (matplotlib PNG) and sample kept and rejected pairs",
+           inputs=[Table("input", "run_dir", alias="run_dir", ours=False)],
+           outputs=[Table("output", "report", required=False)]),
     _stage("pipeline", "web archives -> every stage above (extract to index) under one run directory; a finished "
            "stage is skipped, a changed one reruns with what depends on it; run_dir/manifest.json",
            inputs=[Table("input", "archives", ours=False)],

@@ -19,15 +19,17 @@ from laion_spark.demo.images import DemoImageServer
 from laion_spark.demo.job import toy_threshold
 from laion_spark.toy.heads import ensure_heads
 from laion_spark.toy.train import ensure_checkpoint
+from tests import test_serve_browser
 
 pytestmark = pytest.mark.slow
+browser = test_serve_browser.browser  # the headless chromium fixture, shared
 
-ALL = ["extract", "dedupe", "download", "embed", "filter", "tag", "export", "index:image", "index:text"]
+ALL = ["extract", "dedupe", "download", "embed", "filter", "tag", "export", "index:image", "index:text", "report"]
 # who reads what (DESIGN.md's tables; tag reads images so that a threshold leaves its models alone):
 # a step reruns when one of these changed
 READS = {"extract": [], "dedupe": ["extract"], "download": ["dedupe"], "embed": ["download"],
          "filter": ["download", "embed"], "tag": ["download", "embed"], "export": ["filter", "tag", "embed"],
-         "index:image": ["embed", "export"], "index:text": ["embed", "export"]}
+         "index:image": ["embed", "export"], "index:text": ["embed", "export"], "report": ALL[:-1]}
 
 
 def downstream(changed: set[str]) -> list[str]:
@@ -121,14 +123,15 @@ def test_the_same_command_again_runs_nothing(runs):
 
 
 def test_a_new_threshold_reruns_filter_and_what_reads_it_not_tag(runs):
-    assert ran(runs["threshold"]) == downstream({"filter"}) == ["filter", "export", "index:image", "index:text"]
+    want = ["filter", "export", "index:image", "index:text", "report"]
+    assert ran(runs["threshold"]) == downstream({"filter"}) == want
     why = {s["step"]: s["why"] for s in runs["threshold"]["steps"]}
     assert why["filter"] == "config changed: filter.threshold.en, filter.threshold.multi, filter.threshold.nolang"
 
 
 def test_a_new_hash_list_reruns_export_and_the_indices_only(runs):
     run_dir, blocked = runs["run_dir"], runs["blocked"]
-    assert ran(runs["blocklist"]) == downstream({"export"}) == ["export", "index:image", "index:text"]
+    assert ran(runs["blocklist"]) == downstream({"export"}) == ["export", "index:image", "index:text", "report"]
     assert blocked["SAMPLE_ID"] not in runs["listed_release"]
     removed = pq.read_table(run_dir / "export_removed").to_pylist()
     assert [(r[S.SAMPLE_ID], r[S.REASON]) for r in removed] == [(blocked["SAMPLE_ID"], "blocklisted:takedowns")]
@@ -171,3 +174,46 @@ def test_bad_pipeline_keys_are_clear_errors(tmp_path):
         with pytest.raises(ConfigError, match=match):
             cli.prepare("pipeline", [], args)
     assert dataclasses.is_dataclass(cli.prepare("pipeline", [], [f"run_dir={tmp_path}", "input=x.warc.gz"])[0])
+
+
+def count(uri, where=None) -> int:
+    table = pq.read_table(uri)
+    if where:
+        return sum(1 for v in table.column(where[0]).to_pylist() if v == where[1])
+    return table.num_rows
+
+
+def test_the_report_page_loads_and_its_funnel_is_the_tables(runs, browser):
+    # the report of the last run in run_dir, in headless chromium: every image (plots, thumbnails) loads,
+    # and each funnel count is the row count of its table, counted here with pyarrow
+    run_dir = runs["run_dir"]
+    page = run_dir / "report" / "index.html"
+    assert page.is_file()
+    browser.get(page.as_uri())
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    assert len(images) >= 10
+    assert all(complete and width > 0 for _, complete, width in images), images
+    plots = {src for src, _, _ in images if src.startswith("plots/")}
+    assert {"plots/funnel.png", "plots/similarity.png", "plots/statuses.png", "plots/punsafe.png",
+            "plots/recall.png"} <= plots
+    assert sum(src.startswith("samples/kept_") for src, _, _ in images) > 0
+    assert sum(src.startswith("samples/rejected_") for src, _, _ in images) > 0
+    cells = browser.execute_script(
+        "return Array.from(document.querySelectorAll('td[data-table]')).map(c => [c.dataset.table, c.dataset.rows,"
+        " c.textContent])")
+    shown = {t: int(n) for t, n, _ in cells}
+    assert all(text.replace(",", "") == n for _, n, text in cells)
+    want = {"candidates": count(run_dir / "candidates"), "pairs": count(run_dir / "pairs"),
+            "images": count(run_dir / "images", (S.STATUS, S.SUCCESS)), "dataset": count(run_dir / "dataset"),
+            "export/laion": count(run_dir / "export" / "laion"),
+            "index/image": count(run_dir / "index" / "image" / "metadata"),
+            "index/text": count(run_dir / "index" / "text" / "metadata")}
+    assert shown == want
+    # every rejection reason the filter wrote is on the page with its count
+    reasons = {}
+    for r in pq.read_table(run_dir / "dataset_rejected", columns=[S.REASON]).column(S.REASON).to_pylist():
+        reasons[r] = reasons.get(r, 0) + 1
+    text = browser.find_element("tag name", "body").text
+    assert f"below_threshold {reasons['below_threshold']}" in text
+    assert f"blocklisted:takedowns {1}" in text

@@ -63,8 +63,9 @@ def test_the_tables_form_the_design_graph():
     assert stages.get("pipeline").aliases == {"run_dir": "output", "from": "pipeline.rerun_from",
                                               "pipeline.from": "pipeline.rerun_from", "until": "pipeline.until",
                                               "previous": "pipeline.previous"}
+    assert stages.get("report").aliases == {"run_dir": "input"}
     assert all(not s.aliases for n, s in stages.STAGES.items()
-               if n not in ("filter", "index", "search", "serve", "tag", "export", "pipeline"))
+               if n not in ("filter", "index", "search", "serve", "tag", "export", "pipeline", "report"))
 
 
 def test_cli_usage_lists_the_registry_and_demo_is_a_stage():

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from laion_spark import marker, stages
 
 # the stages in the order they run; `index` is two steps (image, text)
-ORDER = ("extract", "dedupe", "download", "embed", "filter", "tag", "export", "index")
+ORDER = ("extract", "dedupe", "download", "embed", "filter", "tag", "export", "index", "report")
 INDEX_FIELDS = ("image", "text")
 
 
@@ -76,6 +76,7 @@ def steps(cfg) -> list[Step]:
         out.append(Step(f"index:{field}", "index", r(base, input=u["embeddings"], output=u[f"index_{field}"],
                                                      index=r(cfg.index, dataset=release, field=field,
                                                              rejected_output=""))))
+    out.append(Step("report", "report", r(base, input=cfg.output, output=u["report"])))
     return out
 
 

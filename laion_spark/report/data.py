@@ -1,0 +1,169 @@
+"""What the report shows, gathered from a run directory's tables and markers (Spark aggregates).
+
+INPUT  -> a SparkSession and a run directory (pipeline.plan.table_uris); any table may be missing (a run
+          stopped with pipeline.until): its part of the report is left out
+OUTPUT -> a dict of plain values: the markers (each stage's counts), the funnel (rows at each stage with
+          what was removed and why), histograms (similarity per language group, with the filter's
+          thresholds; punsafe / pwatermark / aesthetic_score), languages, image sizes and aspect
+          ratios, download statuses, top domains, the indices' measured recall and latency, and sample
+          kept and rejected pairs (with their image bytes, for thumbnails)
+
+Every number comes from a table or a marker; nothing is estimated. Histograms are counts per bin,
+computed by Spark over every row.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pyspark.sql import functions as F
+
+from laion_spark import schemas as S
+from laion_spark.filter.transform import language_group_column
+from laion_spark.pipeline.plan import INDEX_FIELDS, table_uris
+
+TOP = 15  # languages and domains shown
+BINS = 40
+
+
+def _read_json(uri: str) -> dict | None:
+    from laion_spark.io import read_json
+
+    try:
+        return read_json(uri)
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def markers(run_dir: str) -> dict:
+    """-> {table: its completion marker} for the tables of the run that have one."""
+    u = table_uris(run_dir)
+    names = ["candidates", "pairs", "images", "embeddings", "dataset", "tags", "export",
+             *[f"index_{f}" for f in INDEX_FIELDS]]
+    out = {}
+    for name in names:
+        m = _read_json(u[name].rstrip("/") + "/_summary.json")
+        if m is not None:
+            out[name] = m
+    return out
+
+
+def funnel(m: dict) -> list[dict]:
+    """Markers -> the funnel: one step per table, its rows, and what the step removed, per reason."""
+    steps = []
+    if "candidates" in m:
+        c = m["candidates"]
+        steps.append({"table": "candidates", "label": "image-alt candidates (extract)", "rows": c["candidates"],
+                      "removed": {f"rule:{k}": v for k, v in c.get("dropped", {}).items()},
+                      "note": f"{c['images_seen']} <img> with alt text in {c['html_pages']} HTML pages; "
+                              f"{c['error_rows']} error rows"})
+    if "pairs" in m:
+        p = m["pairs"]
+        steps.append({"table": "pairs", "label": "unique pairs (dedupe)", "rows": p["pairs"],
+                      "removed": {k: v for k, v in (("duplicate", p["duplicates_removed"]),
+                                                    ("in an earlier run", p["removed_previous"]),
+                                                    ("dedupe blocklist", p["removed_blocklist"])) if v}})
+    if "images" in m:
+        i = m["images"]
+        statuses = dict(i["statuses"])
+        ok = statuses.pop(S.SUCCESS, 0)
+        steps.append({"table": "images", "label": "downloaded images (download)", "rows": ok,
+                      "removed": {f"download:{k}": v for k, v in statuses.items()},
+                      "note": f"{i['rows_out']} images rows, one per pair"})
+    if "dataset" in m:
+        d = m["dataset"]
+        reasons = {k: v for k, v in d["reasons"].items() if not k.startswith("download_failed:")}
+        steps.append({"table": "dataset", "label": "kept by the CLIP filter (filter)", "rows": d["dataset"],
+                      "removed": reasons})
+    if "export" in m and m["export"].get("format") == "release":
+        e = m["export"]
+        steps.append({"table": "export/laion", "label": "released (export)", "rows": e["released"],
+                      "removed": dict(e["reasons"])})
+    for f in INDEX_FIELDS:
+        if f"index_{f}" in m:
+            steps.append({"table": f"index/{f}", "label": f"in the {f} index (index)",
+                          "rows": m[f"index_{f}"]["indexed"], "removed": {}})
+    return steps
+
+
+def _histogram(df, column: str, low: float, high: float, bins: int = BINS, by=None) -> dict:
+    """Rows -> counts of `column` in `bins` equal bins over [low, high] (values outside are put in the end
+    bins), per `by` when given; nulls and NaNs left out."""
+    width = (high - low) / bins
+    value = F.col(column).cast("double")
+    b = F.least(F.greatest(F.floor((value - F.lit(low)) / F.lit(width)), F.lit(0)), F.lit(bins - 1)).cast("int")
+    keys = [by] if by else []
+    rows = (df.where(value.isNotNull() & ~F.isnan(value)).groupBy(*keys, b.alias("bin"))
+            .agg(F.count(F.lit(1)).alias("n")).collect())
+    edges = [low + k * width for k in range(bins + 1)]
+    out: dict = {}
+    for r in rows:
+        key = r[by] if by else "all"
+        out.setdefault(key, [0] * bins)[r["bin"]] += r["n"]
+    return {"edges": edges, "counts": out}
+
+
+def _exists(uri: str) -> bool:
+    from laion_spark.io import exists
+
+    return exists(uri)
+
+
+def _samples(spark, uri: str, where, extra: list[str], n: int) -> list[dict]:
+    df = spark.read.parquet(uri)
+    if S.IMAGE not in df.columns:
+        return []
+    rows = (df.where(where & F.col(S.IMAGE).isNotNull())
+            .orderBy(F.xxhash64(F.col(S.SAMPLE_ID)))  # a spread of the table, the same on every run
+            .select(S.SAMPLE_ID, S.URL, S.TEXT, S.IMAGE, *[c for c in extra if c in df.columns])
+            .limit(n).collect())
+    return [r.asDict() for r in rows]
+
+
+def gather(spark, run_dir: str, samples: int = 8) -> dict:
+    u = table_uris(run_dir)
+    m = markers(run_dir)
+    out: dict = {"run_dir": run_dir, "markers": m, "funnel": funnel(m),
+                 "manifest": _read_json(u["manifest"])}
+    if "pairs" in m:
+        pairs = spark.read.parquet(u["pairs"])
+        out["languages"] = [(r[S.LANGUAGE], r["n"]) for r in pairs.groupBy(S.LANGUAGE).agg(
+            F.count(F.lit(1)).alias("n")).orderBy(F.desc("n"), S.LANGUAGE).limit(TOP).collect()]
+        host = F.lower(F.expr(f"parse_url({S.URL}, 'HOST')"))
+        out["domains"] = [(r["host"], r["n"]) for r in pairs.select(host.alias("host")).groupBy("host").agg(
+            F.count(F.lit(1)).alias("n")).orderBy(F.desc("n"), "host").limit(TOP).collect()]
+    if "images" in m:
+        out["statuses"] = m["images"]["statuses"]
+        ok = spark.read.parquet(u["images"]).where(F.col(S.STATUS) == S.SUCCESS)
+        sides = ok.select(F.greatest("original_width", "original_height").alias("side"),
+                          (F.col("original_width") / F.col("original_height")).alias("aspect"))
+        out["sizes"] = _histogram(sides.select(F.log10("side").alias("log_side")), "log_side", 1.0, 4.0, 30)
+        out["aspects"] = _histogram(sides.select(F.log2("aspect").alias("log_aspect")), "log_aspect", -2.0, 2.0, 32)
+    if "embeddings" in m and "images" in m:
+        emb = spark.read.parquet(u["embeddings"]).select(S.SAMPLE_ID, S.SIMILARITY)
+        lang = spark.read.parquet(u["images"]).select(S.SAMPLE_ID, language_group_column(F.col(S.LANGUAGE))
+                                                      .alias("group"))
+        scored = emb.join(lang, S.SAMPLE_ID)
+        low, high = scored.agg(F.min(S.SIMILARITY), F.max(S.SIMILARITY)).first()
+        low, high = (math.floor((low or 0.0) * 20) / 20, math.ceil((high or 0.5) * 20) / 20)
+        out["similarity"] = _histogram(scored, S.SIMILARITY, low, max(high, low + 0.05), by="group")
+        if "dataset" in m:
+            out["thresholds"] = m["dataset"]["thresholds"]
+    if "tags" in m:
+        tags = spark.read.parquet(u["tags"])
+        out["tags"] = {"punsafe": _histogram(tags, "punsafe", 0.0, 1.0, 20),
+                       "pwatermark": _histogram(tags, "pwatermark", 0.0, 1.0, 20),
+                       "aesthetic_score": _histogram(tags, "aesthetic_score", 0.0, 10.0, 20)}
+    out["indices"] = {}
+    for f in INDEX_FIELDS:
+        infos = _read_json(u[f"index_{f}"] + "/index_infos.json")
+        if infos is not None:
+            out["indices"][f] = {k: infos.get(k) for k in ("index_key", "index_param", "nb_vectors", "dimension",
+                                                            "recall_at_1", "recall_at_10", "latency_ms_p50",
+                                                            "latency_ms_p99", "size_bytes")}
+    if _exists(u["dataset"]):
+        out["kept"] = _samples(spark, u["dataset"], F.lit(True), [S.SIMILARITY, S.LANGUAGE], samples)
+    if _exists(u["dataset_rejected"]):
+        out["rejected"] = _samples(spark, u["dataset_rejected"], F.col(S.REASON) == "below_threshold",
+                                   [S.SIMILARITY, S.LANGUAGE, S.REASON], samples)
+    return out

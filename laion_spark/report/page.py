@@ -1,0 +1,98 @@
+"""The report page: gathered data + the written plot and thumbnail files -> index.html (one static page).
+
+INPUT  -> report/data.py's dict, {plot name: file name}, {sample key: thumbnail file name}
+OUTPUT -> the HTML text: the funnel as a table (each count in a cell with data-table / data-rows, for
+          people and for tests), the plots, the indices' figures and a grid of kept and rejected pairs
+          (captions escaped: they are web text)
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+h1{font-size:1.6rem;margin-bottom:.2rem} h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;
+margin-top:2rem} .muted{color:#666;font-size:.9rem} table{border-collapse:collapse;margin:.5rem 0}
+td,th{border:1px solid #ddd;padding:.3rem .6rem;font-size:.9rem;vertical-align:top} th{background:#f5f5f5}
+td.n{text-align:right;font-variant-numeric:tabular-nums} .plots{display:flex;flex-wrap:wrap;gap:1rem}
+.plots img{max-width:100%;border:1px solid #eee} .grid{display:grid;grid-template-columns:repeat(4,1fr);gap:.8rem}
+.card{border:1px solid #ddd;border-radius:6px;padding:.4rem;font-size:.8rem;overflow-wrap:anywhere}
+.card img{width:100%;height:150px;object-fit:contain;background:#fafafa} .reasons{font-size:.8rem;color:#555}
+"""
+
+TITLES = {"similarity": "CLIP similarity", "languages": "Languages", "domains": "Top domains",
+          "statuses": "Download statuses", "sizes": "Image sizes", "aspects": "Aspect ratios",
+          "punsafe": "punsafe", "pwatermark": "pwatermark", "aesthetic_score": "aesthetic score",
+          "recall": "Index recall"}
+
+
+def _plot(plots: dict, name: str) -> str:
+    if name not in plots:
+        return ""
+    return f'<img src="{escape(plots[name])}" alt="{escape(TITLES.get(name, name))}" data-plot="{escape(name)}">'
+
+
+def _funnel(steps: list[dict]) -> str:
+    rows = []
+    for s in steps:
+        removed = ", ".join(f"{escape(str(k))} {v:,}" for k, v in sorted(s["removed"].items(), key=lambda kv: -kv[1]))
+        rows.append(f'<tr><td>{escape(s["label"])}</td><td><code>{escape(s["table"])}</code></td>'
+                    f'<td class="n" data-table="{escape(s["table"])}" data-rows="{s["rows"]}">{s["rows"]:,}</td>'
+                    f'<td class="reasons">{removed or "&ndash;"}'
+                    f'{"<br>" + escape(s["note"]) if s.get("note") else ""}</td></tr>')
+    return ("<table><tr><th>stage</th><th>table</th><th>rows</th><th>removed on the way, per reason</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _indices(indices: dict) -> str:
+    if not indices:
+        return '<p class="muted">No index in this run.</p>'
+    cols = ("index_key", "index_param", "nb_vectors", "dimension", "recall_at_1", "recall_at_10", "latency_ms_p50",
+            "latency_ms_p99", "size_bytes")
+    head = "".join(f"<th>{c}</th>" for c in ("field", *cols))
+    body = "".join("<tr><td>" + escape(f) + "</td>" + "".join(
+        f'<td class="n">{escape(str(i.get(c)))}</td>' for c in cols) + "</tr>" for f, i in indices.items())
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cards(rows: list[dict], thumbs: dict, kind: str) -> str:
+    if not rows:
+        return '<p class="muted">None.</p>'
+    cards = []
+    for r in rows:
+        sim = r.get("similarity")
+        extra = f"similarity {sim:.3f}" if isinstance(sim, float) else ""
+        if r.get("language"):
+            extra += f" &middot; {escape(str(r['language']))}"
+        src = thumbs.get(f"{kind}:{r['sample_id']}")
+        image = f'<img src="{escape(src)}" alt="">' if src else '<p class="muted">(no image)</p>'
+        cards.append(f'<div class="card" data-kind="{kind}">{image}<div>{escape(str(r.get("text") or ""))}</div>'
+                     f'<div class="muted">{extra}</div></div>')
+    return f'<div class="grid">{"".join(cards)}</div>'
+
+
+def render(data: dict, plots: dict, thumbs: dict) -> str:
+    manifest = data.get("manifest") or {}
+    versions = manifest.get("versions") or {}
+    version_line = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+    tag_plots = "".join(_plot(plots, n) for n in ("punsafe", "pwatermark", "aesthetic_score"))
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>laion-spark run report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>laion-spark run report</h1>",
+        f'<p class="muted">run directory <code>{escape(data["run_dir"])}</code>'
+        + (f' &middot; pipeline started {escape(str(manifest.get("started")))}' if manifest else "") + "</p>",
+        f'<p class="muted">{escape(version_line)}</p>' if version_line else "",
+        "<h2>Where every candidate went</h2>", _funnel(data["funnel"]), _plot(plots, "funnel"),
+        "<h2>CLIP similarity</h2>", '<div class="plots">', _plot(plots, "similarity"), "</div>",
+        "<h2>Pairs and images</h2>", '<div class="plots">',
+        *[_plot(plots, n) for n in ("languages", "domains", "statuses", "sizes", "aspects")], "</div>",
+        "<h2>Tags</h2>", f'<div class="plots">{tag_plots}</div>' if tag_plots else '<p class="muted">Not tagged.</p>',
+        "<h2>Indices</h2>", _indices(data.get("indices") or {}), _plot(plots, "recall"),
+        "<h2>Sample pairs kept by the filter</h2>", _cards(data.get("kept") or [], thumbs, "kept"),
+        "<h2>Sample pairs rejected below the threshold</h2>", _cards(data.get("rejected") or [], thumbs, "rejected"),
+        '<p class="muted">Every number on this page is counted from the run\'s tables and their _summary.json.</p>',
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
