@@ -329,28 +329,42 @@ def test_demo_end_to_end(spark, demo_run):
     retries = cfg.download.retries
     assert summary["image_server"]["requests"] == sum(1 + retries * (k == ("http_error", 503)) for k in kinds)
 
-    # export: the webdataset shards hold exactly the dataset's rows (the pairs the filter kept), with
-    # their captions and image bytes
+    # export: the release is the dataset's rows but those on the demo's takedown list (a URL list, read
+    # here); the webdataset shards hold exactly the released rows, with their captions and image bytes
     dataset = {r[S.SAMPLE_ID]: r for r in spark.read.parquet(str(output / "dataset")).collect()}
     assert dataset and all(r[S.STATUS] == "success" for r in dataset.values())
-    shards = sorted(str(p) for p in (output / "webdataset").glob("*.tar"))
+    listed = {line.strip() for line in (output / "lists" / "takedowns.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    released = {k: r for k, r in dataset.items() if r[S.URL] not in listed}
+    assert listed and len(released) == len(dataset) - 1  # the listed toy URL is one the filter keeps
+    release = spark.read.parquet(str(output / "export" / "laion")).collect()
+    assert sorted(r["SAMPLE_ID"] for r in release) == sorted(released)
+    shards = sorted(str(p) for p in (output / "export" / "webdataset").glob("*.tar"))
     samples = list(wds.WebDataset(shards, shardshuffle=False, empty_check=False))
-    assert len(samples) == len(dataset)
+    assert len(samples) == len(released)
     seen = {}
     for sample in samples:
         meta = json.loads(sample["json"])
-        row = dataset[meta["sample_id"]]
+        row = released[meta["sample_id"]]
         assert sample["__key__"] == meta["key"]
         assert sample["txt"].decode("utf-8") == row[S.TEXT] == meta["caption"]
         assert sample[row["image_format"]] == row["image"]
         assert meta[S.SIMILARITY] == pytest.approx(row[S.SIMILARITY])
         seen[meta["sample_id"]] = sample["__key__"]
-    assert set(seen) == set(dataset) and len(set(seen.values())) == len(seen)
-    assert summary["export"]["rows"] == len(dataset) and summary["export"]["successes"] == len(dataset)
-    assert summary["export"]["shards"] == len(shards)
+    assert set(seen) == set(released) and len(set(seen.values())) == len(seen)
+    shards_summary = summary["export"]["webdataset"]
+    assert shards_summary["rows"] == len(released) and shards_summary["successes"] == len(released)
+    assert shards_summary["shards"] == len(shards)
+    # the indices hold the release; the report and the manifest are there
+    for field in ("image", "text"):
+        ids = spark.read.parquet(str(output / "index" / field / "metadata")).select(S.SAMPLE_ID).collect()
+        assert sorted(r[S.SAMPLE_ID] for r in ids) == sorted(released), field
+    assert (output / "report" / "index.html").is_file()
+    assert json.loads((output / "manifest.json").read_text())["status"] == "complete"
 
-    for sub in ("", "candidates", "pairs", "images", "embeddings", "dataset", "webdataset"):
-        assert (output / sub / "_summary.json").is_file()
+    for sub in ("", "candidates", "pairs", "images", "embeddings", "dataset", "tags", "export", "index/image",
+                "index/text", "report"):
+        assert (output / sub / "_summary.json").is_file(), sub
     assert read_json(str(output / "pairs" / "_summary.json"))["pairs"] == len(pairs)
     report = module.format_report(summary)
     successes = statuses["success"]
@@ -358,7 +372,12 @@ def test_demo_end_to_end(spark, demo_run):
     assert f"{len(pairs)} pairs -> {len(images)} images rows, {successes} images" in report
     assert "statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items(), key=lambda kv: (-kv[1], kv[0]))) \
         in report
-    assert f"{len(dataset)} dataset rows -> " in report and f"{len(dataset)} samples" in report
+    assert f"{len(dataset)} dataset rows -> {len(released)} released" in report
+    assert f"{len(released)} samples" in report
+    # a few text searches of the image index, each with results from the release
+    urls = {r[S.URL] for r in released.values()}
+    assert summary["searches"] and all(s["results"] and {r[S.URL] for r in s["results"]} <= urls
+                                       for s in summary["searches"])
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """`laion-spark demo` from a plain install: the wheel built from this checkout, installed with the
-extras the demo names (laion-spark[embed]) into a fresh venv that has no test-only package (pytest,
+extras the demo names (laion-spark[all]: it runs every stage) into a fresh venv that has no test-only package (pytest,
 lxml, html5lib, webdataset), run from a folder outside the checkout so that the checkout is not what
 gets imported.
 
@@ -55,7 +55,7 @@ def installed(tmp_path_factory):
     constraints.write_text("\n".join(re.sub(r"\[[^\]]*\]", "", line) for line in pins) + "\n", encoding="utf-8")
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], 120)
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(constraints), f"{wheel}[embed]"], 900)
+    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(constraints), f"{wheel}[all]"], 900)
     yield venv, time.time() - started
     shutil.rmtree(venv, ignore_errors=True)
 
@@ -91,10 +91,12 @@ def test_demo_runs_from_the_wheel(installed, tmp_path):
     toy = re.search(r"toy shop: (\d+) of (\d+) true captions kept", report)
     assert kept and toy, report
     assert int(toy.group(2)) > 0 and int(toy.group(1)) >= 0.9 * int(toy.group(2))  # as tests/test_demo.py asks
-    shards = sorted((tmp_path / "demo-output" / "webdataset").glob("*.tar"))
+    released = re.search(r"export +(\d+) dataset rows -> (\d+) released", report)
+    assert released and int(released.group(1)) == int(kept.group(1)), report
+    shards = sorted((tmp_path / "demo-output" / "export" / "webdataset").glob("*.tar"))
     assert shards, list((tmp_path / "demo-output").iterdir())
     samples = set()
     for shard in shards:
         with tarfile.open(shard) as tar:
             samples |= {Path(m.name).stem for m in tar.getmembers() if m.name.endswith(".txt")}  # one per sample
-    assert len(samples) == int(kept.group(1))  # every kept pair is a sample in the shards
+    assert len(samples) == int(released.group(2))  # every released pair is a sample in the shards

@@ -1,15 +1,13 @@
-"""The demo job: a generated crawl -> extract -> dedupe -> download -> embed -> filter -> export, all
-under one output folder.
+"""The demo job: a generated crawl -> `pipeline` (extract -> dedupe -> download -> embed -> filter -> tag
+-> export -> index -> report), all under one output folder, the run directory.
 
-INPUT  -> JobConfig with output (no input: the crawl is generated), demo.seed / demo.rows, and
-          download.* / embed.* / filter.* / export.* (kept, except the demo's own settings below)
+INPUT  -> JobConfig with output (no input: the crawl is generated), demo.seed / demo.rows, and every
+          stage's keys (kept, except the demo's own settings below)
 OUTPUT -> <output>/crawl/ (3 WARC files, one of them truncated on purpose, and a WAT file),
-          <output>/candidates, <output>/candidates_errors, <output>/pairs, <output>/images (one row per
-          pair, failures included), <output>/embeddings (one row per downloaded image),
-          <output>/dataset (the pairs the filter keeps) and <output>/dataset_rejected (every other
-          images row, with its reason), <output>/webdataset/ (shards of the dataset), each stage's
-          summary at <stage output>/_summary.json, and a summary dict that `format_report` turns
-          into the text the CLI prints
+          <output>/lists/takedowns.txt (one toy URL the export must remove), the run directory's
+          tables (pipeline/plan.py: candidates ... export/, index/image, index/text, report/,
+          manifest.json), and a summary dict that `format_report` turns into the text the CLI
+          prints (each stage's counts as its completion marker holds them, a few text searches)
 
 Download fetches from the demo image server (demo/images.py), started in the driver on 127.0.0.1 for
 that stage only: `download.connect_to` sends every host's port 80 there, keeping the crawl's URLs and
@@ -27,9 +25,9 @@ one-attribute mismatches on held-out scenes; the metrics JSON beside the checkpo
 toy shop (demo/toyshop.py) is what that model understands: its true captions are kept, its
 mismatched ones rejected. The
 other pictures (gradients with a disc) have alt texts about vases, cities and food, which the toy
-model's world has no words for: most are rejected as below_threshold. filter.embeddings and
-filter.rejected_output are the demo's folders; other embed.* and filter.* keys (batch sizes, device,
-filter.npy, ...) are the user's.
+model's world has no words for: most are rejected as below_threshold. tag scores with the toy heads
+(toy/heads.py). The tables' places are the pipeline's; other keys (batch sizes, devices, index
+budget, ...) are the user's.
 """
 
 from __future__ import annotations
@@ -52,36 +50,19 @@ NEEDS_INPUT = False  # cli: the demo makes its own input
 
 
 def stage_uris(cfg) -> dict[str, str]:
-    """Where each part of the demo goes, under cfg.output."""
+    """Where each part of the demo goes, under cfg.output: the crawl, the takedown list and the run
+    directory's tables (the pipeline's places)."""
+    from laion_spark.pipeline.plan import table_uris
+
     root = cfg.output.rstrip("/")
-    return {
-        "crawl": f"{root}/crawl",
-        "candidates": f"{root}/candidates",
-        "extract_errors": f"{root}/candidates_errors",
-        "pairs": f"{root}/pairs",
-        "images": f"{root}/images",
-        "embeddings": f"{root}/embeddings",
-        "dataset": f"{root}/dataset",
-        "dataset_rejected": f"{root}/dataset_rejected",
-        "webdataset": f"{root}/webdataset",
-    }
+    uris = table_uris(root)
+    uris.update(crawl=f"{root}/crawl", lists=f"{root}/lists", extract_errors=uris["candidates_errors"],
+                webdataset=f"{uris['export']}/webdataset")
+    return uris
 
 
 def prepare(cfg) -> None:
     """Nothing to check before Spark: the input is generated and the CLI checks the output."""
-
-
-def _run_stage(spark, stage: str, cfg) -> dict:
-    """One stage the way `laion-spark STAGE` runs it (prepare, run, <output>/_summary.json)."""
-    import importlib
-
-    from laion_spark import cli
-    from laion_spark.io import check_output
-
-    module = importlib.import_module(cli.STAGE_MODULES[stage])
-    module.prepare(cfg)
-    check_output(cfg.output, cfg.mode)
-    return cli.run(stage, cfg, module, spark)
 
 
 def demo_download_config(download, port: int, closed_port: int):
@@ -145,10 +126,58 @@ def _toy_pairs(spark, uris: dict, seed: int) -> dict:
     return {"counts": counts, "rows": rows}
 
 
+def demo_tag_config(tag):
+    """cfg.tag -> the toy heads (punsafe: red, aesthetic: 2 x count + 2.5, pwatermark: a text overlay) scoring."""
+    from laion_spark.config import load_config
+    from laion_spark.toy.heads import ensure_heads
+
+    return dataclasses.replace(load_config([], ensure_heads().overrides()).tag,
+                               rows_per_task=tag.rows_per_task, nsfw_zero_shot=tag.nsfw_zero_shot)
+
+
+def _takedown(uris: dict, seed: int) -> str:
+    """A removal request for one toy shop URL whose caption is true (so the filter would keep it): the
+    export's URL list removes it from the release, the shards and the indices."""
+    from laion_spark.demo.toyshop import toy_images
+
+    url = next(t.url for t in toy_images(seed) if not t.mismatched)
+    Path(uris["lists"]).mkdir(parents=True, exist_ok=True)
+    path = Path(uris["lists"]) / "takedowns.txt"
+    path.write_text(f"# a removal request the release must honour\n{url}\n")
+    return str(path)
+
+
+def _searches(uris: dict, seed: int, k: int = 3) -> list[dict]:
+    """A few text queries (toy shop captions) against the image index -> their top results."""
+    from laion_spark.demo.toyshop import toy_images
+    from laion_spark.io import exists
+    from laion_spark.search.searcher import Searcher
+
+    if not exists(uris["index_image"] + "/index_infos.json"):
+        return []
+    searcher = Searcher(uris["index_image"])
+    queries = list(dict.fromkeys(t.caption for t in toy_images(seed) if not t.mismatched))[:3]
+    return [{"query": q, "results": [{"score": r.get(S.SIMILARITY), S.URL: r.get(S.URL), S.TEXT: r.get(S.TEXT)}
+                                     for r in searcher.query(text=q, k=k)]} for q in queries]
+
+
+def _infos(index_uri: str) -> dict:
+    """An index folder -> what index_infos.json says of it (key, measured recall), {} where it has none."""
+    from laion_spark.io import read_json
+
+    try:
+        infos = read_json(index_uri + "/index_infos.json")
+    except (FileNotFoundError, OSError, ValueError):
+        return {}
+    return {k: infos.get(k) for k in ("index_key", "recall_at_10")}
+
+
 def run(spark, cfg) -> dict:
+    from laion_spark.config import ExportBlocklist
     from laion_spark.demo.crawl import CRAWL_FILES, TRUNCATED_FILE, demo_pages, write_demo_crawl
     from laion_spark.demo.images import DemoImageServer
-    from laion_spark.io import read_table
+    from laion_spark.io import read_json, read_table
+    from laion_spark.pipeline import job as pipeline_job
     from laion_spark.toy.train import ensure_checkpoint
 
     uris = stage_uris(cfg)
@@ -169,34 +198,27 @@ def run(spark, cfg) -> dict:
         "seconds": round(time.time() - started, 3),
     }
     log.info("demo: wrote %d crawl files under %s", len(files), uris["crawl"])
-
-    # extract's errors go to its default place, <output>_errors (= uris["extract_errors"])
-    extract_cfg = dataclasses.replace(cfg, input=",".join(files), output=uris["candidates"])
-    extract = _run_stage(spark, "extract", extract_cfg)
-    dedupe = _run_stage(spark, "dedupe", dataclasses.replace(cfg, input=uris["candidates"], output=uris["pairs"]))
+    takedowns = _takedown(uris, cfg.demo.seed)
 
     with DemoImageServer() as server:
-        download_cfg = dataclasses.replace(
-            cfg, input=uris["pairs"], output=uris["images"],
+        run_cfg = dataclasses.replace(
+            cfg, input=",".join(files), mode="overwrite",
             download=demo_download_config(cfg.download, server.port, server.closed_port),
+            embed=demo_embed_config(cfg.embed, checkpoint),
+            filter=demo_filter_config(cfg.filter, "", "", threshold),
+            tag=demo_tag_config(cfg.tag),
+            export=dataclasses.replace(cfg.export, blocklist=ExportBlocklist(url=(takedowns,))),
         )
-        download = _run_stage(spark, "download", download_cfg)
+        pipeline = pipeline_job.run(spark, run_cfg)
         image_server = {"address": f"127.0.0.1:{server.port}", "requests": server.requests}
     log.info("demo: the image server answered %d requests", image_server["requests"])
-    embed_cfg = dataclasses.replace(cfg, input=uris["images"], output=uris["embeddings"],
-                                    embed=demo_embed_config(cfg.embed, checkpoint))
-    embed = _run_stage(spark, "embed", embed_cfg)
-    filter_cfg = dataclasses.replace(
-        cfg, input=uris["images"], output=uris["dataset"],
-        filter=demo_filter_config(cfg.filter, uris["embeddings"], uris["dataset_rejected"], threshold),
-    )
-    filtered = _run_stage(spark, "filter", filter_cfg)
-    # the webdataset is made of the kept pairs, as LAION's was; export takes the dataset table as it
-    # takes images (it has every images column, plus similarity and clip_model, carried into the json)
-    # (format=webdataset: the shards straight into webdataset/; the release with tags is issue 12's demo)
-    shards_only = dataclasses.replace(cfg.export, format="webdataset")
-    export = _run_stage(spark, "export", dataclasses.replace(cfg, input=uris["dataset"], output=uris["webdataset"],
-                                                             export=shards_only))
+    # each stage's summary as its completion marker holds it
+    marker = {name: read_json(uris[name] + "/_summary.json") for name in
+              ("candidates", "pairs", "images", "embeddings", "dataset", "tags", "export", "index_image",
+               "index_text", "report") if (Path(uris[name]) / "_summary.json").is_file()}
+    extract, dedupe, download, embed, filtered = (marker[n] for n in ("candidates", "pairs", "images", "embeddings",
+                                                                       "dataset"))
+    export = marker["export"]
 
     pairs = read_table(spark, uris["pairs"], S.PAIRS)
     languages = {r[S.LANGUAGE]: r["count"] for r in pairs.groupBy(S.LANGUAGE).count().collect()}
@@ -225,12 +247,17 @@ def run(spark, cfg) -> dict:
     return {
         "outputs": uris,
         "crawl": crawl,
+        "pipeline": [{k: s[k] for k in ("step", "action", "why", "seconds")} for s in pipeline["steps"]],
         "extract": extract,
         "dedupe": dedupe,
         "download": download,
         "image_server": image_server,
         "embed": embed,
         "filter": filtered,
+        "tag": marker.get("tags", {}),
+        "index": {f: {**marker.get(f"index_{f}", {}), **_infos(uris[f"index_{f}"])} for f in ("image", "text")},
+        "takedowns": takedowns,
+        "searches": _searches(uris, cfg.demo.seed),
         "toy_model": {"model": checkpoint.model, "checkpoint": checkpoint.checkpoint, "threshold": threshold},
         "toy_shop": _toy_pairs(spark, uris, cfg.demo.seed),
         "export": export,
@@ -273,6 +300,8 @@ def format_report(summary: dict) -> str:
     """The demo's summary -> the text `laion-spark demo` prints."""
     crawl, extract, dedupe, out = summary["crawl"], summary["extract"], summary["dedupe"], summary["outputs"]
     download, export, server = summary["download"], summary["export"], summary["image_server"]
+    tag, index, shards = summary["tag"], summary["index"], summary["export"]["webdataset"]
+    subsets = ", ".join(f"{name} {s['rows']}" for name, s in export["subsets"].items())
     embed, filtered, toy_model = summary["embed"], summary["filter"], summary["toy_model"]
     toy = summary["toy_shop"]["counts"]
     models = ", ".join(embed["models"]) or toy_model["model"]
@@ -281,7 +310,8 @@ def format_report(summary: dict) -> str:
     languages = ", ".join(f"{k} {v}" for k, v in summary["languages"].items())
     successes = download["statuses"].get(S.SUCCESS, 0)
     lines = [
-        "laion-spark demo: generated crawl -> extract -> dedupe -> download -> embed -> filter -> export",
+        "laion-spark demo: generated crawl -> laion-spark pipeline: extract -> dedupe -> download -> embed -> filter"
+        " -> tag -> export -> index -> report",
         "",
         f"crawl    {crawl['warc_files']} WARC files + {crawl['wat_files']} WAT file: {crawl['fetches']} fetches of"
         f" {crawl['pages']} URLs"
@@ -316,10 +346,22 @@ def format_report(summary: dict) -> str:
         f"         toy shop: {toy['true']['kept']} of {toy['true']['pairs']} true captions kept,"
         f" {toy['mismatched']['rejected']} of {toy['mismatched']['pairs']} one-attribute mismatches rejected",
         f"         -> {out['dataset']}  (rejected: {out['dataset_rejected']})  {filtered.get('seconds', 0):.1f}s",
-        f"export   {export['rows']} dataset rows -> {export['shards']} webdataset shard"
-        f"{'s' * (export['shards'] != 1)}: {export['successes']} samples ({export['tar_bytes'] / 1e6:.1f} MB of"
-        " tar), every row in the shards' parquet",
-        f"         -> {out['webdataset']}/  {export.get('seconds', 0):.1f}s",
+        f"tag      {tag.get('tagged', 0)} images rows scored by the toy heads: "
+        + ", ".join(f"{k} {v}" for k, v in (tag.get("scored") or {}).items()),
+        f"         -> {out['tags']}  {tag.get('seconds', 0):.1f}s",
+        f"export   {export['rows_in']} dataset rows -> {export['released']} released, {export['removed']} removed"
+        f" ({_by_count(export['reasons']) or 'none'}; list: {summary['takedowns']})",
+        f"         subsets: {subsets}",
+        f"         webdataset: {shards['shards']} shard{'s' * (shards['shards'] != 1)}, {shards['successes']} samples"
+        f" ({shards['tar_bytes'] / 1e6:.1f} MB of tar); emb: {export.get('emb', {}).get('rows', 0)} rows of .npy",
+        f"         -> {out['export']}/ (laion/ the release, subsets/, webdataset/, emb/, README.md the card)"
+        f"  {export.get('seconds', 0):.1f}s",
+        *[f"index    {f}: {ix.get('indexed', 0)} vectors, {ix.get('index_key')}, recall@10 {ix.get('recall_at_10')}"
+          f" -> {out['index_' + f]}" for f, ix in index.items() if ix],
+        f"report   -> {out['report']}/index.html",
+        f"run      {sum(s['action'] == 'run' for s in summary['pipeline'])} pipeline steps run; manifest:"
+        f" {out['manifest']}",
+        f"serve    laion-spark serve input={out['index_image']} images={out['images']} port=8080",
         f"languages of the pairs: {languages}",
         "summaries: <each output>/_summary.json",
     ]
@@ -343,6 +385,11 @@ def format_report(summary: dict) -> str:
         shown = [_toy_row(r) for r in chosen[:TOY_EXAMPLES]]
         lines += ["", f"toy shop pairs {title} (first {len(shown)} of {len(chosen)}):"]
         lines += ["  " + line for line in _table(shown, [(S.SIMILARITY, 10), (S.TEXT, 44), ("scene", 60)])]
+    for search in summary["searches"]:
+        lines += ["", f"search the image index: {search['query']!r} (top {len(search['results'])})"]
+        shown = [{"score": f"{r['score']:.3f}" if r["score"] is not None else "", S.TEXT: r[S.TEXT], S.URL: r[S.URL]}
+                 for r in search["results"]]
+        lines += ["  " + line for line in _table(shown, [("score", 6), (S.TEXT, 44), (S.URL, 56)])]
     lines += ["", f"pairs (first {len(summary['sample_pairs'])} by language, url):"]
     lines += ["  " + line for line in _table(summary["sample_pairs"], [(S.URL, 48), (S.TEXT, 52), (S.LANGUAGE, 8)])]
     return "\n".join(line.rstrip() for line in lines)
