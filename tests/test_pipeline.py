@@ -20,6 +20,7 @@ from laion_spark.demo.job import toy_threshold
 from laion_spark.toy.heads import ensure_heads
 from laion_spark.toy.train import ensure_checkpoint
 from tests import test_serve_browser
+from tests.spark_servers import connect_server
 
 pytestmark = pytest.mark.slow
 browser = test_serve_browser.browser  # the headless chromium fixture, shared
@@ -50,27 +51,42 @@ def pipeline(spark, args: list[str]) -> dict:
     return cli.run("pipeline", cfg, module, spark)
 
 
+def at(threshold: float) -> list[str]:
+    return [f"filter.threshold.{g}={threshold}" for g in ("en", "multi", "nolang")]
+
+
 @pytest.fixture(scope="module")
-def runs(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
+def crawl(tmp_path_factory):
+    """The demo's crawl files, the toy CLIP, its threshold and the toy heads -> base_args(server)."""
+    root = tmp_path_factory.mktemp("crawl")
     files = write_demo_crawl(str(root / "crawl"), seed=0)
     checkpoint, heads = ensure_checkpoint(), ensure_heads()
     threshold = toy_threshold(checkpoint)
+
+    def base_args(server) -> list[str]:
+        return [f"input={','.join(files)}", "download.allowed_networks=127.0.0.1/32",
+                f"download.connect_to=*:80=127.0.0.1:{server.port},*:443=127.0.0.1:{server.closed_port}",
+                f"embed.model={checkpoint.model}", f"embed.pretrained={checkpoint.checkpoint}",
+                f"embed.model_config={checkpoint.model_config}", "index.candidates=1", *heads.overrides(),
+                *at(threshold)]
+
+    return {"base_args": base_args, "threshold": threshold}
+
+
+@pytest.fixture(scope="module")
+def runs(spark, crawl, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    threshold = crawl["threshold"]
     run_dir = root / "run"
     out = {"run_dir": run_dir, "root": root}
     with DemoImageServer() as server:
-        base = [f"input={','.join(files)}", "download.allowed_networks=127.0.0.1/32",
-                f"download.connect_to=*:80=127.0.0.1:{server.port},*:443=127.0.0.1:{server.closed_port}",
-                f"embed.model={checkpoint.model}", f"embed.pretrained={checkpoint.checkpoint}",
-                f"embed.model_config={checkpoint.model_config}", "index.candidates=1", *heads.overrides()]
-
-        def at(t):
-            return [f"filter.threshold.{g}={t}" for g in ("en", "multi", "nolang")]
-
-        first = [*base, f"run_dir={run_dir}", *at(threshold)]
+        base = crawl["base_args"](server)
+        first = [*base, f"run_dir={run_dir}"]
         out["first"] = pipeline(spark, first)
         out["first_release"] = ids(run_dir / "export" / "laion", "SAMPLE_ID")
         out["first_pairs"] = ids(run_dir / "pairs")
+        similarity = pq.read_table(run_dir / "embeddings", columns=[S.SAMPLE_ID, S.SIMILARITY]).to_pylist()
+        out["first_similarity"] = {r[S.SAMPLE_ID]: r[S.SIMILARITY] for r in similarity}
         out["again"] = pipeline(spark, first)
         changed = [*base, f"run_dir={run_dir}", *at(threshold - 0.02)]
         out["threshold"] = pipeline(spark, changed)
@@ -217,3 +233,57 @@ def test_the_report_page_loads_and_its_funnel_is_the_tables(runs, browser):
     text = browser.find_element("tag name", "body").text
     assert f"below_threshold {reasons['below_threshold']}" in text
     assert f"blocklisted:takedowns {1}" in text
+
+
+def same_release(runs, crawl, release: list[int]) -> None:
+    """A release built elsewhere (Connect, a cluster) -> the classic first run's, but for pairs whose
+    similarity sits within float noise of the threshold (another batching may put them either side)."""
+    first = set(runs["first_release"])
+    differ = first ^ set(release)
+    near = {sid for sid, sim in runs["first_similarity"].items() if abs(sim - crawl["threshold"]) < 1e-4}
+    assert release and differ <= near, sorted(differ - near)
+
+
+@pytest.fixture(scope="module")
+def connect_url(tmp_path_factory):
+    with connect_server(tmp_path_factory.mktemp("connect")) as url:
+        yield url
+
+
+def test_the_pipeline_through_spark_connect(runs, crawl, connect_url, tmp_path):
+    # the whole pipeline in a Connect client (a subprocess), twice: the second run skips every step
+    from tests.test_connect import STAGES_CLIENT, _run_client
+
+    run_dir = tmp_path / "run"
+    with DemoImageServer() as server:
+        args = [*crawl["base_args"](server), f"run_dir={run_dir}"]
+        res = _run_client(STAGES_CLIENT, connect_url, tmp_path, json.dumps([["pipeline", args],
+                                                                              ["pipeline", args]]))
+    assert res.returncode == 0, res.stderr[-6000:]
+    first, second = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert ran(first) == ALL and ran(second) == []
+    release = ids(run_dir / "export" / "laion", "SAMPLE_ID")
+    assert ids(run_dir / "pairs") == runs["first_pairs"]
+    same_release(runs, crawl, release)
+    assert ids(run_dir / "index" / "image" / "metadata") == release
+    assert (run_dir / "report" / "index.html").is_file()
+
+
+def test_the_pipeline_under_spark_submit_on_a_standalone_cluster(runs, crawl, tmp_path):
+    # ./spark-submit.sh pipeline on a master and a worker on 127.0.0.1 (the worker's executor runs every
+    # stage's Python tasks); the demo image server answers from this process
+    from tests.spark_servers import run_submit, spark_env, standalone_cluster
+
+    run_dir = tmp_path / "run"
+    with standalone_cluster(tmp_path / "cluster", cores=2, memory="2g") as url, DemoImageServer() as server:
+        env = spark_env(tmp_path)
+        res = run_submit(["pipeline", *crawl["base_args"](server), f"run_dir={run_dir}", "--", "--master", url,
+                          "--executor-memory", "1g", "--total-executor-cores", "2"], env, tmp_path, timeout=900)
+    assert res.returncode == 0, res.stderr[-6000:]
+    assert url in res.stderr
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and [s["step"] for s in manifest["steps"]] == ALL
+    assert ids(run_dir / "pairs") == runs["first_pairs"]
+    release = ids(run_dir / "export" / "laion", "SAMPLE_ID")
+    same_release(runs, crawl, release)
+    assert ids(run_dir / "index" / "text" / "metadata") == release
