@@ -290,3 +290,39 @@ def test_download_embed_filter_notebook_keeps_true_captions_and_rejects_the_rest
     failed = [expected_status(url) for url, _ in pairs if expected_status(url) != "success"]
     failures = Counter(f"download_failed:{status}" for status in failed)
     assert {k: v for k, v in dict(reasons.rows).items() if k.startswith("download_failed:")} == failures
+
+
+@pytest.mark.slow
+def test_pipeline_notebook_runs_every_stage_and_shows_the_steps(spark, tmp_path):
+    # the whole pipeline on the demo crawl from the notebook; the pairs are the crawl's own (its page
+    # specs), the release is the dataset, and the steps table is the manifest's
+    from laion_spark.demo.crawl import write_demo_crawl
+    from laion_spark.demo.images import DemoImageServer
+    from laion_spark.demo.job import toy_threshold
+    from laion_spark.toy.heads import ensure_heads
+    from laion_spark.toy.train import ensure_checkpoint
+    from tests.test_demo import expected_candidates
+
+    files = write_demo_crawl(str(tmp_path / "crawl"), seed=0)
+    checkpoint, heads = ensure_checkpoint(), ensure_heads()
+    threshold = toy_threshold(checkpoint)
+    run_dir = tmp_path / "run"
+    with DemoImageServer() as server:
+        _, shown = run_notebook("pipeline.py", spark, {"overrides": [
+            f"input={','.join(files)}", f"run_dir={run_dir}", "download.allowed_networks=127.0.0.1/32",
+            f"download.connect_to=*:80=127.0.0.1:{server.port},*:443=127.0.0.1:{server.closed_port}",
+            f"embed.model={checkpoint.model}", f"embed.pretrained={checkpoint.checkpoint}",
+            f"embed.model_config={checkpoint.model_config}", "index.candidates=1", *heads.overrides(),
+            *(f"filter.threshold.{g}={threshold}" for g in S.LANGUAGE_GROUPS)]})
+    pairs = spark.read.parquet(str(run_dir / "pairs")).collect()
+    assert sorted((r[S.URL], r[S.TEXT]) for r in pairs) == sorted({(u, t) for u, t, _ in expected_candidates(0)})
+    dataset = sorted(r[S.SAMPLE_ID] for r in spark.read.parquet(str(run_dir / "dataset")).collect())
+    steps, release = shown
+    assert [r["step"] for r in steps.rows] == ["extract", "dedupe", "download", "embed", "filter", "tag", "export",
+                                               "index:image", "index:text", "report"]
+    assert {r["action"] for r in steps.rows} == {"run"}
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [json.loads(r["counts"]) for r in steps.rows] == [s["counts"] for s in manifest["steps"]]
+    assert release.columns[:3] == ["SAMPLE_ID", "URL", "TEXT"]
+    released = sorted(r["SAMPLE_ID"] for r in spark.read.parquet(str(run_dir / "export" / "laion")).collect())
+    assert released == dataset and len(release.rows) == min(20, len(dataset))

@@ -1,0 +1,51 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # laion-spark: the whole pipeline in a notebook
+# MAGIC Web archives -> extract -> dedupe -> download -> embed -> filter -> tag -> export -> index (image and
+# MAGIC text) -> report, every table under one run directory: what `laion-spark pipeline` and
+# MAGIC `./spark-submit.sh pipeline` run, on the notebook's `spark` session. Run it again after a change
+# MAGIC (a threshold, a hash list) and only the steps that read what changed run again; a step that was
+# MAGIC cut off is redone. Install the package on the cluster first (`%pip install laion-spark[all]`, or a
+# MAGIC wheel built with `pip wheel .`).
+# MAGIC
+# MAGIC Every setting is in the **Parameters** cell, as plain assignments (a job or a test assigns its own
+# MAGIC values right after it, as papermill does).
+
+# COMMAND ----------
+
+import json
+
+from laion_spark import cli
+from laion_spark.io import read_json
+
+# COMMAND ----------
+
+# DBTITLE 1,Parameters
+# The same key=value settings as the CLI (`laion-spark pipeline --help` and every stage's --help).
+overrides = [
+    "input=s3://commoncrawl/crawl-data/CC-MAIN-2024-22/warc.paths.gz",  # WARC / WAT files, globs, *.paths.gz
+    "extract.paths_prefix=s3://commoncrawl/",  # on Azure or GCP: https://data.commoncrawl.org/
+    "run_dir=dbfs:/tmp/laion-spark/run",  # every table of the run, the manifest and the report
+    # "embed.model=ViT-B-32", "embed.pretrained=laion2b_s34b_b79k",  # open_clip names, or checkpoint files
+    # "export.blocklist.url=dbfs:/lists/takedowns.txt",  # removal requests: export + index rerun only
+    # "pipeline.from=filter",  # force a rerun from a stage; "pipeline.until=embed" stops after one
+]
+
+# COMMAND ----------
+
+cfg, module = cli.prepare("pipeline", [], overrides)
+summary = cli.run("pipeline", cfg, module, spark)  # noqa: F821 (notebook global)
+print(module.format_report(summary))
+
+# COMMAND ----------
+
+# what each step did, and why (run_dir/manifest.json)
+manifest = read_json(summary["manifest"])
+steps = [(s["step"], s["action"], s["why"], s["seconds"], json.dumps(s["counts"], sort_keys=True))
+         for s in manifest["steps"]]
+display(spark.createDataFrame(steps, "step string, action string, why string, seconds double, counts string"))  # noqa: F821
+
+# COMMAND ----------
+
+# the release (LAION-5B's columns), its first rows; the report page is run_dir/report/index.html
+display(spark.read.parquet(summary["tables"]["release"]).limit(20))  # noqa: F821
