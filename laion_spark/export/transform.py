@@ -11,7 +11,7 @@ OUTPUT -> `pack_webdataset`: lazy rows `key`, the images columns, SHARD: one par
           `pack_embeddings`: the same for .npy shards (one partition per shard, SHARD column).
           `shard_sizes`: a lazy DataFrame (shard, rows) of the same assignment, for the key width.
 
-Shards are deterministic per row: the rows are hash-partitioned on sample_id into num_shards partitions
+Shards are deterministic per row: the rows are hash-partitioned on xxhash64(sample_id) into num_shards partitions
 (the shard id is the partition id), and sorted within the partition by sample_id, then every other
 orderable column (ties only where sample_id repeats). A retried task, a speculative copy or a rerun
 therefore writes the same rows, in the same order, under the same keys, to the same files.
@@ -75,16 +75,24 @@ def assign_shards(df: DataFrame, num_shards: int) -> DataFrame:
     tie_break = [f.name for f in df.schema.fields
                  if f.name != S.SAMPLE_ID and isinstance(f.dataType, _ORDERABLE)]
     return (
-        df.repartition(num_shards, F.col(S.SAMPLE_ID))
+        df.repartition(num_shards, _shard_key())
         .sortWithinPartitions(S.SAMPLE_ID, *tie_break)
         .withColumn(SHARD, F.spark_partition_id())
     )
 
 
+def _shard_key() -> Column:
+    """What rows are hash-partitioned on: xxhash64(sample_id), not sample_id itself. A plan already
+    partitioned by sample_id (a join or window upstream, e.g. export's duplicate check) would make Spark
+    drop a repartition on sample_id as redundant, and adaptive execution may then coalesce that upstream
+    shuffle into one partition: every row in shard 0 (seen with 4 shards and 4 shuffle partitions)."""
+    return F.xxhash64(F.col(S.SAMPLE_ID))
+
+
 def shard_sizes(images: DataFrame, num_shards: int) -> DataFrame:
     """images -> (shard int, rows long) for every non-empty shard, with the same assignment as
     pack_webdataset (only sample_id is shuffled)."""
-    ids = images.select(S.SAMPLE_ID).repartition(num_shards, F.col(S.SAMPLE_ID))
+    ids = images.select(S.SAMPLE_ID).repartition(num_shards, _shard_key())
     return ids.groupBy(F.spark_partition_id().alias("shard")).agg(F.count(F.lit(1)).alias("rows"))
 
 
