@@ -430,6 +430,15 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class TakedownConfig:
+    """takedown: a finished run + a list -> those released rows removed from every output, in place."""
+
+    list: str = _opt("", "the file of URLs or hex digests to remove (list=; export's list format)", content=True)
+    kind: str = _opt("url", "what the list holds (kind=)",
+                     choices=("url", "url_md5", "url_sha256", "image_md5", "image_sha1", "image_sha256"))
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """pipeline: archives -> every stage under run_dir (`run_dir=`), a finished stage skipped on a rerun."""
 
@@ -461,6 +470,7 @@ class JobConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    takedown: TakedownConfig = field(default_factory=TakedownConfig)
 
 
 COMMON_KEYS = ("input", "output", "mode")

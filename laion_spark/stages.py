@@ -132,6 +132,10 @@ _REGISTRY = (
            outputs=[Table("output", "run_dir", alias="run_dir")],
            key_aliases=[("from", "pipeline.rerun_from"), ("pipeline.from", "pipeline.rerun_from"),
                         ("until", "pipeline.until"), ("previous", "pipeline.previous")]),
+    _stage("takedown", "a finished run + a list of URLs or hashes -> those rows removed from its release, subsets, "
+           "shards and indices in place (only the files holding them rewritten); recorded in the manifest",
+           inputs=[Table("input", "run_dir", alias="run_dir", ours=False)],
+           key_aliases=[("list", "takedown.list"), ("kind", "takedown.kind")]),
     _stage("demo", "a generated crawl -> every stage above, under one run directory (loopback only)",
            outputs=[Table("output", "run_dir")]),
 )

@@ -6,8 +6,12 @@ stage reads), not against the code's own plan. One shared sequence of runs; each
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -68,7 +72,7 @@ def crawl(tmp_path_factory):
                 f"download.connect_to=*:80=127.0.0.1:{server.port},*:443=127.0.0.1:{server.closed_port}",
                 f"embed.model={checkpoint.model}", f"embed.pretrained={checkpoint.checkpoint}",
                 f"embed.model_config={checkpoint.model_config}", "index.candidates=1", *heads.overrides(),
-                *at(threshold)]
+                *at(threshold), "export.samples_per_shard=8", "export.npy_rows_per_shard=8"]
 
     return {"base_args": base_args, "threshold": threshold}
 
@@ -287,3 +291,104 @@ def test_the_pipeline_under_spark_submit_on_a_standalone_cluster(runs, crawl, tm
     release = ids(run_dir / "export" / "laion", "SAMPLE_ID")
     same_release(runs, crawl, release)
     assert ids(run_dir / "index" / "text" / "metadata") == release
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    # Hadoop's .crc checksum files are its bookkeeping, not data (a rewritten file loses its stale one)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
+            if p.is_file() and not p.name.endswith(".crc")}
+
+
+def served_bytes(server, url: str) -> bytes:
+    """What the demo image server sends for url (fetched here, as download did: the URL's host as Host)."""
+    parts = urllib.parse.urlsplit(url)
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}{parts.path}", headers={"Host": parts.netloc})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read()
+
+
+def test_takedown_removes_rows_in_place_and_a_rerun_keeps_them_out(spark, runs, crawl, tmp_path):
+    # a copy of the finished run; one row taken down by URL (written with an upper-case host: it matches
+    # once normalised), one by the SHA-256 of its image as the server sent it
+    import faiss
+    import numpy as np
+    import webdataset as wds
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["run_dir"], run_dir)
+    before = file_hashes(run_dir)
+    release = sorted(pq.read_table(run_dir / "export" / "laion").to_pylist(), key=lambda r: r["SAMPLE_ID"])
+    by_url, by_image = release[1], release[-2]
+    host = urllib.parse.urlsplit(by_url["URL"]).netloc
+    (tmp_path / "urls.txt").write_text(by_url["URL"].replace(host, host.upper(), 1) + "\n")
+    with DemoImageServer() as server:
+        digest = hashlib.sha256(served_bytes(server, by_image["URL"])).hexdigest()
+    (tmp_path / "images.txt").write_text(f"# reported\n{digest}\n")
+    first = pipeline_like("takedown", spark, [f"run_dir={run_dir}", f"list={tmp_path / 'urls.txt'}"])
+    second = pipeline_like("takedown", spark, [f"run_dir={run_dir}", f"list={tmp_path / 'images.txt'}",
+                                                "kind=image_sha256"])
+    assert first["sample_ids"] == [by_url["SAMPLE_ID"]] and second["sample_ids"] == [by_image["SAMPLE_ID"]]
+    gone = {by_url["SAMPLE_ID"], by_image["SAMPLE_ID"]}
+    left = sorted({r["SAMPLE_ID"] for r in release} - gone)
+
+    # every published output lacks them; every other row is as it was
+    assert ids(run_dir / "export" / "laion", "SAMPLE_ID") == left
+    for sub in (run_dir / "export" / "subsets").iterdir():
+        was = set(ids(runs["run_dir"] / "export" / "subsets" / sub.name, "SAMPLE_ID"))
+        assert set(ids(sub, "SAMPLE_ID")) == was - gone, sub.name
+    tars = sorted(str(p) for p in (run_dir / "export" / "webdataset").glob("*.tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False, empty_check=False))
+    assert sorted(json.loads(s["json"])["sample_id"] for s in samples) == left
+    vectors = {}
+    for meta in (run_dir / "export" / "emb").glob("*/metadata/metadata_*.parquet"):
+        shard = meta.stem.split("_")[-1]
+        img = np.load(meta.parents[1] / "img_emb" / f"img_emb_{shard}.npy")
+        vectors.update(zip(pq.read_table(meta).column("sample_id").to_pylist(), img, strict=True))
+    assert sorted(vectors) == left
+    embedded = {r[S.SAMPLE_ID]: np.asarray(r[S.IMAGE_EMBEDDING], np.float16) for r in
+                pq.read_table(run_dir / "embeddings", columns=[S.SAMPLE_ID, S.IMAGE_EMBEDDING]).to_pylist()}
+    assert all(np.array_equal(vectors[i], embedded[i]) for i in left)  # each kept row still beside its vector
+    for field in ("image", "text"):
+        index = faiss.read_index(str(run_dir / "index" / field / "knn.index"))
+        assert index.ntotal == len(left) and ids(run_dir / "index" / field / "metadata") == left
+    queries = np.stack([embedded[i].astype(np.float32) for i in sorted(gone)])
+    _, found = faiss.read_index(str(run_dir / "index" / "image" / "knn.index")).search(queries, len(left))
+    assert not gone & set(found.ravel().tolist())
+
+    # only the files that held them changed (and the manifest, and export_removed's new part files)
+    after = file_hashes(run_dir)
+    changed = {p for p in before if after.get(p) != before[p]}
+    rewritten = {str(Path(f["file"]).relative_to(run_dir)) for s in (first, second) for f in s["files"]}
+    expected = {"manifest.json", *rewritten}
+    for r in rewritten:
+        path = Path(r)
+        if path.suffix == ".tar":  # a shard: its parquet and stats too
+            expected |= {str(path.with_suffix(".parquet")), str(path.with_name(path.stem + "_stats.json"))}
+        elif path.parent.name == "metadata" and path.name.startswith("metadata_"):  # an .npy shard's rows
+            shard = path.stem.split("_")[-1]
+            expected |= {str(path.parents[1] / n / f"{n}_{shard}.npy") for n in ("img_emb", "text_emb")}
+        elif path.name == "knn.index":
+            expected.add(str(path.with_name("index_infos.json")))
+    assert changed == expected
+    assert any(r.endswith(".tar") for r in rewritten) and len(tars) > 1
+    untouched_tars = [t for t in tars if str(Path(t).relative_to(run_dir)) not in rewritten]
+    assert untouched_tars and all(after[str(Path(t).relative_to(run_dir))] == before[str(Path(t).relative_to(run_dir))]
+                                  for t in untouched_tars)
+    removed = {r[S.SAMPLE_ID]: r[S.REASON] for r in pq.read_table(run_dir / "export_removed").to_pylist()}
+    assert removed[by_url["SAMPLE_ID"]] == "takedown:urls" and removed[by_image["SAMPLE_ID"]] == "takedown:images"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [t["removed"] for t in manifest["takedowns"]] == [1, 1]
+
+    # a later pipeline run (the same command) takes the lists as export's blocklists: export reruns and
+    # still releases neither row
+    with DemoImageServer() as server:
+        again = pipeline(spark, [*crawl["base_args"](server), f"run_dir={run_dir}", *at(crawl["threshold"] - 0.02),
+                                 f"export.blocklist.url={runs['root'] / 'takedowns.txt'}"])
+    assert "export" in ran(again)
+    assert ids(run_dir / "export" / "laion", "SAMPLE_ID") == left
+    assert json.loads((run_dir / "manifest.json").read_text())["takedowns"] == manifest["takedowns"]
+
+
+def pipeline_like(stage: str, spark, args: list[str]) -> dict:
+    cfg, module = cli.prepare(stage, [], args)
+    return cli.run(stage, cfg, module, spark)

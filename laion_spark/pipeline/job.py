@@ -55,14 +55,31 @@ def _line(entry: dict) -> str:
     return f"{entry['step']} {entry['action']} in {entry['seconds'] or 0:.1f}s{rate}: {shown}"
 
 
+def _with_takedowns(cfg, takedowns: list[dict]):
+    """The lists `laion-spark takedown` applied to this run -> added to export's blocklists, so that a
+    rerun of export (a new threshold, say) cannot release those rows again."""
+    import dataclasses
+
+    blocklist = cfg.export.blocklist
+    for t in takedowns:
+        have = getattr(blocklist, t["kind"])
+        if t["list"] not in have:
+            blocklist = dataclasses.replace(blocklist, **{t["kind"]: (*have, t["list"])})
+    return dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, blocklist=blocklist))
+
+
 def run(spark, cfg) -> dict:
+    from laion_spark.io import exists, read_json
+
     uris = P.table_uris(cfg.output)
+    takedowns = read_json(uris["manifest"]).get("takedowns", []) if exists(uris["manifest"]) else []
+    cfg = _with_takedowns(cfg, takedowns)
     all_steps = P.steps(cfg)
     todo, forced = P.selected(all_steps, cfg.pipeline.rerun_from, cfg.pipeline.until)
     doc = {
         "run_dir": cfg.output, "input": cfg.input, "status": "running", "started": M.now(),
         "versions": M.versions(spark), "checkpoints_and_lists": M.content_keys(all_steps),
-        "config": M.config_of(cfg), "steps": [],
+        "config": M.config_of(cfg), "steps": [], **({"takedowns": takedowns} if takedowns else {}),
     }
     write_json(uris["manifest"], doc)
     ran, summaries = [], {}

@@ -1,0 +1,190 @@
+"""Rewriting a finished run's files without some sample_ids (no Spark): only the files that hold them.
+
+INPUT  -> folder URIs (fsspec) of one output kind and the sample_ids to remove
+OUTPUT -> the files rewritten in place (written beside, then moved over the old one), and per call the
+          list of the files it rewrote with how many rows each lost; a file that holds none of the ids
+          is not opened for writing, so it stays byte for byte as it was
+
+Kinds: parquet folders (the release, subsets, index metadata: any column of sample ids), img2dataset
+webdataset shards (tar + parquet + _stats.json per shard), clip-retrieval .npy shards (metadata parquet
++ img_emb / text_emb rows in the same order) and faiss indices (remove_ids, merged or sharded).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+
+class TakedownError(RuntimeError):
+    """A file cannot be rewritten without the rows (an index whose lists are on disk, a torn shard)."""
+
+
+def _fs(uri: str):
+    import fsspec
+
+    from laion_spark.io import fsspec_uri
+
+    return fsspec.core.url_to_fs(fsspec_uri(uri))
+
+
+def _replace(fs, path: str, data: bytes) -> None:
+    """Write data beside path, then move it over path: a reader sees the old file or the new one."""
+    tmp = path.rsplit("/", 1)
+    tmp = f"{tmp[0]}/.takedown-{tmp[1]}" if len(tmp) == 2 else f".takedown-{path}"
+    with fs.open(tmp, "wb") as fh:
+        fh.write(data)
+    fs.mv(tmp, path)
+    # Hadoop's local file system keeps a checksum beside each file it wrote (.<name>.crc); a stale one
+    # fails Spark's next read, and without one the file is read unchecked, as any file written by others
+    head, _, name = path.rpartition("/")
+    crc = f"{head}/.{name}.crc" if head else f".{name}.crc"
+    if fs.exists(crc):
+        fs.rm(crc)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="snappy")
+    return buf.getvalue()
+
+
+def _without(table: pa.Table, column: str, ids: pa.Array) -> tuple[pa.Table, int]:
+    keep = pc.invert(pc.fill_null(pc.is_in(table[column], value_set=ids), False))
+    kept = table.filter(keep)
+    return kept, table.num_rows - kept.num_rows
+
+
+def _ids(ids) -> pa.Array:
+    return pa.array(sorted(set(int(i) for i in ids)), pa.int64())
+
+
+def parquet_folder(uri: str, ids, column: str) -> list[dict]:
+    """A folder of parquet files (Spark's part files) -> those holding ids rewritten without them."""
+    fs, folder = _fs(uri)
+    if not fs.exists(folder):
+        return []
+    wanted, done = _ids(ids), []
+    for path in sorted(fs.glob(folder.rstrip("/") + "/*.parquet")):
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh)
+        kept, removed = _without(table, column, wanted)
+        if removed:
+            _replace(fs, path, _parquet_bytes(kept))
+            done.append({"file": path, "removed": removed})
+    return done
+
+
+def webdataset_shards(uri: str, ids) -> list[dict]:
+    """img2dataset shards -> each shard holding ids: its tar without their members, its parquet without
+    their rows, its stats counted again; the other shards untouched."""
+    fs, folder = _fs(uri)
+    if not fs.exists(folder):
+        return []
+    wanted, done = _ids(ids), []
+    for path in sorted(fs.glob(folder.rstrip("/") + "/*.parquet")):
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh)
+        kept, removed = _without(table, "sample_id", wanted)
+        if not removed:
+            continue
+        gone = table.filter(pc.fill_null(pc.is_in(table["sample_id"], value_set=wanted), False))
+        keys = set(gone["key"].to_pylist())
+        stem = path[: -len(".parquet")]
+        tar_bytes = 0
+        if fs.exists(stem + ".tar"):
+            out = io.BytesIO()
+            with fs.open(stem + ".tar", "rb") as fh, tarfile.open(fileobj=fh) as src, \
+                    tarfile.open(fileobj=out, mode="w") as dst:
+                for member in src:
+                    if member.name.split("/")[-1].split(".", 1)[0] in keys:
+                        continue
+                    dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+            tar_bytes = len(out.getvalue())
+            _replace(fs, stem + ".tar", out.getvalue())
+        _replace(fs, path, _parquet_bytes(kept))
+        stats_path = stem + "_stats.json"
+        if fs.exists(stats_path):
+            with fs.open(stats_path, "r") as fh:
+                stats = json.load(fh)
+            statuses = gone["status"].to_pylist() if "status" in gone.column_names else ["success"] * removed
+            stats["count"] -= removed
+            for status in statuses:
+                stats["status_dict"][status] = stats["status_dict"].get(status, 0) - 1
+                if stats["status_dict"][status] <= 0:
+                    del stats["status_dict"][status]
+            stats["successes"] -= sum(s == "success" for s in statuses)
+            stats["tar_bytes"] = tar_bytes
+            _replace(fs, stats_path, (json.dumps(stats, indent=4) + "\n").encode())
+        done.append({"file": stem + ".tar", "removed": removed})
+    return done
+
+
+def npy_shards(uri: str, ids) -> list[dict]:
+    """clip-retrieval shards (one folder per space: metadata/metadata_N.parquet, img_emb/img_emb_N.npy,
+    text_emb/text_emb_N.npy, row i of each the same pair) -> those holding ids without their rows."""
+    fs, folder = _fs(uri)
+    if not fs.exists(folder):
+        return []
+    wanted, done = _ids(ids), []
+    for meta_path in sorted(fs.glob(folder.rstrip("/") + "/**/metadata/metadata_*.parquet")):
+        with fs.open(meta_path, "rb") as fh:
+            table = pq.read_table(fh)
+        hit = pc.fill_null(pc.is_in(table["sample_id"], value_set=wanted), False).to_numpy(zero_copy_only=False)
+        if not hit.any():
+            continue
+        space = meta_path.rsplit("/metadata/", 1)[0]
+        shard = meta_path.rsplit("metadata_", 1)[1][: -len(".parquet")]
+        for name in ("img_emb", "text_emb"):
+            npy = f"{space}/{name}/{name}_{shard}.npy"
+            if not fs.exists(npy):
+                continue
+            with fs.open(npy, "rb") as fh:
+                matrix = np.load(fh)
+            if len(matrix) != table.num_rows:
+                raise TakedownError(f"{npy} has {len(matrix)} rows but {meta_path} {table.num_rows}")
+            buf = io.BytesIO()
+            np.save(buf, matrix[~hit])
+            _replace(fs, npy, buf.getvalue())
+        _replace(fs, meta_path, _parquet_bytes(table.filter(pa.array(~hit))))
+        done.append({"file": meta_path, "removed": int(hit.sum())})
+    return done
+
+
+def faiss_index(uri: str, ids) -> list[dict]:
+    """An index folder (knn.index, or shards/knn_*.index; faiss ids are the sample_ids) -> each index file
+    holding ids without them (remove_ids), its metadata and index_infos.json's count to match."""
+    import faiss
+
+    fs, folder = _fs(uri)
+    folder = folder.rstrip("/")
+    if not fs.exists(folder + "/index_infos.json"):
+        return []
+    with fs.open(folder + "/index_infos.json", "r") as fh:
+        infos = json.load(fh)
+    if (infos.get("layout") or {}).get("ivfdata"):
+        raise TakedownError(f"{uri}: its inverted lists are on disk (knn.ivfdata), which faiss cannot remove from; "
+                            "rebuild it (laion-spark pipeline ... pipeline.from=index)")
+    wanted = np.array(sorted(set(int(i) for i in ids)), dtype=np.int64)
+    files = [folder + "/knn.index"] if fs.exists(folder + "/knn.index") else sorted(
+        fs.glob(folder + "/shards/knn_*.index"))
+    done, total = [], 0
+    for path in files:
+        with fs.open(path, "rb") as fh:
+            index = faiss.deserialize_index(np.frombuffer(fh.read(), dtype=np.uint8))
+        removed = int(index.remove_ids(faiss.IDSelectorBatch(wanted)))
+        if removed:
+            _replace(fs, path, faiss.serialize_index(index).tobytes())
+            done.append({"file": path, "removed": removed})
+            total += removed
+    if total:
+        done += parquet_folder(f"{folder}/metadata", wanted, "sample_id")
+        infos["nb_vectors"] = int(infos.get("nb_vectors", 0)) - total
+        _replace(fs, folder + "/index_infos.json", (json.dumps(infos, indent=2, sort_keys=True) + "\n").encode())
+    return done
