@@ -75,10 +75,27 @@ def task_count(download_cfg, rows: int) -> int:
     return download_cfg.partitions or max(1, math.ceil(rows / download_cfg.rows_per_task))
 
 
+def _fingerprint(cfg, chunks: int) -> str:
+    """What a committed chunk must match to be reused: the output-relevant keys, the input's (and
+    retry_from's) completion marker, the chunk count."""
+    import json
+
+    from laion_spark import stages
+    from laion_spark.checksum import text_hash
+    from laion_spark.marker import marker_hash, output_hash
+
+    d = cfg.download
+    parts = [output_hash(stages.get("download"), cfg)[0], cfg.input, marker_hash(cfg.input), d.retry_from,
+             marker_hash(d.retry_from) if d.retry_from else None, chunks]
+    return text_hash(json.dumps(parts))
+
+
 def run(spark, cfg) -> dict:
     from pyspark.sql import Observation
 
+    from laion_spark.download import chunks as C
     from laion_spark.download.laion_input import from_release
+    from laion_spark.download.pool import pause_summary
     from laion_spark.download.transform import download_images, host_pauses, split_retry
 
     d = cfg.download
@@ -98,11 +115,18 @@ def run(spark, cfg) -> dict:
         reused = _status_counts(kept)
     to_download = rows_in - sum(v["rows"] for v in reused.values())
     partitions = task_count(d, to_download)
-    pauses = Observation("download_pauses")  # an accumulator would need the SparkContext: not on Connect
-    images = download_images(todo, d, partitions, pauses)
-    out = kept.unionByName(images) if kept is not None else images
+    schema = S.images_schema(pairs.schema)
+    chunks = C.chunk_count(d, to_download)
     started = time.time()
-    write_table(out, cfg.output, S.images_schema(pairs.schema), "images", cfg.mode)
+    reused_chunks = 0
+    if chunks > 1:  # each chunk committed on its own: a killed run keeps them (download/chunks.py)
+        images, reused_chunks, pause_list = C.download_in_chunks(
+            spark, todo, d, chunks, C.chunks_uri(cfg.output), _fingerprint(cfg, chunks), schema)
+    else:
+        pauses = Observation("download_pauses")  # an accumulator would need the SparkContext: not on Connect
+        images = download_images(todo, d, partitions, pauses)
+    out = kept.unionByName(images) if kept is not None else images
+    write_table(out, cfg.output, schema, "images", cfg.mode)
     seconds = time.time() - started
     statuses = _status_counts(spark.read.parquet(cfg.output))  # the written table, never a re-download
     rows_out = sum(v["rows"] for v in statuses.values())
@@ -123,11 +147,15 @@ def run(spark, cfg) -> dict:
                                 for k, v in statuses.items()),
         "bytes_stored": statuses.get(S.SUCCESS, {}).get("bytes", 0),
         "partitions": partitions,
-        "host_pauses": host_pauses(pauses),
+        "host_pauses": pause_summary(pause_list) if chunks > 1 else host_pauses(pauses),
+        "chunks": chunks,
+        "chunks_reused": reused_chunks,
         "download_seconds": round(seconds, 3),
         "images_per_s": round(successes / seconds, 2) if seconds else None,
         "urls_per_s": round(to_download / seconds, 2) if seconds else None,
     }
+    if chunks > 1:  # the table holds every chunk's rows and its count held: the chunks have served
+        C.remove(C.chunks_uri(cfg.output))
     log.info("download: %s rows -> %s successes (%s), %.1f images/s", rows_in,
              statuses.get(S.SUCCESS, {}).get("rows", 0), summary["statuses"], summary["images_per_s"] or 0)
     return summary
