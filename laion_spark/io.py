@@ -34,6 +34,12 @@ def fsspec_uri(uri: str) -> str:
     return f"{_FSSPEC_PROTOCOLS.get(scheme, scheme)}://{rest}"
 
 
+def overlap(a: str, b: str) -> bool:
+    """Two URIs -> whether one is the other or lies inside it (an output must not overlap an input)."""
+    a, b = fsspec_uri(a).rstrip("/"), fsspec_uri(b).rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def exists(uri: str) -> bool:
     """URI -> whether anything is stored there."""
     import fsspec

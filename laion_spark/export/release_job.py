@@ -32,7 +32,7 @@ from laion_spark.export import release as R
 from laion_spark.export.blocklist import BlocklistError
 from laion_spark.export.job import ExportError, write_shards
 from laion_spark.export.transform import REQUIRED_COLUMNS
-from laion_spark.io import exists, fsspec_uri, write_table
+from laion_spark.io import exists, fsspec_uri, overlap, write_table
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,6 @@ def subsets_of(cfg) -> dict[str, str]:
     return {name: getattr(cfg.export.subsets, name) for name in SUBSETS if getattr(cfg.export.subsets, name).strip()}
 
 
-def _norm(uri: str) -> str:
-    return fsspec_uri(uri).rstrip("/")
-
-
-def _overlap(a: str, b: str) -> bool:
-    a, b = _norm(a), _norm(b)
-    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-
 def prepare(cfg) -> None:
     """Checks without Spark: the tables and lists exist, the outputs overlap no input, outputs and names are valid."""
     e = cfg.export
@@ -88,9 +79,9 @@ def prepare(cfg) -> None:
             raise ConfigError(f"export.blocklist.{bl.kind}: {bl.uri} not found")
     for out in (cfg.output, removed_uri(cfg)):
         for name, uri in tables.items():
-            if uri and _overlap(out, uri):
+            if uri and overlap(out, uri):
                 raise ConfigError(f"output {out} overlaps {name} {uri}; write elsewhere")
-    if _overlap(cfg.output, removed_uri(cfg)):
+    if overlap(cfg.output, removed_uri(cfg)):
         raise ConfigError(f"export.removed_output {removed_uri(cfg)} overlaps output {cfg.output}")
 
 

@@ -33,7 +33,7 @@ from laion_spark.filter.transform import (
     language_group_column,
     rejected_schema,
 )
-from laion_spark.io import check_output, exists, fsspec_uri, write_table
+from laion_spark.io import check_output, exists, fsspec_uri, overlap, write_table
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,6 @@ def npy_uri(cfg) -> str:
     return cfg.filter.npy_output or cfg.output.rstrip("/") + "_emb"
 
 
-def _norm(uri: str) -> str:
-    return fsspec_uri(uri).rstrip("/")
-
-
-def _overlap(a: str, b: str) -> bool:
-    a, b = _norm(a), _norm(b)
-    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-
 def prepare(cfg) -> None:
     """Checks that need no Spark: the images and embeddings tables exist; no output overlaps an input
     or another output; rejected (and the .npy folder) are free unless mode=overwrite (the CLI checks
@@ -77,12 +68,12 @@ def prepare(cfg) -> None:
         outputs["filter.npy_output"] = npy_uri(cfg)
     for key, out in outputs.items():
         for name, uri in (("input", cfg.input), ("embeddings", f.embeddings)):
-            if _overlap(out, uri):
+            if overlap(out, uri):
                 raise ConfigError(f"{key} {out} overlaps {name} {uri}; write elsewhere")
     keys = list(outputs)
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
-            if _overlap(outputs[a], outputs[b]):
+            if overlap(outputs[a], outputs[b]):
                 raise ConfigError(f"{a} {outputs[a]} and {b} {outputs[b]} overlap; give them separate places")
     for key, out in outputs.items():
         if key != "output":

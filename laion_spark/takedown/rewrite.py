@@ -65,35 +65,35 @@ def _ids(ids) -> pa.Array:
     return pa.array(sorted(set(int(i) for i in ids)), pa.int64())
 
 
-def parquet_folder(uri: str, ids, column: str) -> list[dict]:
-    """A folder of parquet files (Spark's part files) -> those holding ids rewritten without them."""
+def _holding(uri: str, ids, column: str):
+    """-> (fs, path, table, the table without ids, rows removed) for each parquet file in the folder that
+    holds some of ids (the others are only read)."""
     fs, folder = _fs(uri)
     if not fs.exists(folder):
-        return []
-    wanted, done = _ids(ids), []
+        return
+    wanted = _ids(ids)
     for path in sorted(fs.glob(folder.rstrip("/") + "/*.parquet")):
         with fs.open(path, "rb") as fh:
             table = pq.read_table(fh)
         kept, removed = _without(table, column, wanted)
         if removed:
-            _replace(fs, path, _parquet_bytes(kept))
-            done.append({"file": path, "removed": removed})
+            yield fs, path, table, kept, removed
+
+
+def parquet_folder(uri: str, ids, column: str) -> list[dict]:
+    """A folder of parquet files (Spark's part files) -> those holding ids rewritten without them."""
+    done = []
+    for fs, path, _, kept, removed in _holding(uri, ids, column):
+        _replace(fs, path, _parquet_bytes(kept))
+        done.append({"file": path, "removed": removed})
     return done
 
 
 def webdataset_shards(uri: str, ids) -> list[dict]:
     """img2dataset shards -> each shard holding ids: its tar without their members, its parquet without
     their rows, its stats counted again; the other shards untouched."""
-    fs, folder = _fs(uri)
-    if not fs.exists(folder):
-        return []
     wanted, done = _ids(ids), []
-    for path in sorted(fs.glob(folder.rstrip("/") + "/*.parquet")):
-        with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh)
-        kept, removed = _without(table, "sample_id", wanted)
-        if not removed:
-            continue
+    for fs, path, table, kept, removed in _holding(uri, ids, "sample_id"):
         gone = table.filter(pc.fill_null(pc.is_in(table["sample_id"], value_set=wanted), False))
         keys = set(gone["key"].to_pylist())
         stem = path[: -len(".parquet")]
