@@ -299,6 +299,9 @@ class EmbedConfig:
     partitions: int = _opt(0, "embed tasks (0: success rows / rows_per_task, and at least a local master's cores)",
                            minimum=0, output=False)
     rows_per_task: int = _opt(2048, "success rows per embed task when partitions=0", minimum=1, output=False)
+    chunk_rows: int = _opt(1_000_000, "success rows per committed chunk (<output>_chunks/NNNNN/, each with its "
+                           "marker): a run killed in the middle keeps its finished chunks and a rerun embeds only "
+                           "the rest; one chunk: written directly", minimum=1, output=False)
     max_pixels: int = _opt(MAX_PIXELS, "decompression-bomb guard: stored images with more pixels (from the "
                            "header) are not decoded: too_many_pixels", minimum=1)
     trim_text: bool = _opt(True, "run the text tower without the tokenizer's padding where that gives the same "

@@ -54,10 +54,25 @@ def check_output(uri: str, mode: str) -> None:
         raise OutputExistsError(f"output {uri} already exists; pass mode=overwrite to replace it")
 
 
+def _nullable(dt):
+    """A type -> the same with every nested element, value and field nullable: what a Parquet file gives
+    back on read (a table written from another table's files, e.g. committed chunks, reads so)."""
+    from pyspark.sql.types import ArrayType, MapType, StructField
+
+    if isinstance(dt, ArrayType):
+        return ArrayType(_nullable(dt.elementType), True)
+    if isinstance(dt, MapType):
+        return MapType(_nullable(dt.keyType), _nullable(dt.valueType), True)
+    if isinstance(dt, StructType):
+        return StructType([StructField(f.name, _nullable(f.dataType), True) for f in dt.fields])
+    return dt
+
+
 def check_schema(df: DataFrame, schema: StructType, table: str) -> None:
-    """Raise ValueError unless df has exactly the schema's column names and types (in order)."""
-    got = [(f.name, f.dataType) for f in df.schema.fields]
-    want = [(f.name, f.dataType) for f in schema.fields]
+    """Raise ValueError unless df has exactly the schema's column names and types (in order; the
+    nullability of nested elements aside)."""
+    got = [(f.name, _nullable(f.dataType)) for f in df.schema.fields]
+    want = [(f.name, _nullable(f.dataType)) for f in schema.fields]
     if got != want:
         raise ValueError(f"{table}: columns {got} do not match the table schema {want}")
 

@@ -75,25 +75,10 @@ def task_count(download_cfg, rows: int) -> int:
     return download_cfg.partitions or max(1, math.ceil(rows / download_cfg.rows_per_task))
 
 
-def _fingerprint(cfg, chunks: int) -> str:
-    """What a committed chunk must match to be reused: the output-relevant keys, the input's (and
-    retry_from's) completion marker, the chunk count."""
-    import json
-
-    from laion_spark import stages
-    from laion_spark.checksum import text_hash
-    from laion_spark.marker import marker_hash, output_hash
-
-    d = cfg.download
-    parts = [output_hash(stages.get("download"), cfg)[0], cfg.input, marker_hash(cfg.input), d.retry_from,
-             marker_hash(d.retry_from) if d.retry_from else None, chunks]
-    return text_hash(json.dumps(parts))
-
-
 def run(spark, cfg) -> dict:
     from pyspark.sql import Observation
 
-    from laion_spark.download import chunks as C
+    from laion_spark import chunks as C
     from laion_spark.download.laion_input import from_release
     from laion_spark.download.pool import pause_summary
     from laion_spark.download.transform import download_images, host_pauses, split_retry
@@ -116,12 +101,20 @@ def run(spark, cfg) -> dict:
     to_download = rows_in - sum(v["rows"] for v in reused.values())
     partitions = task_count(d, to_download)
     schema = S.images_schema(pairs.schema)
-    chunks = C.chunk_count(d, to_download)
+    chunks = C.chunk_count(d.chunk_rows, to_download)
     started = time.time()
     reused_chunks = 0
-    if chunks > 1:  # each chunk committed on its own: a killed run keeps them (download/chunks.py)
-        images, reused_chunks, pause_list = C.download_in_chunks(
-            spark, todo, d, chunks, C.chunks_uri(cfg.output), _fingerprint(cfg, chunks), schema)
+    if chunks > 1:  # each chunk committed on its own: a killed run keeps them (laion_spark/chunks.py)
+        def make(part, n):
+            observation = Observation(f"download_pauses_{time.monotonic_ns()}")
+            return download_images(part, d, task_count(d, n), observation), \
+                lambda: observation.get.get("pauses") or []
+
+        keys = [S.URL, *([S.SAMPLE_ID] if S.SAMPLE_ID in todo.columns else [])]
+        images, reused_chunks, observed = C.write_in_chunks(
+            spark, todo, keys, chunks, C.chunks_uri(cfg.output),
+            C.fingerprint("download", cfg, chunks, cfg.input, d.retry_from), schema, make, "images")
+        pause_list = [p for chunk in observed for p in chunk]
     else:
         pauses = Observation("download_pauses")  # an accumulator would need the SparkContext: not on Connect
         images = download_images(todo, d, partitions, pauses)

@@ -87,9 +87,21 @@ def arrow_batch_rows(spark, rows: int):
             spark.conf.set(ARROW_BATCH_CONF, previous)
 
 
+def _merged(per_chunk: list[dict]) -> dict:
+    """device_counts of each chunk -> their sum per device."""
+    out: dict[str, dict[str, int]] = {}
+    for counts in per_chunk:
+        for device, c in counts.items():
+            m = out.setdefault(device, {"tasks": 0, "rows": 0})
+            m["tasks"] += c["tasks"]
+            m["rows"] += c["rows"]
+    return dict(sorted(out.items()))
+
+
 def run(spark, cfg) -> dict:
     from pyspark.sql import Observation
 
+    from laion_spark import chunks as C
     from laion_spark.embed.model import model_specs
     from laion_spark.embed.transform import REQUIRED_COLUMNS, device_counts, embed_images
 
@@ -102,10 +114,23 @@ def run(spark, cfg) -> dict:
     success_rows = sum(groups.values())
     specs = model_specs(cfg.embed)
     partitions = task_count(spark, cfg.embed, success_rows)
-    devices = Observation("embed_devices")  # an accumulator would need the SparkContext: not on Connect
-    embeddings = embed_images(images, cfg.embed, partitions, devices)
+    chunks = C.chunk_count(cfg.embed.chunk_rows, success_rows)
+    reused_chunks, observed = 0, []
     started = time.time()
     with arrow_batch_rows(spark, cfg.embed.arrow_batch_rows):
+        if chunks > 1:  # each chunk committed on its own: a killed run keeps them (laion_spark/chunks.py)
+            def make(part, n):
+                observation = Observation(f"embed_devices_{time.monotonic_ns()}")
+                return embed_images(part, cfg.embed, task_count(spark, cfg.embed, n), observation), \
+                    lambda: device_counts(observation)
+
+            success = images.where(F.col(S.STATUS) == S.SUCCESS)
+            embeddings, reused_chunks, observed = C.write_in_chunks(
+                spark, success, [S.SAMPLE_ID], chunks, C.chunks_uri(cfg.output),
+                C.fingerprint("embed", cfg, chunks, cfg.input), S.EMBEDDINGS, make, "embeddings")
+        else:
+            devices = Observation("embed_devices")  # an accumulator would need the SparkContext: not on Connect
+            embeddings = embed_images(images, cfg.embed, partitions, devices)
         write_table(embeddings, cfg.output, S.EMBEDDINGS, "embeddings", cfg.mode)
     seconds = time.time() - started
     written = spark.read.parquet(cfg.output)  # counts of the written table, never a second embedding run
@@ -139,10 +164,14 @@ def run(spark, cfg) -> dict:
                                     "model_config": spec.model_config or None}
                         for spec in dict.fromkeys(specs.values())},
         "partitions": partitions,
-        "devices": device_counts(devices),
+        "devices": _merged(observed) if chunks > 1 else device_counts(devices),
+        "chunks": chunks,
+        "chunks_reused": reused_chunks,
         "embed_seconds": round(seconds, 3),
         "images_per_s": round(embedded / seconds, 2) if seconds else None,
     }
+    if chunks > 1:  # the table holds every chunk's rows and its count held: the chunks have served
+        C.remove(C.chunks_uri(cfg.output))
     log.info("embed: %s images rows, %s success -> %s embedded, %s failed %s, %.1f images/s", rows_in,
              success_rows, embedded, summary["failed"], summary["failure_reasons"], summary["images_per_s"] or 0)
     return summary
