@@ -64,8 +64,9 @@ def test_the_tables_form_the_design_graph():
                                               "pipeline.from": "pipeline.rerun_from", "until": "pipeline.until",
                                               "previous": "pipeline.previous"}
     assert stages.get("report").aliases == {"run_dir": "input"}
+    assert stages.get("takedown").aliases == {"run_dir": "input", "list": "takedown.list", "kind": "takedown.kind"}
     assert all(not s.aliases for n, s in stages.STAGES.items()
-               if n not in ("filter", "index", "search", "serve", "tag", "export", "pipeline", "report"))
+               if n not in ("filter", "index", "search", "serve", "tag", "export", "pipeline", "report", "takedown"))
 
 
 def test_cli_usage_lists_the_registry_and_demo_is_a_stage():
