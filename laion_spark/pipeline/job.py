@@ -95,7 +95,7 @@ def run(spark, cfg) -> dict:
             entry = M.step_entry(step, "empty", why, started, summary)
             log.info("pipeline [%d/%d] %s not built: %s", i, len(todo), step.name, why)
         elif not go:
-            summary = P._read_marker(step.cfg.output)
+            summary = P.read_marker(step.cfg.output)
             entry = M.step_entry(step, "skipped", why, started, summary)
             log.info("pipeline [%d/%d] %s skipped: %s", i, len(todo), step.name, why)
         else:

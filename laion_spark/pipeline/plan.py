@@ -92,7 +92,7 @@ def selected(all_steps: list[Step], rerun_from: str, until: str) -> tuple[list[S
     return kept, forced
 
 
-def _read_marker(uri: str) -> dict | None:
+def read_marker(uri: str) -> dict | None:
     from laion_spark.io import read_json
 
     try:
@@ -112,7 +112,7 @@ def decide(step: Step, forced: bool = False) -> tuple[bool, str]:
     if forced:
         return True, "pipeline.from asks for it"
     entry = stages.get(step.stage)
-    done = _read_marker(step.cfg.output)
+    done = read_marker(step.cfg.output)
     if done is None:
         return True, ("incomplete: its output has no completion marker" if exists(step.cfg.output)
                       else "not run yet")
