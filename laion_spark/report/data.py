@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from laion_spark import schemas as S
 from laion_spark.filter.transform import language_group_column
-from laion_spark.pipeline.plan import INDEX_FIELDS, table_uris
+from laion_spark.pipeline.plan import INDEX_FIELDS, read_marker, table_uris
 
 TOP = 15  # languages and domains shown
 BINS = 40
@@ -42,7 +42,7 @@ def markers(run_dir: str) -> dict:
              *[f"index_{f}" for f in INDEX_FIELDS]]
     out = {}
     for name in names:
-        m = _read_json(u[name].rstrip("/") + "/_summary.json")
+        m = read_marker(u[name])
         if m is not None:
             out[name] = m
     return out
