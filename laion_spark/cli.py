@@ -90,12 +90,14 @@ def prepare(stage: str, config_files: list[str], overrides: list[str]):
     return cfg, module
 
 
-def run(stage: str, cfg, module, spark=None) -> dict:
+def run(stage: str, cfg, module, spark=None, label: str | None = None) -> dict:
     """Run one prepared stage in `spark` (default: get_spark()) -> its summary, also written as the
     completion marker of its outputs once run() returned (its row accounting check held).
 
-    A run that raises leaves its outputs visibly incomplete (marker.fail) and re-raises.
+    A run that raises leaves its outputs visibly incomplete (marker.fail) and re-raises. While it runs,
+    progress lines (progress.py) name it `label` (default: the stage).
     """
+    from laion_spark import progress
     from laion_spark.session import get_spark
 
     entry = stages.get(stage)
@@ -105,7 +107,8 @@ def run(stage: str, cfg, module, spark=None) -> dict:
         spark = spark or get_spark()
     started = time.time()
     try:
-        summary = module.run(spark, cfg)
+        with progress.shown(spark if entry.spark else None, label or stage):
+            summary = module.run(spark, cfg)
     except BaseException as exc:
         left = marker.fail(entry, cfg, exc)
         if left:

@@ -18,6 +18,7 @@ import importlib
 import logging
 import time
 
+from laion_spark import progress
 from laion_spark.config import ConfigError
 from laion_spark.io import write_json
 from laion_spark.pipeline import manifest as M
@@ -45,7 +46,7 @@ def _run_step(spark, step: P.Step) -> dict:
 
     module = importlib.import_module(get(step.stage).module)
     module.prepare(step.cfg)
-    return cli.run(step.stage, step.cfg, module, spark)
+    return cli.run(step.stage, step.cfg, module, spark, label=f"pipeline {step.name}")
 
 
 def _line(entry: dict) -> str:
@@ -74,6 +75,7 @@ def run(spark, cfg) -> dict:
     uris = P.table_uris(cfg.output)
     takedowns = read_json(uris["manifest"]).get("takedowns", []) if exists(uris["manifest"]) else []
     cfg = _with_takedowns(cfg, takedowns)
+    progress.announce(spark)  # the Spark UI's address, first
     all_steps = P.steps(cfg)
     todo, forced = P.selected(all_steps, cfg.pipeline.rerun_from, cfg.pipeline.until)
     doc = {
