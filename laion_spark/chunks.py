@@ -90,10 +90,6 @@ def write_in_chunks(spark, rows, keys: list[str], chunks: int, folder: str, prin
 
 def remove(folder: str) -> None:
     """The chunks, once the stage's table holds their rows and its count held."""
-    import fsspec
+    from laion_spark.io import remove as remove_uri
 
-    from laion_spark.io import fsspec_uri
-
-    fs, path = fsspec.core.url_to_fs(fsspec_uri(folder))
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    remove_uri(folder)

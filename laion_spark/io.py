@@ -48,6 +48,17 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def remove(uri: str) -> bool:
+    """A file or folder (recursively) -> removed; whether there was one."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(fsspec_uri(uri))
+    if not fs.exists(path):
+        return False
+    fs.rm(path, recursive=True)
+    return True
+
+
 def check_output(uri: str, mode: str) -> None:
     """Raise OutputExistsError when `uri` exists and mode is not 'overwrite' (before Spark starts)."""
     if mode != "overwrite" and exists(uri):

@@ -123,36 +123,80 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-@contextlib.contextmanager
-def standalone_cluster(tmp: Path, cores: int = 1, memory: str = "1g", timeout: float = 120) -> Iterator[str]:
-    """Start a standalone master and one worker on 127.0.0.1 -> yield 'spark://127.0.0.1:PORT'.
+class Cluster:
+    """A standalone master and its workers on 127.0.0.1, each in its own process group."""
 
-    Both run `spark-class` in their own process group; the worker's executors (and their Python
-    workers) are children of the worker, so killing the groups leaves nothing behind.
+    def __init__(self, tmp: Path, cores: int, memory: str, timeout: float):
+        self.tmp, self.cores, self.memory, self.timeout = tmp, cores, memory, timeout
+        self.env = spark_env(tmp, SPARK_HOME=str(pyspark_home()), SPARK_WORKER_DIR=str(tmp / "work"))
+        self.spark_class = str(pyspark_home() / "bin" / "spark-class")
+        self.master_log = tmp / "master.log"
+        self.master: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self.url = ""
+
+    def start_master(self) -> None:
+        port, ui_port = free_port(), free_port()
+        self.url = f"spark://127.0.0.1:{port}"
+        self.master = _start([self.spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                              "--port", str(port), "--webui-port", str(ui_port)], self.master_log, self.env, self.tmp)
+        _wait_for(lambda: "I have been elected leader" in _tail(self.master_log, 100_000),
+                  "standalone master", self.timeout, [self.master], [self.master_log])
+
+    def add_worker(self) -> subprocess.Popen:
+        """Start one more worker and wait until the master has registered it -> its process."""
+        k = len(self.workers)
+        log, work = self.tmp / f"worker{k}.log", self.tmp / "work" / f"w{k}"
+        work.mkdir(parents=True, exist_ok=True)
+        registered = _tail(self.master_log, 1_000_000).count("Registering worker 127.0.0.1")
+        proc = _start([self.spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                       "--cores", str(self.cores), "--memory", self.memory, "--webui-port", str(free_port()),
+                       "--work-dir", str(work), self.url], log, self.env, self.tmp)
+        self.workers.append(proc)
+        _wait_for(lambda: _tail(self.master_log, 1_000_000).count("Registering worker 127.0.0.1") > registered
+                  and "Successfully registered with master" in _tail(log, 100_000),
+                  "standalone worker registration", self.timeout, [self.master, proc], [self.master_log, log])
+        return proc
+
+    def kill_worker(self, proc: subprocess.Popen) -> None:
+        """SIGKILL a worker's whole process group: the worker, its executors and their Python workers die
+        at once, as when a machine is lost (nothing is told to shut down cleanly)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kill_group(proc.pid, timeout=5)  # a child that somehow survived
+
+    def stop(self) -> None:
+        for proc in [*reversed(self.workers), self.master]:  # workers (and executors) first, then the master
+            if proc is not None:
+                kill_group(proc.pid, proc=proc)
+                proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def cluster(tmp: Path, workers: int = 1, cores: int = 1, memory: str = "1g", timeout: float = 120) -> Iterator[Cluster]:
+    """Start a standalone master and `workers` workers on 127.0.0.1 -> yield the Cluster (its url, its
+    workers, add_worker, kill_worker); everything it started is stopped after.
+
+    Each runs `spark-class` in its own process group; a worker's executors (and their Python workers) are
+    its children, so killing the groups leaves nothing behind.
     """
     tmp.mkdir(parents=True, exist_ok=True)
-    spark_class = str(pyspark_home() / "bin" / "spark-class")
-    env = spark_env(tmp, SPARK_HOME=str(pyspark_home()), SPARK_WORKER_DIR=str(tmp / "work"))
-    port, ui_port, worker_ui_port = free_port(), free_port(), free_port()
-    url = f"spark://127.0.0.1:{port}"
-    master_log, worker_log = tmp / "master.log", tmp / "worker.log"
-    procs: list[subprocess.Popen] = []
+    c = Cluster(tmp, cores, memory, timeout)
     try:
-        procs.append(_start([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                             "--port", str(port), "--webui-port", str(ui_port)], master_log, env, tmp))
-        _wait_for(lambda: "I have been elected leader" in _tail(master_log, 100_000),
-                  "standalone master", timeout, procs, [master_log])
-        procs.append(_start([spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                             "--cores", str(cores), "--memory", memory, "--webui-port", str(worker_ui_port),
-                             "--work-dir", str(tmp / "work"), url], worker_log, env, tmp))
-        _wait_for(lambda: "Registering worker 127.0.0.1" in _tail(master_log, 100_000)
-                  and "Successfully registered with master" in _tail(worker_log, 100_000),
-                  "standalone worker registration", timeout, procs, [master_log, worker_log])
-        yield url
+        c.start_master()
+        for _ in range(workers):
+            c.add_worker()
+        yield c
     finally:
-        for proc in reversed(procs):  # the worker (and its executors) first, then the master
-            kill_group(proc.pid, proc=proc)
-            proc.wait(timeout=10)
+        c.stop()
+
+
+@contextlib.contextmanager
+def standalone_cluster(tmp: Path, cores: int = 1, memory: str = "1g", timeout: float = 120) -> Iterator[str]:
+    """A master and one worker on 127.0.0.1 -> yield 'spark://127.0.0.1:PORT' (see cluster())."""
+    with cluster(tmp, 1, cores, memory, timeout) as c:
+        yield c.url
 
 
 def _connect_scripts(home: Path) -> tuple[list[str], list[str]]:
@@ -203,6 +247,14 @@ def connect_server(tmp: Path, master: str = "local[2]", timeout: float = 120,
         subprocess.run(stop, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=60, check=False)
         kill_group(launcher.pid, proc=launcher)  # what stop did not end (a hung JVM, a failed start)
+
+
+def start_submit(args: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    """./spark-submit.sh args in the background, in its own process group, stdout and stderr to `log`;
+    the caller kills its group (kill_group) when done."""
+    with open(log, "wb") as out:
+        return subprocess.Popen([str(SPARK_SUBMIT_SH), *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
 
 
 def run_submit(args: list[str], env: dict, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -39,6 +39,7 @@ from laion_spark.extract.transform import extract_candidates
 from laion_spark.packaging import build_pyfiles_zip
 from laion_spark.session import get_spark
 
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # as the CLI logs (progress lines)
 args = json.loads(sys.argv[1])
 spark = get_spark()  # SPARK_REMOTE is set: the Connect session
 out = {"session_class": type(spark).__module__ + "." + type(spark).__name__}
@@ -79,8 +80,8 @@ def connect_url(tmp_path_factory):
         yield url
 
 
-def _run_client(script: str, url: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = spark_env(tmp_path, SPARK_REMOTE=url, PYTHONPATH=str(REPO))
+def _run_client(script: str, url: str, tmp_path, *args: str, **env_extra: str) -> subprocess.CompletedProcess:
+    env = spark_env(tmp_path, SPARK_REMOTE=url, PYTHONPATH=str(REPO), **env_extra)
     return subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
 
@@ -131,12 +132,13 @@ remote.stop()
 
 
 STAGES_CLIENT = r"""
-import json, sys, tempfile
+import json, logging, sys, tempfile
 
 from laion_spark import cli
 from laion_spark.packaging import build_pyfiles_zip
 from laion_spark.session import get_spark
 
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # as the CLI logs (progress lines)
 args = json.loads(sys.argv[1])
 spark = get_spark()  # SPARK_REMOTE is set: the Connect session
 spark.addArtifacts(str(build_pyfiles_zip(tempfile.mkdtemp())), pyfile=True)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -48,6 +50,13 @@ def downstream(changed: set[str]) -> list[str]:
 
 def ids(uri, column=S.SAMPLE_ID) -> list[int]:
     return sorted(pq.read_table(uri, columns=[column]).column(column).to_pylist())
+
+
+def statuses(uri) -> dict[int, str]:
+    rows = pq.read_table(uri, columns=[S.SAMPLE_ID, S.STATUS]).to_pylist()
+    out = {r[S.SAMPLE_ID]: r[S.STATUS] for r in rows}
+    assert len(out) == len(rows), "a sample_id twice"
+    return out
 
 
 def pipeline(spark, args: list[str]) -> dict:
@@ -91,6 +100,7 @@ def runs(spark, crawl, tmp_path_factory):
         out["first_pairs"] = ids(run_dir / "pairs")
         similarity = pq.read_table(run_dir / "embeddings", columns=[S.SAMPLE_ID, S.SIMILARITY]).to_pylist()
         out["first_similarity"] = {r[S.SAMPLE_ID]: r[S.SIMILARITY] for r in similarity}
+        out["first_statuses"] = statuses(run_dir / "images")
         out["again"] = pipeline(spark, first)
         changed = [*base, f"run_dir={run_dir}", *at(threshold - 0.02)]
         out["threshold"] = pipeline(spark, changed)
@@ -262,8 +272,11 @@ def test_the_pipeline_through_spark_connect(runs, crawl, connect_url, tmp_path):
     with DemoImageServer() as server:
         args = [*crawl["base_args"](server), f"run_dir={run_dir}"]
         res = _run_client(STAGES_CLIENT, connect_url, tmp_path, json.dumps([["pipeline", args],
-                                                                              ["pipeline", args]]))
+                                                                              ["pipeline", args]]),
+                          LAION_SPARK_PROGRESS="1")
     assert res.returncode == 0, res.stderr[-6000:]
+    # progress from the Connect client's progress handler (the server's UI is not the client's to show)
+    assert re.search(r"pipeline \S+: tasks \d+/\d+ \(\d+%\)", res.stderr), res.stderr[-6000:]
     first, second = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert ran(first) == ALL and ran(second) == []
     release = ids(run_dir / "export" / "laion", "SAMPLE_ID")
@@ -273,21 +286,60 @@ def test_the_pipeline_through_spark_connect(runs, crawl, connect_url, tmp_path):
     assert (run_dir / "report" / "index.html").is_file()
 
 
-def test_the_pipeline_under_spark_submit_on_a_standalone_cluster(runs, crawl, tmp_path):
-    # ./spark-submit.sh pipeline on a master and a worker on 127.0.0.1 (the worker's executor runs every
-    # stage's Python tasks); the demo image server answers from this process
-    from tests.spark_servers import run_submit, spark_env, standalone_cluster
+def wait_for_chunks(folder: Path, n: int, proc, log: Path, timeout: float = 600) -> None:
+    """Until `n` chunks under folder have their marker (the run still going) -> None."""
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob("*/_chunk.json"))) < n:
+        assert proc.poll() is None, f"the run ended before {folder.name} had {n} chunks:\n{log.read_text()[-6000:]}"
+        assert time.monotonic() < deadline, f"no {n} chunks in {folder} after {timeout}s"
+        time.sleep(0.1)
 
-    run_dir = tmp_path / "run"
-    with standalone_cluster(tmp_path / "cluster", cores=2, memory="2g") as url, DemoImageServer() as server:
-        env = spark_env(tmp_path)
-        res = run_submit(["pipeline", *crawl["base_args"](server), f"run_dir={run_dir}", "--", "--master", url,
-                          "--executor-memory", "1g", "--total-executor-cores", "2"], env, tmp_path, timeout=900)
-    assert res.returncode == 0, res.stderr[-6000:]
-    assert url in res.stderr
+
+def test_the_pipeline_on_a_standalone_cluster_survives_lost_workers(runs, crawl, tmp_path):
+    # ./spark-submit.sh pipeline on a master and two workers on 127.0.0.1, every stage's Python tasks in
+    # their executors. Once download has committed its first chunk, one worker is killed by its pid (its
+    # whole process group: worker, executor and Python workers at once, as a lost machine) and a fresh one
+    # joins, as a cluster manager would start; once embed has committed its first chunk, the other first
+    # worker is killed. The run finishes with the rows of the undisturbed classic run.
+    from tests.spark_servers import cluster, kill_group, spark_env, start_submit
+
+    run_dir, log = tmp_path / "run", tmp_path / "submit.log"
+    chunked = ["download.chunk_rows=12", "embed.chunk_rows=12"]  # several chunks: a kill lands between them
+    with cluster(tmp_path / "cluster", workers=2, cores=1, memory="1500m") as c, DemoImageServer() as server:
+        first, second = c.workers
+        env = spark_env(tmp_path, LAION_SPARK_PROGRESS="2")
+        proc = start_submit(["pipeline", *crawl["base_args"](server), f"run_dir={run_dir}", *chunked, "--",
+                             "--master", c.url, "--executor-memory", "1g", "--total-executor-cores", "2"],
+                            env, tmp_path, log)
+        try:
+            wait_for_chunks(Path(f"{run_dir}/images_chunks"), 1, proc, log)
+            in_download = not (run_dir / "images" / "_summary.json").exists()
+            c.kill_worker(first)
+            c.add_worker()
+            wait_for_chunks(Path(f"{run_dir}/embeddings_chunks"), 1, proc, log)
+            in_embed = not (run_dir / "embeddings" / "_summary.json").exists()
+            c.kill_worker(second)
+            returncode = proc.wait(timeout=900)
+        finally:
+            kill_group(proc.pid, proc=proc)
+        url = c.url
+    text = log.read_text(errors="replace")
+    assert returncode == 0, text[-6000:]
+    assert in_download and in_embed  # each kill landed inside its stage
+    assert url in text and re.search(r"[Ll]ost executor", text), text[-6000:]  # Spark saw its executors go
+    # progress people can follow: where the UI is, and lines with tasks done and time left
+    ours = "\n".join(line for line in text.splitlines() if "laion_spark" in line)
+    assert re.search(r"Spark UI: http://[^\s/]+:\d+ ", ours), ours[-6000:]
+    assert re.search(r"pipeline (download|embed|extract|dedupe|filter|tag|export|index:\w+|report): tasks \d+/\d+",
+                     ours), ours[-6000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and [s["step"] for s in manifest["steps"]] == ALL
+    # exactly the undisturbed run's rows: the same pairs, one images row each with the same status, one
+    # embedding for each image the classic run embedded, and its release
     assert ids(run_dir / "pairs") == runs["first_pairs"]
+    assert statuses(run_dir / "images") == runs["first_statuses"]
+    embedded = ids(run_dir / "embeddings")
+    assert embedded == sorted(runs["first_similarity"]) and len(embedded) == len(set(embedded))
     release = ids(run_dir / "export" / "laion", "SAMPLE_ID")
     same_release(runs, crawl, release)
     assert ids(run_dir / "index" / "text" / "metadata") == release
@@ -392,3 +444,23 @@ def test_takedown_removes_rows_in_place_and_a_rerun_keeps_them_out(spark, runs, 
 def pipeline_like(stage: str, spark, args: list[str]) -> dict:
     cfg, module = cli.prepare(stage, [], args)
     return cli.run(stage, cfg, module, spark)
+
+
+def test_a_release_that_becomes_empty_leaves_no_stale_index(spark, runs, crawl, tmp_path):
+    # every released URL on a blocklist: export releases nothing, and the indices of the earlier release
+    # (which would serve every blocked row) are removed, not left beside an empty release
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["run_dir"], run_dir)
+    urls = pq.read_table(run_dir / "export" / "laion", columns=["URL"]).column("URL").to_pylist()
+    (tmp_path / "everything.txt").write_text("\n".join(urls) + "\n")
+    with DemoImageServer() as server:
+        out = pipeline(spark, [*crawl["base_args"](server), f"run_dir={run_dir}", *at(crawl["threshold"] - 0.02),
+                               f"export.blocklist.url={tmp_path / 'everything.txt'}"])
+    steps = {s["step"]: s for s in out["steps"]}
+    assert ran(out) == ["export", "report"]
+    assert steps["export"]["counts"]["released"] == 0
+    for field in ("image", "text"):
+        assert steps[f"index:{field}"]["action"] == "empty"
+        assert steps[f"index:{field}"]["why"].endswith("the earlier index removed")
+        assert not (run_dir / "index" / field).exists()
+    assert "No index in this run." in (run_dir / "report" / "index.html").read_text()

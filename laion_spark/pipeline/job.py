@@ -20,7 +20,7 @@ import time
 
 from laion_spark import progress
 from laion_spark.config import ConfigError
-from laion_spark.io import write_json
+from laion_spark.io import remove, write_json
 from laion_spark.pipeline import manifest as M
 from laion_spark.pipeline import plan as P
 
@@ -93,6 +93,8 @@ def run(spark, cfg) -> dict:
         if step.stage == "index" and summaries.get("export", {}).get("released") == 0:
             # an incremental crawl with nothing new: no index of nothing (faiss cannot train on no rows)
             go, why = False, "the release has no rows: nothing to index"
+            if remove(step.cfg.output):  # an index of an earlier release would serve rows released no more
+                why += "; the earlier index removed"
             summary = None
             entry = M.step_entry(step, "empty", why, started, summary)
             log.info("pipeline [%d/%d] %s not built: %s", i, len(todo), step.name, why)

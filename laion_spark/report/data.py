@@ -120,6 +120,17 @@ def _samples(spark, uri: str, where, extra: list[str], n: int) -> list[dict]:
     return [r.asDict() for r in rows]
 
 
+def input_errors(spark, uri: str, top: int = TOP) -> list[dict]:
+    """extract's error rows -> per input file (most errors first): the rows and the first error message,
+    so that a corrupt archive shows on the page with what was wrong with it."""
+    errors = spark.read.parquet(uri)
+    rows = (errors.groupBy(S.SOURCE_URI)
+            .agg(F.count(F.lit(1)).alias("rows"), F.min_by(S.ERROR, F.coalesce(S.SOURCE_OFFSET, F.lit(-1)))
+                 .alias("first_error"))
+            .orderBy(F.desc("rows"), S.SOURCE_URI).limit(top).collect())
+    return [{"file": r[S.SOURCE_URI], "rows": r["rows"], "first_error": r["first_error"]} for r in rows]
+
+
 def gather(spark, run_dir: str, samples: int = 8) -> dict:
     u = table_uris(run_dir)
     m = markers(run_dir)
@@ -132,6 +143,8 @@ def gather(spark, run_dir: str, samples: int = 8) -> dict:
         host = F.lower(F.expr(f"parse_url({S.URL}, 'HOST')"))
         out["domains"] = [(r["host"], r["n"]) for r in pairs.select(host.alias("host")).groupBy("host").agg(
             F.count(F.lit(1)).alias("n")).orderBy(F.desc("n"), "host").limit(TOP).collect()]
+    if "candidates" in m and _exists(u["candidates_errors"]):
+        out["input_errors"] = input_errors(spark, u["candidates_errors"])
     if "images" in m:
         out["statuses"] = m["images"]["statuses"]
         ok = spark.read.parquet(u["images"]).where(F.col(S.STATUS) == S.SUCCESS)

@@ -45,6 +45,16 @@ def _funnel(steps: list[dict]) -> str:
             + "".join(rows) + "</table>")
 
 
+def _input_errors(errors: list[dict]) -> str:
+    if not errors:
+        return ""
+    rows = "".join(f'<tr><td><code>{escape(e["file"])}</code></td>'
+                   f'<td class="n" data-errors-file="{escape(e["file"])}" data-rows="{e["rows"]}">{e["rows"]:,}</td>'
+                   f'<td class="reasons">{escape(e["first_error"][:300])}</td></tr>' for e in errors)
+    return ("<h3>Input files with errors (extract)</h3><table><tr><th>file</th><th>error rows</th>"
+            f"<th>first error</th></tr>{rows}</table>")
+
+
 def _indices(indices: dict) -> str:
     if not indices:
         return '<p class="muted">No index in this run.</p>'
@@ -85,6 +95,7 @@ def render(data: dict, plots: dict, thumbs: dict) -> str:
         + (f' &middot; pipeline started {escape(str(manifest.get("started")))}' if manifest else "") + "</p>",
         f'<p class="muted">{escape(version_line)}</p>' if version_line else "",
         "<h2>Where every candidate went</h2>", _funnel(data["funnel"]), _plot(plots, "funnel"),
+        _input_errors(data.get("input_errors") or []),
         "<h2>CLIP similarity</h2>", '<div class="plots">', _plot(plots, "similarity"), "</div>",
         "<h2>Pairs and images</h2>", '<div class="plots">',
         *[_plot(plots, n) for n in ("languages", "domains", "statuses", "sizes", "aspects")], "</div>",
