@@ -8,11 +8,13 @@
 # MAGIC built with `pip wheel .`, or `%pip install laion-spark`); the notebook's `spark` session is used
 # MAGIC as it is.
 # MAGIC
-# MAGIC Every setting is in the **Parameters** cell, as plain assignments. A test or a job runs this
-# MAGIC notebook with its own values by assigning them right after that cell, the way papermill injects
-# MAGIC parameters (tests/test_notebooks.py does so); so no value there is computed from another.
+# MAGIC Settings are the widgets at the top (a job sets them with its parameters): `input`, `run_dir`, the CLIP
+# MAGIC model, `device`, `shown_rows`, and `overrides`, any further `key=value` settings of the CLI separated by
+# MAGIC spaces or newlines, quoted as on a command line where a value has spaces; they come last, so they win.
 
 # COMMAND ----------
+
+import shlex
 
 from pyspark.sql import functions as F
 
@@ -32,32 +34,38 @@ from laion_spark.io import write_table
 
 # DBTITLE 1,Parameters
 # Tables: any URI Spark reads and writes (dbfs:/..., /Volumes/..., s3a://...).
-pairs_uri = "dbfs:/tmp/laion-spark/pairs"  # dedupe's output
-run_uri = "dbfs:/tmp/laion-spark/run1"  # images, embeddings, dataset and dataset_rejected are written under it
-# The same key=value settings as the CLI (`laion-spark download --help`, `embed --help`, `filter --help`).
-overrides = [
-    # the CLIP model: an open_clip architecture and pretrained tag (fetched from the Hugging Face Hub, or
-    # found in the workers' cache), or a checkpoint file such as dbfs:/models/clip/ViT-B-32.pt (each
-    # worker copies it once); embed.model_config names the JSON of a custom architecture
-    "embed.model=ViT-B-32",
-    "embed.pretrained=laion2b_s34b_b79k",
-    # auto: the GPU Spark gave the task (GPU clusters: spark.task.resource.gpu.amount), else the CPU;
-    # cuda: fail where a task has no GPU, rather than embed slowly on the CPU
-    "embed.device=auto",
-    # the least cosine similarity of image and alt text kept, per language group (LAION-5B's for ViT-B/32)
-    "filter.threshold.en=0.28",
-    "filter.threshold.multi=0.26",
-    "filter.threshold.nolang=0.26",
-    # "mode=overwrite",  # replaces the tables of an earlier run
-]
-shown_rows = 20  # kept rows displayed at the end
+dbutils.widgets.text("input", "dbfs:/tmp/laion-spark/pairs", "Pairs table (dedupe's output)")  # noqa: F821
+dbutils.widgets.text(  # noqa: F821 (notebook global)
+    "run_dir", "dbfs:/tmp/laion-spark/run1", "Run directory: images, embeddings, dataset, dataset_rejected")
+# the CLIP model: an open_clip architecture and pretrained tag (fetched from the Hugging Face Hub, or found
+# in the workers' cache), or a checkpoint file such as dbfs:/models/clip/ViT-B-32.pt (each worker copies it
+# once); embed.model_config=URI in overrides names the JSON of a custom architecture
+dbutils.widgets.text("model", "ViT-B-32", "CLIP model (embed.model)")  # noqa: F821
+dbutils.widgets.text("pretrained", "laion2b_s34b_b79k", "CLIP weights: pretrained tag or checkpoint")  # noqa: F821
+# auto: the GPU Spark gave the task (GPU clusters: spark.task.resource.gpu.amount), else the CPU;
+# cuda: fail where a task has no GPU, rather than embed slowly on the CPU
+dbutils.widgets.dropdown("device", "auto", ["auto", "cpu", "cuda"], "Embed device (embed.device)")  # noqa: F821
+# the least cosine similarity of image and alt text kept, per language group (LAION-5B's for ViT-B/32);
+# mode=overwrite replaces the tables of an earlier run; `laion-spark download --help`, `embed`, `filter`
+dbutils.widgets.text(  # noqa: F821
+    "overrides", "filter.threshold.en=0.28 filter.threshold.multi=0.26 filter.threshold.nolang=0.26",
+    "More key=value settings")
+dbutils.widgets.text("shown_rows", "20", "Kept rows displayed at the end")  # noqa: F821
 
 # COMMAND ----------
 
+pairs_uri, run_uri = dbutils.widgets.get("input").strip(), dbutils.widgets.get("run_dir").strip()  # noqa: F821
+for name, value in (("input", pairs_uri), ("run_dir", run_uri)):
+    if not value:
+        raise ValueError(f"the {name} widget is empty: give it at the top of the notebook (or as a job parameter)")
+shown_rows = int(dbutils.widgets.get("shown_rows"))  # noqa: F821
 run = run_uri.rstrip("/")
 images_uri, embeddings_uri, dataset_uri = f"{run}/images", f"{run}/embeddings", f"{run}/dataset"
-cfg = load_config([], [f"input={pairs_uri}", f"output={dataset_uri}", f"embeddings={embeddings_uri}", *overrides],
-                  stage="filter")
+cfg = load_config([], [f"input={pairs_uri}", f"output={dataset_uri}", f"embeddings={embeddings_uri}",
+                       f"embed.model={dbutils.widgets.get('model')}",  # noqa: F821
+                       f"embed.pretrained={dbutils.widgets.get('pretrained')}",  # noqa: F821
+                       f"embed.device={dbutils.widgets.get('device')}",  # noqa: F821
+                       *shlex.split(dbutils.widgets.get("overrides"))], stage="filter")  # noqa: F821
 rejected_uri = filter_job.rejected_uri(cfg)  # filter.rejected_output, else <dataset>_rejected
 # a model that cannot load (unknown tag, missing checkpoint) fails here, before anything is downloaded
 for spec in dict.fromkeys(model_specs(cfg.embed).values()):

@@ -6,11 +6,13 @@
 # MAGIC first (a wheel built with `pip wheel .`, or `%pip install laion-spark`); the notebook's `spark`
 # MAGIC session is used as it is. The pairs table it writes is the input of `download_embed_filter`.
 # MAGIC
-# MAGIC Every setting is in the **Parameters** cell, as plain assignments. A test or a job runs this
-# MAGIC notebook with its own values by assigning them right after that cell, the way papermill injects
-# MAGIC parameters (tests/test_notebooks.py does so); so no value there is computed from another.
+# MAGIC Settings are the widgets at the top (a job sets them with its parameters): `input`, `output`,
+# MAGIC `max_files`, and `overrides`, any further `key=value` settings of the CLI separated by spaces or
+# MAGIC newlines, quoted as on a command line where a value has spaces; they come last, so they win.
 
 # COMMAND ----------
+
+import shlex
 
 from laion_spark import schemas as S
 from laion_spark.config import load_config
@@ -23,23 +25,31 @@ from laion_spark.io import read_table, write_table
 # COMMAND ----------
 
 # DBTITLE 1,Parameters
-# The same key=value settings as the CLI (`laion-spark extract --help`, `laion-spark dedupe --help`).
 # Tables: any URI Spark writes (dbfs:/..., /Volumes/..., s3a://...); WARC files are read with fsspec.
-overrides = [
-    # a Common Crawl paths file (its lines are relative to extract.paths_prefix), a glob or a folder of WARC files
-    "input=s3://commoncrawl/crawl-data/CC-MAIN-2024-22/warc.paths.gz",
-    "extract.paths_prefix=s3://commoncrawl/",  # on Azure or GCP: https://data.commoncrawl.org/
-    "output=dbfs:/tmp/laion-spark/pairs",  # the pairs table
-    "extract.errors_output=dbfs:/tmp/laion-spark/extract_errors",  # unreadable records and files, one row each
-    # "mode=overwrite",  # replaces the tables of an earlier run
-]
-max_files = 4  # a try-out: the first few files of the list (None: all of them)
+dbutils.widgets.text(  # noqa: F821 (notebook global)
+    "input", "s3://commoncrawl/crawl-data/CC-MAIN-2024-22/warc.paths.gz",
+    "WARC files: a Common Crawl paths file (lines relative to extract.paths_prefix), globs, a folder")
+dbutils.widgets.text("output", "dbfs:/tmp/laion-spark/pairs", "Pairs table")  # noqa: F821
+dbutils.widgets.text("max_files", "4", "Files read: the first few of the list (empty: all)")  # noqa: F821
+# e.g. extract.errors_output=URI (unreadable records and files, one row each; default <output>_errors),
+# mode=overwrite (replaces the tables of an earlier run); `laion-spark extract --help`, `dedupe --help`
+dbutils.widgets.text(  # noqa: F821
+    "overrides", "extract.paths_prefix=s3://commoncrawl/",  # on Azure or GCP: https://data.commoncrawl.org/
+    "More key=value settings")
 
 # COMMAND ----------
 
-cfg = load_config([], overrides)
+input_uri, output_uri = dbutils.widgets.get("input").strip(), dbutils.widgets.get("output").strip()  # noqa: F821
+max_files = dbutils.widgets.get("max_files").strip()  # noqa: F821
+for name, value in (("input", input_uri), ("output", output_uri)):
+    if not value:
+        raise ValueError(f"the {name} widget is empty: give it at the top of the notebook (or as a job parameter)")
+if max_files and not max_files.isdigit():
+    raise ValueError(f"the max_files widget is {max_files!r}: a whole number, or empty for every file")
+cfg = load_config([], [f"input={input_uri}", f"output={output_uri}",
+                       *shlex.split(dbutils.widgets.get("overrides"))])  # noqa: F821
 # input may be comma-separated, as on the command line
-files = expand_inputs(cfg.input.split(","), cfg.extract.paths_prefix)[:max_files]
+files = expand_inputs(cfg.input.split(","), cfg.extract.paths_prefix)[:int(max_files) if max_files else None]
 if not files:
     raise ValueError(f"no input files match {cfg.input}")
 
