@@ -17,7 +17,7 @@ import shlex
 from pyspark.sql import functions as F
 
 from laion_spark import cli
-from laion_spark.report.data import _histogram as histogram
+from laion_spark.report.data import histogram
 from laion_spark.tag import transform as TT
 
 # COMMAND ----------

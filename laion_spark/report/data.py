@@ -86,7 +86,7 @@ def funnel(m: dict) -> list[dict]:
     return steps
 
 
-def _histogram(df, column: str, low: float, high: float, bins: int = BINS, by=None) -> dict:
+def histogram(df, column: str, low: float, high: float, bins: int = BINS, by=None) -> dict:
     """Rows -> counts of `column` in `bins` equal bins over [low, high] (values outside are put in the end
     bins), per `by` when given; nulls and NaNs left out."""
     width = (high - low) / bins
@@ -150,8 +150,8 @@ def gather(spark, run_dir: str, samples: int = 8) -> dict:
         ok = spark.read.parquet(u["images"]).where(F.col(S.STATUS) == S.SUCCESS)
         sides = ok.select(F.greatest("original_width", "original_height").alias("side"),
                           (F.col("original_width") / F.col("original_height")).alias("aspect"))
-        out["sizes"] = _histogram(sides.select(F.log10("side").alias("log_side")), "log_side", 1.0, 4.0, 30)
-        out["aspects"] = _histogram(sides.select(F.log2("aspect").alias("log_aspect")), "log_aspect", -2.0, 2.0, 32)
+        out["sizes"] = histogram(sides.select(F.log10("side").alias("log_side")), "log_side", 1.0, 4.0, 30)
+        out["aspects"] = histogram(sides.select(F.log2("aspect").alias("log_aspect")), "log_aspect", -2.0, 2.0, 32)
     if "embeddings" in m and "images" in m:
         emb = spark.read.parquet(u["embeddings"]).select(S.SAMPLE_ID, S.SIMILARITY)
         lang = spark.read.parquet(u["images"]).select(S.SAMPLE_ID, language_group_column(F.col(S.LANGUAGE))
@@ -159,14 +159,14 @@ def gather(spark, run_dir: str, samples: int = 8) -> dict:
         scored = emb.join(lang, S.SAMPLE_ID)
         low, high = scored.agg(F.min(S.SIMILARITY), F.max(S.SIMILARITY)).first()
         low, high = (math.floor((low or 0.0) * 20) / 20, math.ceil((high or 0.5) * 20) / 20)
-        out["similarity"] = _histogram(scored, S.SIMILARITY, low, max(high, low + 0.05), by="group")
+        out["similarity"] = histogram(scored, S.SIMILARITY, low, max(high, low + 0.05), by="group")
         if "dataset" in m:
             out["thresholds"] = m["dataset"]["thresholds"]
     if "tags" in m:
         tags = spark.read.parquet(u["tags"])
-        out["tags"] = {"punsafe": _histogram(tags, "punsafe", 0.0, 1.0, 20),
-                       "pwatermark": _histogram(tags, "pwatermark", 0.0, 1.0, 20),
-                       "aesthetic_score": _histogram(tags, "aesthetic_score", 0.0, 10.0, 20)}
+        out["tags"] = {"punsafe": histogram(tags, "punsafe", 0.0, 1.0, 20),
+                       "pwatermark": histogram(tags, "pwatermark", 0.0, 1.0, 20),
+                       "aesthetic_score": histogram(tags, "aesthetic_score", 0.0, 10.0, 20)}
     out["indices"] = {}
     for f in INDEX_FIELDS:
         infos = _read_json(u[f"index_{f}"] + "/index_infos.json")
