@@ -12,8 +12,10 @@ record ids, fetch times, the order of fetches inside a file and the toy shop's s
 page URLs are fetched.
 
 The toy shop (http://toys.example.com/shop/N.html, demo/toyshop.py) shows scenes of the toy CLIP's
-synthetic world with their captions as alt texts, a quarter of them wrong in exactly one attribute:
-pairs the demo's embed and filter stages can score with a model that means something.
+synthetic world with their captions as alt texts, a quarter of the ordinary ones wrong in exactly one
+attribute: pairs the demo's embed and filter stages can score with a model that means something;
+among them, with true captions, a few red scenes ("unsafe" to the toy punsafe head) and a few
+watermarked previews (for the toy pwatermark head).
 
 What the crawl exercises: alt texts in a dozen languages (long enough for CLD3), too-short,
 empty and missing alts, data: and javascript: srcs, .svg/.gif images, relative and
@@ -29,13 +31,14 @@ from __future__ import annotations
 import gzip
 import html
 import io
+import math
 import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from laion_spark.demo.toyshop import TOY_HOST, TOY_IMAGES, TOY_PER_PAGE, toy_images
+from laion_spark.demo.toyshop import TOY_HOST, TOY_IMAGES, TOY_PER_PAGE, TOY_UNSAFE, TOY_WATERMARKED, shop_images
 
 WARC_FILES = (
     "DEMO-20240518010000-00000.warc.gz",
@@ -257,12 +260,13 @@ PAGES: tuple[PageSpec, ...] = (
 
 PAGE_BY_URL = {p.url: p for p in PAGES}
 
-TOY_SHOP_URLS = tuple(f"http://{TOY_HOST}/shop/{n}.html" for n in range(1, TOY_IMAGES // TOY_PER_PAGE + 1))
+_TOY_PAGES = math.ceil((TOY_IMAGES + TOY_UNSAFE + TOY_WATERMARKED) / TOY_PER_PAGE)  # the last one may be short
+TOY_SHOP_URLS = tuple(f"http://{TOY_HOST}/shop/{n}.html" for n in range(1, _TOY_PAGES + 1))
 
 
 def toy_shop_pages(seed: int = 0) -> tuple[PageSpec, ...]:
     """demo seed -> the toy shop's pages (TOY_PER_PAGE images each, alt text = ToyImage.alt)."""
-    toys = toy_images(seed)
+    toys = shop_images(seed)
     return tuple(
         PageSpec(url, f"Toy shop, page {n + 1}", tuple(
             ImageSpec(toy.url, toy.alt) for toy in toys[n * TOY_PER_PAGE:(n + 1) * TOY_PER_PAGE]

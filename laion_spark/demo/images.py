@@ -2,10 +2,11 @@
 
 INPUT  -> GET requests for any host and path (the download stage connects here through
           `download.connect_to`, keeping the crawl's own URLs and Host headers)
-OUTPUT -> for a toy-shop path (/toy/<stream>/<index>.png, demo/toyshop.py) the PNG of that toy-world
-          scene; for every other URL a deterministic answer chosen by a hash of host + path: mostly
-          a generated photo-like JPEG or PNG (different per URL), and on purpose a few failures so
-          the demo shows them as rows: 404, 503, an HTML page sent as image/jpeg, and a too-small image
+OUTPUT -> for a toy-shop path (/toy/<stream>/<index>.png, or <index>-wm.png for its watermarked
+          preview; demo/toyshop.py) the PNG of that toy-world scene; for every other URL a
+          deterministic answer chosen by a hash of host + path: mostly a generated photo-like JPEG or
+          PNG (different per URL), and on purpose a few failures so the demo shows them as rows: 404,
+          503, an HTML page sent as image/jpeg, and a too-small image
 
 Nothing here leaves 127.0.0.1: the server binds to it, on a port the OS picks. There is no TLS
 server: `closed_port` is a port bound on 127.0.0.1 with nobody listening, where the demo sends its

@@ -4,7 +4,8 @@
 INPUT  -> JobConfig with output (no input: the crawl is generated), demo.seed / demo.rows, and every
           stage's keys (kept, except the demo's own settings below)
 OUTPUT -> <output>/crawl/ (3 WARC files, one of them truncated on purpose, and a WAT file),
-          <output>/lists/takedowns.txt (one toy URL the export must remove), the run directory's
+          <output>/lists/ (takedowns.txt: one toy URL the export must remove; known-images.txt: the
+          SHA-256s of two toy images' bytes, removed whatever their URL), the run directory's
           tables (pipeline/plan.py: candidates ... export/, index/image, index/text, report/,
           manifest.json), and a summary dict that `format_report` turns into the text the CLI
           prints (each stage's counts as its completion marker holds them, a few text searches)
@@ -14,7 +15,10 @@ that stage only: `download.connect_to` sends every host's port 80 there, keeping
 Host headers, and `download.allowed_networks` lets 127.0.0.1 through the address guard. The demo has
 no TLS server, so https URLs go to a closed loopback port and end as connect_error rows ("connection
 refused"): nothing leaves the machine. The server binds to 127.0.0.1, so the demo needs the Spark
-workers on the driver's machine (local mode, as `laion-spark demo` runs by default).
+workers on the driver's machine (local mode, as `laion-spark demo` runs by default). Download keeps
+images smaller than download.image_size at their own size (`resize_only_if_bigger`, never an
+upscale): the toy shop's watermarked previews are 64x64, and the toy watermark head recognises the
+overlay only as drawn, not blurred by an upscale and the tag stage's downscale.
 
 Embed and filter score with the project's toy CLIP (laion_spark/toy/; no real CLIP can be
 downloaded here): the demo sets embed.model / embed.pretrained / embed.model_config to its
@@ -26,8 +30,11 @@ toy shop (demo/toyshop.py) is what that model understands: its true captions are
 mismatched ones rejected. The
 other pictures (gradients with a disc) have alt texts about vases, cities and food, which the toy
 model's world has no words for: most are rejected as below_threshold. tag scores with the toy heads
-(toy/heads.py). The tables' places are the pipeline's; other keys (batch sizes, devices, index
-budget, ...) are the user's.
+(toy/heads.py); the shop plants red scenes (punsafe) and watermarked previews (pwatermark) for them,
+and the report counts how many of each the filter kept and the heads flagged (score >= FLAGGED), and
+how many released rows are flagged: LAION released such rows with their scores (subsets and users
+filter on them), so only the blocklists remove rows. The tables' places are the pipeline's; other
+keys (batch sizes, devices, index budget, ...) are the user's.
 """
 
 from __future__ import annotations
@@ -47,10 +54,12 @@ from laion_spark import schemas as S
 log = logging.getLogger(__name__)
 
 NEEDS_INPUT = False  # cli: the demo makes its own input
+FLAGGED = 0.5  # a punsafe / pwatermark score from which the report counts a row as flagged
+HASH_LISTED = 2  # planted unsafe toy images whose bytes' SHA-256 the demo's image list names
 
 
 def stage_uris(cfg) -> dict[str, str]:
-    """Where each part of the demo goes, under cfg.output: the crawl, the takedown list and the run
+    """Where each part of the demo goes, under cfg.output: the crawl, the blocklists and the run
     directory's tables (the pipeline's places)."""
     from laion_spark.pipeline.plan import table_uris
 
@@ -66,10 +75,12 @@ def prepare(cfg) -> None:
 
 
 def demo_download_config(download, port: int, closed_port: int):
-    """cfg.download -> the same settings aimed at the demo image server (every other key kept)."""
+    """cfg.download -> the same settings aimed at the demo image server, small images kept at their
+    size (every other key kept)."""
     return dataclasses.replace(
         download,
         allowed_networks=("127.0.0.1/32",),
+        resize_only_if_bigger=True,
         # http: every host's port 80 -> the server; https: no TLS server here -> a refused connection
         connect_to=(f"*:80=127.0.0.1:{port}", f"*:443=127.0.0.1:{closed_port}"),
     )
@@ -106,24 +117,43 @@ def demo_filter_config(filter_cfg, embeddings: str, rejected: str, threshold: fl
 
 
 def _toy_pairs(spark, uris: dict, seed: int) -> dict:
-    """The written dataset and rejected tables -> what the filter did with the toy shop's pairs:
-    kept / rejected per kind of alt text (true caption, mismatched) and every toy row, in shop order."""
-    from laion_spark.demo.toyshop import toy_images
+    """The written dataset, rejected and tags tables -> what the filter and the toy heads did with the toy
+    shop's pairs: kept / rejected per kind of alt text (true caption, mismatched, watermarked preview),
+    per planted kind how many the heads flagged and the filter kept, and every toy row, in index order."""
+    from laion_spark.demo.toyshop import shop_images
 
-    toys = {t.url: t for t in toy_images(seed)}
-    columns = [S.URL, S.TEXT, S.SIMILARITY]
+    toys = {t.url: t for t in shop_images(seed)}
+    columns = [S.SAMPLE_ID, S.URL, S.TEXT, S.SIMILARITY]
     kept = spark.read.parquet(uris["dataset"]).select(*columns, F.lit(None).cast("string").alias(S.REASON))
     rejected = spark.read.parquet(uris["dataset_rejected"]).select(*columns, S.REASON)
-    counts = {kind: {"pairs": 0, "kept": 0, "rejected": 0} for kind in ("true", "mismatched")}
+    # tag scores every images row, the filter's rejects too
+    tags = spark.read.parquet(uris["tags"]).select(S.SAMPLE_ID, "punsafe", "pwatermark")
+    counts = {kind: {"pairs": 0, "kept": 0, "rejected": 0} for kind in ("true", "mismatched", "watermarked")}
+    planted = {kind: {"images": 0, "kept": 0, "flagged": 0} for kind in ("unsafe", "watermarked")}
+    score = {"unsafe": "punsafe", "watermarked": "pwatermark"}
     rows = []
-    for r in kept.unionByName(rejected).where(F.col(S.URL).isin(list(toys))).collect():
+    toy_rows = kept.unionByName(rejected).where(F.col(S.URL).isin(list(toys))).join(tags, S.SAMPLE_ID, "left")
+    for r in toy_rows.drop(S.SAMPLE_ID).collect():
         toy = toys[r[S.URL]]
-        kind = "mismatched" if toy.mismatched else "true"
+        kind = "mismatched" if toy.mismatched else "watermarked" if toy.planted == "watermarked" else "true"
         counts[kind]["pairs"] += 1
         counts[kind]["kept" if r[S.REASON] is None else "rejected"] += 1
-        rows.append({**r.asDict(), "index": toy.index, "caption": toy.caption, "mismatched": toy.mismatched})
+        if toy.planted:
+            value = r[score[toy.planted]]
+            planted[toy.planted]["images"] += 1
+            planted[toy.planted]["kept"] += r[S.REASON] is None
+            planted[toy.planted]["flagged"] += value is not None and value >= FLAGGED
+        rows.append({**r.asDict(), "index": toy.index, "caption": toy.caption, "mismatched": toy.mismatched,
+                     "planted": toy.planted})
     rows.sort(key=lambda row: row["index"])
-    return {"counts": counts, "rows": rows}
+    return {"counts": counts, "planted": planted, "rows": rows}
+
+
+def _flagged(spark, release_uri: str) -> dict:
+    """The release -> how many of its rows the toy heads flag (score >= FLAGGED), per score."""
+    release = spark.read.parquet(release_uri)
+    row = release.agg(*(F.sum((F.col(c) >= FLAGGED).cast("int")).alias(c) for c in ("punsafe", "pwatermark"))).first()
+    return {c: row[c] or 0 for c in ("punsafe", "pwatermark")}
 
 
 def demo_tag_config(tag):
@@ -135,16 +165,25 @@ def demo_tag_config(tag):
                                rows_per_task=tag.rows_per_task, nsfw_zero_shot=tag.nsfw_zero_shot)
 
 
-def _takedown(uris: dict, seed: int) -> str:
-    """A removal request for one toy shop URL whose caption is true (so the filter would keep it): the
-    export's URL list removes it from the release, the shards and the indices."""
-    from laion_spark.demo.toyshop import toy_images
+def _blocklists(uris: dict, seed: int) -> dict[str, str]:
+    """The demo's two blocklists under <output>/lists/ -> {export.blocklist kind: file}: takedowns.txt, a
+    removal request for one toy shop URL whose caption is true (so the filter would keep it), and
+    known-images.txt, the SHA-256s of the bytes the image server sends for the first HASH_LISTED
+    planted unsafe toy images (a list of known images is matched by content, whatever the URL). The
+    export removes both from the release, the shards and the indices."""
+    import hashlib
+
+    from laion_spark.demo.toyshop import planted_images, toy_images, toy_png
 
     url = next(t.url for t in toy_images(seed) if not t.mismatched)
-    Path(uris["lists"]).mkdir(parents=True, exist_ok=True)
-    path = Path(uris["lists"]) / "takedowns.txt"
-    path.write_text(f"# a removal request the release must honour\n{url}\n")
-    return str(path)
+    known = [t for t in planted_images(seed) if t.planted == "unsafe"][:HASH_LISTED]
+    folder = Path(uris["lists"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "takedowns.txt").write_text(f"# a removal request the release must honour\n{url}\n")
+    (folder / "known-images.txt").write_text(
+        "# SHA-256 of images the release must not hold, whatever their URL\n"
+        + "".join(f"{hashlib.sha256(toy_png(t.path)).hexdigest()}  # {t.url}\n" for t in known))
+    return {"url": str(folder / "takedowns.txt"), "image_sha256": str(folder / "known-images.txt")}
 
 
 def _searches(uris: dict, seed: int, k: int = 3) -> list[dict]:
@@ -198,7 +237,7 @@ def run(spark, cfg) -> dict:
         "seconds": round(time.time() - started, 3),
     }
     log.info("demo: wrote %d crawl files under %s", len(files), uris["crawl"])
-    takedowns = _takedown(uris, cfg.demo.seed)
+    blocklists = _blocklists(uris, cfg.demo.seed)
 
     with DemoImageServer() as server:
         run_cfg = dataclasses.replace(
@@ -207,7 +246,8 @@ def run(spark, cfg) -> dict:
             embed=demo_embed_config(cfg.embed, checkpoint),
             filter=demo_filter_config(cfg.filter, "", "", threshold),
             tag=demo_tag_config(cfg.tag),
-            export=dataclasses.replace(cfg.export, blocklist=ExportBlocklist(url=(takedowns,))),
+            export=dataclasses.replace(cfg.export, blocklist=ExportBlocklist(
+                **{kind: (uri,) for kind, uri in blocklists.items()})),
         )
         pipeline = pipeline_job.run(spark, run_cfg)
         image_server = {"address": f"127.0.0.1:{server.port}", "requests": server.requests}
@@ -256,7 +296,8 @@ def run(spark, cfg) -> dict:
         "filter": filtered,
         "tag": marker.get("tags", {}),
         "index": {f: {**marker.get(f"index_{f}", {}), **_infos(uris[f"index_{f}"])} for f in ("image", "text")},
-        "takedowns": takedowns,
+        "blocklists": blocklists,
+        "flagged": _flagged(spark, uris["release"]),
         "searches": _searches(uris, cfg.demo.seed),
         "toy_model": {"model": checkpoint.model, "checkpoint": checkpoint.checkpoint, "threshold": threshold},
         "toy_shop": _toy_pairs(spark, uris, cfg.demo.seed),
@@ -292,6 +333,8 @@ TOY_EXAMPLES = 4  # toy-shop rows shown per outcome in the report
 def _toy_row(row: dict) -> dict:
     """A toy-shop row of the summary -> the report's columns: similarity, alt text, what the scene is."""
     scene = "the true caption" if not row["mismatched"] else f"wrong {row['mismatched']}: {row['caption']}"
+    scene += {"unsafe": " (red: unsafe to the toy head)", "watermarked": " (watermarked preview)"}.get(
+        row["planted"], "")
     similarity = row[S.SIMILARITY]
     return {S.SIMILARITY: "" if similarity is None else f"{similarity:.3f}", S.TEXT: row[S.TEXT], "scene": scene}
 
@@ -303,7 +346,10 @@ def format_report(summary: dict) -> str:
     tag, index, shards = summary["tag"], summary["index"], summary["export"]["webdataset"]
     subsets = ", ".join(f"{name} {s['rows']}" for name, s in export["subsets"].items())
     embed, filtered, toy_model = summary["embed"], summary["filter"], summary["toy_model"]
-    toy = summary["toy_shop"]["counts"]
+    toy, planted = summary["toy_shop"]["counts"], summary["toy_shop"]["planted"]
+    unsafe, marked = planted["unsafe"], planted["watermarked"]
+    lists = ", ".join(f"{Path(b['uri']).name} ({b['kind']})" for b in export.get("blocklists", []))
+    lists += f" -> {out['lists']}/" if lists else ""
     models = ", ".join(embed["models"]) or toy_model["model"]
     kept_groups = ", ".join(f"{g} {c['kept']}" for g, c in filtered["groups"].items())
     dropped = ", ".join(f"{k} {v}" for k, v in extract.get("dropped", {}).items()) or "none"
@@ -344,13 +390,22 @@ def format_report(summary: dict) -> str:
                        subsequent_indent=" " * 19),
         f"         kept per language group: {kept_groups}",
         f"         toy shop: {toy['true']['kept']} of {toy['true']['pairs']} true captions kept,"
-        f" {toy['mismatched']['rejected']} of {toy['mismatched']['pairs']} one-attribute mismatches rejected",
+        f" {toy['mismatched']['rejected']} of {toy['mismatched']['pairs']} one-attribute mismatches rejected,",
+        f"         {toy['watermarked']['kept']} of {toy['watermarked']['pairs']} watermarked previews kept (true"
+        " captions, but the toy CLIP never saw text on a picture)",
         f"         -> {out['dataset']}  (rejected: {out['dataset_rejected']})  {filtered.get('seconds', 0):.1f}s",
         f"tag      {tag.get('tagged', 0)} images rows scored by the toy heads: "
         + ", ".join(f"{k} {v}" for k, v in (tag.get("scored") or {}).items()),
+        f"         planted in the toy shop: {unsafe['images']} red scenes, {unsafe['flagged']} with punsafe"
+        f" >= {FLAGGED} ({unsafe['kept']} kept by the filter);",
+        f"         {marked['images']} watermarked previews, {marked['flagged']} with pwatermark >= {FLAGGED}"
+        f" ({marked['kept']} kept)",
         f"         -> {out['tags']}  {tag.get('seconds', 0):.1f}s",
         f"export   {export['rows_in']} dataset rows -> {export['released']} released, {export['removed']} removed"
-        f" ({_by_count(export['reasons']) or 'none'}; list: {summary['takedowns']})",
+        f" ({_by_count(export['reasons']) or 'none'})",
+        f"         blocklists: {lists or 'none'}",
+        f"         released rows with punsafe >= {FLAGGED}: {summary['flagged']['punsafe']}, pwatermark >= {FLAGGED}:"
+        f" {summary['flagged']['pwatermark']} (scores, not removals: subsets filter on them)",
         f"         subsets: {subsets}",
         f"         webdataset: {shards['shards']} shard{'s' * (shards['shards'] != 1)}, {shards['successes']} samples"
         f" ({shards['tar_bytes'] / 1e6:.1f} MB of tar); emb: {export.get('emb', {}).get('rows', 0)} rows of .npy",
