@@ -446,16 +446,20 @@ def pipeline_like(stage: str, spark, args: list[str]) -> dict:
     return cli.run(stage, cfg, module, spark)
 
 
-def test_a_release_that_becomes_empty_leaves_no_stale_index(spark, runs, crawl, tmp_path):
-    # every released URL on a blocklist: export releases nothing, and the indices of the earlier release
-    # (which would serve every blocked row) are removed, not left beside an empty release
+def test_a_copied_run_dir_resumes_and_an_empty_release_leaves_no_stale_index(spark, runs, crawl, tmp_path):
+    # a copy of the finished run (as `cp -r` or a bucket copy makes: its markers name the old place) is
+    # complete where it lies: the same command skips every step. Then every released URL on a blocklist:
+    # export releases nothing, and the indices of the earlier release (which would serve every blocked
+    # row) are removed, not left beside an empty release
     run_dir = tmp_path / "run"
     shutil.copytree(runs["run_dir"], run_dir)
     urls = pq.read_table(run_dir / "export" / "laion", columns=["URL"]).column("URL").to_pylist()
     (tmp_path / "everything.txt").write_text("\n".join(urls) + "\n")
     with DemoImageServer() as server:
-        out = pipeline(spark, [*crawl["base_args"](server), f"run_dir={run_dir}", *at(crawl["threshold"] - 0.02),
-                               f"export.blocklist.url={tmp_path / 'everything.txt'}"])
+        args = [*crawl["base_args"](server), f"run_dir={run_dir}", *at(crawl["threshold"] - 0.02)]
+        same = pipeline(spark, [*args, f"export.blocklist.url={runs['root'] / 'takedowns.txt'}"])
+        out = pipeline(spark, [*args, f"export.blocklist.url={tmp_path / 'everything.txt'}"])
+    assert ran(same) == [], [(s["step"], s["why"]) for s in same["steps"]]
     steps = {s["step"]: s for s in out["steps"]}
     assert ran(out) == ["export", "report"]
     assert steps["export"]["counts"]["released"] == 0

@@ -46,7 +46,7 @@ HOSTILE = {
     "/redirect?to=http://10.1.2.3:8080/x.jpg": "blocked_address",  # into a private network
     "/lying-length?claim=100000&send=100": "truncated",
     "/bomb.png": "too_many_pixels",  # 40,000 x 40,000 declared in a tiny file
-    "/anim.gif": "unsupported_format",
+    "/photo-0042": "unsupported_format",  # a GIF, without the extension extract's rules drop
     "/status/500": "http_error",
 }
 HOSTILE_LIMITS = ["download.deadline_s=6", "download.read_timeout_s=4", "download.connect_timeout_s=4",
@@ -132,7 +132,7 @@ def hostile(crawl, tmp_path_factory):  # noqa: F811 (the imported fixture)
     root = tmp_path_factory.mktemp("hostile")
     with DemoImageServer() as demo, FaultServer("127.0.0.1") as faults:
         faults.add_file("/bomb.png", bomb_png(), "image/png")
-        faults.add_file("/anim.gif", noisy_gif(), "image/gif")
+        faults.add_file("/photo-0042", noisy_gif(), "image/gif")
         base = crawl["base_args"](demo)
         inputs = next(a for a in base if a.startswith("input="))[len("input="):].split(",")
         original = Path(next(f for f in inputs if f.endswith(CORRUPTED)))

@@ -86,7 +86,7 @@ def run(spark, cfg) -> dict:
     write_json(uris["manifest"], doc)
     ran, summaries = [], {}
     for i, step in enumerate(todo, 1):
-        go, why = P.decide(step, step.name in forced)
+        go, why = P.decide(step, step.name in forced, cfg.output)
         if step.stage == "report" and ran:  # it reads every table, not one input whose marker would change
             go, why = True, "steps ran: " + ", ".join(ran)
         started = time.time()

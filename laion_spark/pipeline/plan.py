@@ -105,8 +105,24 @@ def _inputs_key(entries: list[dict]) -> dict:
     return {(e["key"], e["uri"]): e.get("marker", e.get("content")) for e in entries}
 
 
-def decide(step: Step, forced: bool = False) -> tuple[bool, str]:
-    """A step -> (whether it runs, why), from its main output's completion marker."""
+def _moved(done: dict, output: str, run_dir: str | None):
+    """A marker written before run_dir was moved or copied (its own output under another root) -> a
+    function mapping its recorded URIs under the old root to the same place under run_dir."""
+    old = str((done.get("config") or {}).get("output") or "").rstrip("/")
+    root = (run_dir or "").rstrip("/")
+    if not root or not output.startswith(root + "/") or old == output.rstrip("/"):
+        return lambda uri: uri
+    rel = output.rstrip("/")[len(root):]
+    if not old.endswith(rel):
+        return lambda uri: uri
+    old_root = old[: -len(rel)]
+    return lambda uri: root + uri[len(old_root):] if uri == old_root or uri.startswith(old_root + "/") else uri
+
+
+def decide(step: Step, forced: bool = False, run_dir: str | None = None) -> tuple[bool, str]:
+    """A step -> (whether it runs, why), from its main output's completion marker. The run directory may
+    have been moved or copied since (its markers name the old place): an input is the same table when it
+    sits at the same place under run_dir."""
     from laion_spark.io import exists
 
     if forced:
@@ -123,7 +139,8 @@ def decide(step: Step, forced: bool = False) -> tuple[bool, str]:
         changed = sorted(k for k in {*now, *before} if now.get(k) != before.get(k))
         return True, f"config changed: {', '.join(changed) or 'its output keys'}"
     now_inputs = _inputs_key(marker.inputs_of(entry, step.cfg, warn=False))
-    before_inputs = _inputs_key(done.get("inputs", []))
+    moved = _moved(done, step.cfg.output, run_dir)
+    before_inputs = _inputs_key([{**e, "uri": moved(e["uri"])} for e in done.get("inputs", [])])
     changed = sorted({k for k in {*now_inputs, *before_inputs} if now_inputs.get(k) != before_inputs.get(k)})
     if changed:
         return True, "input changed: " + ", ".join(f"{key}={uri}" for key, uri in changed)
