@@ -457,8 +457,9 @@ def test_a_copied_run_dir_resumes_and_an_empty_release_leaves_no_stale_index(spa
     (tmp_path / "everything.txt").write_text("\n".join(urls) + "\n")
     with DemoImageServer() as server:
         args = [*crawl["base_args"](server), f"run_dir={run_dir}", *at(crawl["threshold"] - 0.02)]
-        same = pipeline(spark, [*args, f"export.blocklist.url={runs['root'] / 'takedowns.txt'}"])
-        out = pipeline(spark, [*args, f"export.blocklist.url={tmp_path / 'everything.txt'}"])
+        listed = f"export.blocklist.url={runs['root'] / 'takedowns.txt'}"
+        same = pipeline(spark, [*args, listed])
+        out = pipeline(spark, [*args, f"{listed},{tmp_path / 'everything.txt'}"])
     assert ran(same) == [], [(s["step"], s["why"]) for s in same["steps"]]
     steps = {s["step"]: s for s in out["steps"]}
     assert ran(out) == ["export", "report"]
