@@ -39,7 +39,6 @@ from laion_spark.extract.transform import extract_candidates
 from laion_spark.packaging import build_pyfiles_zip
 from laion_spark.session import get_spark
 
-logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # as the CLI logs (progress lines)
 args = json.loads(sys.argv[1])
 spark = get_spark()  # SPARK_REMOTE is set: the Connect session
 out = {"session_class": type(spark).__module__ + "." + type(spark).__name__}
