@@ -146,7 +146,8 @@ class Cluster:
     def add_worker(self) -> subprocess.Popen:
         """Start one more worker and wait until the master has registered it -> its process."""
         k = len(self.workers)
-        log, work = self.tmp / f"worker{k}.log", self.tmp / "work" / f"w{k}"
+        # the first worker's work dir is tmp/work (where tests look for an executor's files), then work1, ...
+        log, work = self.tmp / f"worker{k}.log", self.tmp / ("work" if k == 0 else f"work{k}")
         work.mkdir(parents=True, exist_ok=True)
         registered = _tail(self.master_log, 1_000_000).count("Registering worker 127.0.0.1")
         proc = _start([self.spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",

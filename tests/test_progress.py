@@ -35,8 +35,10 @@ def test_the_rate_counts_completions_over_the_last_minute():
     assert rate.add(100.0, 8) is None  # the window moved past every completion
 
 
-def test_progress_lines_while_a_job_runs(spark, caplog):
+def test_progress_lines_while_a_job_runs(spark, caplog, monkeypatch):
     from pyspark.sql import functions as F
+
+    monkeypatch.setattr(progress, "_announced", set())  # as in a new process: the session's UI not yet shown
 
     @F.udf("long")
     def slow(x):
