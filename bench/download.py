@@ -3,182 +3,44 @@
 INPUT  -> a seeded synthetic image set (bench/imageset.py: a pool of JPEG/PNG/WebP images, cached under
           bench/out/, reused under --urls URLs spread over --hosts loopback hosts, with ~5% HTTP
           404/500, a few time-outs and a few corrupt bodies), served by a separate server process
-          on 127.0.0.1 .. 127.0.0.N; IMG2DATASET=path of an img2dataset binary for the baseline
+          on 127.0.0.1 .. 127.0.0.N; --urls may list several sizes (e.g. 5000,20000: 1x and 4x), each
+          run --repeat times per tool; IMG2DATASET=path of an img2dataset binary for the baseline
 OUTPUT -> printed figures per run: successes (expected: the image URLs), images/s on wall time and
           on the tool's own download time, peak memory and CPU time of the run's whole process tree,
-          the server's CPU time; the ratio ours / img2dataset; a table at the end
+          the server's CPU time; a table at the end; per tool and size, from the best run: images/s,
+          cost per URL (ms of wall time and of own time, CPU ms), the start-up (wall - own time) apart,
+          peak RSS/PSS; the ratio ours / img2dataset per size; and per tool, whether the cost per URL
+          on own time is flat (within 20%) or falling from the smallest size to the largest
 
-Run: `SPARK_LOCAL_IP=127.0.0.1 .venv/bin/python bench/download.py [--urls 5000] [--only both]`
-     with `IMG2DATASET=build/img2dataset-venv/bin/img2dataset` for the baseline (see bench/README.md)
+Run: `SPARK_LOCAL_IP=127.0.0.1 .venv/bin/python bench/download.py [--urls 5000] [--repeat 1] [--only both]`
+     with `IMG2DATASET=build/img2dataset-venv/bin/img2dataset` for the baseline (see bench/README.md);
+     1x and 4x, best of two: `... bench/download.py --urls 5000,20000 --repeat 2`
 
-Memory: /proc is polled for the process tree under the tool's process (driver JVM, Python
-workers; img2dataset's processes): the peak of the summed RSS (shared pages counted once per
-process) every 0.2 s and of the summed PSS (shared pages split, from smaps_rollup) every 1 s are
-reported, with the tree's CPU seconds and the sampler's own CPU cost. Without /proc,
-getrusage(RUSAGE_CHILDREN).ru_maxrss (the largest single process) is the fallback.
+Memory: bench/measure.py polls /proc for the process tree under the tool's process (driver JVM,
+Python workers; img2dataset's processes): the peak of the summed RSS every 0.2 s and of the summed
+PSS every 1 s, with the tree's CPU seconds and the sampler's own CPU cost.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imageset  # bench/ is not a package: imported from its folder
+import measure
+from measure import run_measured, tail
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = imageset.OUT / "download"
-TICK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-
-
-# ------------------------------------------------------------------------------- process tree sampling
-
-
-def _stat(pid: int) -> tuple[int, float, int, str] | None:
-    """-> (ppid, CPU seconds, RSS bytes, command name) of one process, None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            head, rest = f.read().rsplit(b")", 1)
-    except OSError:
-        return None
-    fields = rest.split()  # after the ")": state ppid ... utime(11) stime(12) ... rss(21), 0-based
-    comm = head.split(b"(", 1)[1].decode(errors="replace")
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, int(fields[21]) * PAGE, comm
-
-
-def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    s = _stat(pid)
-    return s[1] if s else 0.0
-
-
-def descendants(root: int) -> set[int]:
-    """root and every process under it (by parent pid)."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            s = _stat(int(name))
-            if s:
-                children.setdefault(s[0], []).append(int(name))
-    tree, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        tree.add(pid)
-        todo += children.get(pid, [])
-    return tree
-
-
-class TreeSampler(threading.Thread):
-    """Polls the process tree under `root`: peak summed RSS every `interval` s and summed PSS every
-    `pss_every` samples (smaps_rollup walks a process's page tables: ~20 ms for a JVM, so not every
-    tick), CPU seconds, most processes at once."""
-
-    def __init__(self, root: int, interval: float = 0.2, pss_every: int = 5):
-        super().__init__(daemon=True)
-        self.root, self.interval, self.pss_every = root, interval, pss_every
-        self.peak_rss = self.peak_pss = self.max_procs = 0
-        self.cpu: dict[int, float] = {}  # pid -> last CPU seconds seen (a process's final ~0.2 s may be missed)
-        self.names: dict[int, str] = {}
-        self.proc_ok = os.path.isfile(f"/proc/{os.getpid()}/stat")
-        self.own_cpu = 0.0
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        tick = 0
-        while self.proc_ok and not self._halt.is_set():
-            rss = 0
-            tree = descendants(self.root)
-            for pid in tree:
-                s = _stat(pid)
-                if s:
-                    rss += s[2]
-                    self.cpu[pid] = s[1]
-                    self.names[pid] = "driver" if pid == self.root else s[3]
-            if tick % self.pss_every == 0:
-                self.peak_pss = max(self.peak_pss, sum(_pss(pid) for pid in tree))
-            self.peak_rss = max(self.peak_rss, rss)
-            self.max_procs = max(self.max_procs, len(tree))
-            tick += 1
-            self._halt.wait(self.interval)
-        self.own_cpu = time.thread_time()  # the sampler's own cost, in the benchmark's process
-
-    def _by_name(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for pid, cpu in self.cpu.items():
-            out[self.names[pid]] = round(out.get(self.names[pid], 0.0) + cpu, 1)
-        return out
-
-    def stop(self) -> dict:
-        self._halt.set()
-        self.join()
-        if not self.proc_ok:
-            import resource
-
-            return {"memory_method": "getrusage(RUSAGE_CHILDREN).ru_maxrss: largest single process",
-                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
-        return {"memory_method": f"/proc, process tree: RSS every {self.interval} s, PSS every "
-                                 f"{self.interval * self.pss_every:g} s", "peak_rss_mib": self.peak_rss / 2**20,
-                "peak_pss_mib": self.peak_pss / 2**20, "cpu_s": sum(self.cpu.values()), "processes": self.max_procs,
-                "cpu_by_process": self._by_name(),
-                "sampler_cpu_s": self.own_cpu}
-
-
-def run_measured(cmd: list[str], env: dict, log_path: Path, server_pid: int) -> dict:
-    """Run cmd in its own session, sample its process tree -> rc, wall seconds, memory, CPU, server CPU."""
-    server_cpu = cpu_seconds(server_pid)
-    started = time.perf_counter()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=REPO)
-        sampler = TreeSampler(proc.pid)
-        sampler.start()
-        try:
-            rc = proc.wait()
-            wall = time.perf_counter() - started
-        finally:
-            try:
-                if proc.poll() is None:  # interrupted: end the run's process group (the tool and its workers)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGTERM)
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-            finally:
-                with contextlib.suppress(ProcessLookupError):  # stragglers left in the run's group (a JVM)
-                    os.killpg(proc.pid, signal.SIGKILL)
-                measured = sampler.stop()
-    return {"rc": rc, "wall_s": wall, "server_cpu_s": cpu_seconds(server_pid) - server_cpu, **measured}
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # ----------------------------------------------------------------------------------------- server
@@ -347,20 +209,82 @@ def show(r: dict, expected: int) -> None:
     print("\n".join(lines), flush=True)
 
 
-def table(results: list[dict], expected: int) -> str:
+def run_name(r: dict, label_size: bool, label_run: bool) -> str:
+    """-> "tool (setting)", with its size and run number when the invocation has several."""
+    extra = ([f"{r['urls']:,} URLs"] if label_size else []) + ([f"run {r['run']}"] if label_run else [])
+    return f"{r['tool']} ({r['setting']})" + (f" [{', '.join(extra)}]" if extra else "")
+
+
+def table(results: list[dict]) -> str:
     head = ("| run | successes | images/s (wall) | images/s (own time) | wall s | peak RSS MiB | peak PSS MiB "
             "| CPU s | server CPU s |")
     rows = [head, "|" + " --- |" * 9]
+    label_size = len({r["urls"] for r in results}) > 1
+    label_run = any(r["run"] > 1 for r in results)
     for r in results:
-        name = f"{r['tool']} ({r['setting']})"
+        name = run_name(r, label_size, label_run)
         if r.get("unavailable"):
             rows.append(f"| {name} | {r['unavailable']} |" + " - |" * 7)
             continue
         own = f"{r['successes'] / r['own_s']:.1f}" if r.get("own_s") else "-"
-        rows.append(f"| {name} | {r['successes']:,} / {expected:,} | {r['successes'] / r['wall_s']:.1f} | {own} | "
+        rows.append(f"| {name} | {r['successes']:,} / {r['expected']:,} | {r['successes'] / r['wall_s']:.1f} | {own} | "
                     f"{r['wall_s']:.1f} | {r.get('peak_rss_mib', 0):.0f} | {r.get('peak_pss_mib', 0):.0f} | "
                     f"{r.get('cpu_s', 0):.1f} | {r['server_cpu_s']:.1f} |")
     return "\n".join(rows)
+
+
+def best(runs: list[dict]) -> dict:
+    """The runs of one tool, setting and size -> their best figures (each the best over the runs: the
+    machine is shared, noise only slows a run down), and the highest peak memory of any of them."""
+    n = runs[0]["urls"]
+    wall = min(r["wall_s"] for r in runs)
+    owns = [r["own_s"] for r in runs if r.get("own_s")]
+    cpus = [r["cpu_s"] for r in runs if r.get("cpu_s")]
+    return {
+        "urls": n, "runs": len(runs), "successes": max(r["successes"] for r in runs),
+        "wall_per_s": max(r["successes"] / r["wall_s"] for r in runs),
+        "own_per_s": max(r["successes"] / r["own_s"] for r in runs if r.get("own_s")) if owns else None,
+        "wall_s": wall, "own_s": min(owns) if owns else None,
+        "wall_ms": wall / n * 1e3, "own_ms": min(owns) / n * 1e3 if owns else None,
+        "cpu_ms": min(cpus) / n * 1e3 if cpus else None,
+        # what the run spends outside its own download window: process and JVM start, input reading,
+        # the read-back; fixed per run, so it is kept out of the cost per URL
+        "startup_s": min(r["wall_s"] - r["own_s"] for r in runs if r.get("own_s")) if owns else None,
+        "peak_rss_mib": max(r.get("peak_rss_mib", 0) for r in runs),
+        "peak_pss_mib": max(r.get("peak_pss_mib", 0) for r in runs),
+    }
+
+
+def summarise(results: list[dict]) -> dict:
+    """Every run -> {(tool, setting): {URLs: best figures}} over the runs that succeeded."""
+    groups: dict[tuple[str, str], dict[int, list[dict]]] = {}
+    for r in results:
+        if not r.get("unavailable"):
+            groups.setdefault((r["tool"], r["setting"]), {}).setdefault(r["urls"], []).append(r)
+    return {key: {n: best(runs) for n, runs in sorted(by_size.items())} for key, by_size in groups.items()}
+
+
+def show_costs(summary: dict) -> None:
+    print("\ncost per URL, best run of each tool and size; start-up (wall - own time) apart:")
+    for (tool, setting), by_size in summary.items():
+        name = f"{tool} ({setting})"
+        for n, b in by_size.items():
+            own = (f"{b['own_per_s']:.1f} on own time; {b['own_ms']:.2f} ms/URL own" if b["own_ms"] is not None
+                   else "own time unknown; -")
+            cpu = f", CPU {b['cpu_ms']:.2f} ms/URL" if b["cpu_ms"] is not None else ""
+            start = f"; start-up {b['startup_s']:.1f} s" if b["startup_s"] is not None else ""
+            print(f"  {name}, {n:,} URLs (best of {b['runs']}): {b['wall_per_s']:.1f} images/s on wall time, {own}, "
+                  f"{b['wall_ms']:.2f} ms/URL wall{cpu}{start}; peak RSS {b['peak_rss_mib']:.0f} MiB, "
+                  f"PSS {b['peak_pss_mib']:.0f} MiB (highest of its runs)")
+    for (tool, setting), by_size in summary.items():
+        if len(by_size) < 2:
+            continue
+        name = f"{tool} ({setting})"
+        costs = {n: b["own_ms"] for n, b in by_size.items()}
+        line = (measure.trend(costs, "ms/URL", " URLs") if None not in costs.values()
+                else "own time unknown at some size")
+        fit = measure.fit_text({n: b["wall_s"] for n, b in by_size.items()}, "URL")
+        print(f"  {name}: cost per URL on own time (start-up excluded) {line}{fit}")
 
 
 def _ints(text: str) -> list[int]:
@@ -369,7 +293,9 @@ def _ints(text: str) -> list[int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--urls", type=int, default=5000, help="URLs in the input table")
+    parser.add_argument("--urls", default="5000",
+                        help="URLs in the input table; comma-separated for several sizes, e.g. 5000,20000 (1x, 4x)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each tool per size; the best is reported")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image pool and of the URL list")
     parser.add_argument("--pool", type=int, default=200, help="distinct images in the pool (cached per seed)")
     parser.add_argument("--hosts", type=int, default=16, help="loopback hosts 127.0.0.1 .. 127.0.0.N")
@@ -386,6 +312,9 @@ def main() -> int:
     parser.add_argument("--img2dataset-processes", type=int, default=2, help="processes_count")
     parser.add_argument("--keep", action="store_true", help="keep img2dataset's output folders")
     args = parser.parse_args()
+    url_counts = measure.sizes(args.urls)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
     t0 = time.perf_counter()
@@ -399,47 +328,66 @@ def main() -> int:
         parser.error("--only img2dataset needs IMG2DATASET=path of the img2dataset binary")
 
     results: list[dict] = []
-    server = Server(pool_dir, args.hosts, slow_s=args.timeout * 3 + 5)
+    server = Server(pool_dir, args.hosts, slow_s=args.timeout * 3 + 5)  # one pool and server for every size
     try:
         print(f"server: pid {server.pid}, 127.0.0.1 .. 127.0.0.{args.hosts} port {server.port}")
-        rows = imageset.build_urls(args.seed, args.urls, pool, [f"127.0.0.{k}" for k in range(1, args.hosts + 1)],
-                                   server.port)
-        check_server(rows)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        for n in url_counts:
+            rows = imageset.build_urls(args.seed, n, pool, [f"127.0.0.{k}" for k in range(1, args.hosts + 1)],
+                                       server.port)
+            check_server(rows)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        input_path = OUT / "input.parquet"
-        pq.write_table(pa.table({"url": [r["url"] for r in rows], "text": [r["text"] for r in rows],
-                                 "sample_id": pa.array([r["sample_id"] for r in rows], pa.int64())}), input_path)
-        expected = {r["url"] for r in rows if r["expected_success"]}
-        kinds: dict[str, int] = {}
-        for r in rows:
-            kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
-        print(f"input: {input_path}, {len(rows)} URLs: {kinds}; expected successes {len(expected)}")
+            input_path = OUT / "input.parquet"
+            pq.write_table(pa.table({"url": [r["url"] for r in rows], "text": [r["text"] for r in rows],
+                                     "sample_id": pa.array([r["sample_id"] for r in rows], pa.int64())}), input_path)
+            expected = {r["url"] for r in rows if r["expected_success"]}
+            kinds: dict[str, int] = {}
+            for r in rows:
+                kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+            print(f"\ninput: {input_path}, {len(rows)} URLs: {kinds}; expected successes {len(expected)}")
 
-        if args.only in ("ours", "both"):
-            results.append(run_ours(args, input_path, server, expected))
-            show(results[-1], len(expected))
-        if args.only in ("img2dataset", "both"):
-            if not binary:
-                print("\nimg2dataset: skipped (set IMG2DATASET=path of the img2dataset binary)")
-            else:
-                for threads in _ints(args.img2dataset_threads):
-                    for shard in _ints(args.img2dataset_shard_size):
-                        results.append(run_img2dataset(binary, args, input_path, server, expected, threads, shard))
-                        show(results[-1], len(expected))
+            def record(r: dict, n: int = n, expected: set = expected, k: int = 0) -> None:
+                results.append({**r, "urls": n, "expected": len(expected), "run": k})
+                show(results[-1], len(expected))
+
+            # the runs of a size alternate between the tools, so slow spells of the shared machine
+            # hit both rather than one tool's every run
+            for k in range(1, args.repeat + 1):
+                if args.repeat > 1:
+                    print(f"\n-- {n:,} URLs, run {k} of {args.repeat} --")
+                if args.only in ("ours", "both"):
+                    record(run_ours(args, input_path, server, expected), k=k)
+                if args.only in ("img2dataset", "both"):
+                    if not binary:
+                        if k == 1:
+                            print("\nimg2dataset: skipped (set IMG2DATASET=path of the img2dataset binary)")
+                    else:
+                        for threads in _ints(args.img2dataset_threads):
+                            for shard in _ints(args.img2dataset_shard_size):
+                                record(run_img2dataset(binary, args, input_path, server, expected, threads, shard),
+                                       k=k)
     finally:
         server.stop()
 
-    print(f"\n{table(results, len(expected))}")
-    ours = next((r for r in results if r["tool"] == "ours" and not r.get("unavailable")), None)
-    for r in results:
-        if ours and r["tool"] == "img2dataset" and not r.get("unavailable"):
-            ratio_wall = (ours["successes"] / ours["wall_s"]) / (r["successes"] / r["wall_s"])
-            ratio_own = ((ours["successes"] / ours["own_s"]) / (r["successes"] / r["own_s"])
-                         if ours.get("own_s") and r.get("own_s") else float("nan"))
-            print(f"ours / img2dataset ({r['setting']}): {ratio_wall:.2f}x on wall time, {ratio_own:.2f}x on own time; "
-                  f"successes {ours['successes']} vs {r['successes']}")
+    print(f"\n{table(results)}")
+    summary = summarise(results)
+    label_size = len(url_counts) > 1
+    ours_by_size = next((by_size for (tool, _), by_size in summary.items() if tool == "ours"), {})
+    for (tool, setting), by_size in summary.items():
+        if tool != "img2dataset":
+            continue
+        for n, peer in by_size.items():
+            ours = ours_by_size.get(n)
+            if not ours:
+                continue
+            ratio_wall = ours["wall_per_s"] / peer["wall_per_s"]
+            ratio_own = (ours["own_per_s"] / peer["own_per_s"] if ours["own_per_s"] and peer["own_per_s"]
+                         else float("nan"))
+            at = f", {n:,} URLs" if label_size else ""
+            print(f"ours / img2dataset ({setting}{at}): {ratio_wall:.2f}x on wall time, "
+                  f"{ratio_own:.2f}x on own time; successes {ours['successes']} vs {peer['successes']}")
+    show_costs(summary)
     (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return 0
 
