@@ -12,7 +12,14 @@ RUN := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(PY)) PYSPARK_DRIVER_P
 
 .PHONY: install test demo lint bench clean browser img2dataset
 
-install: $(STAMP)
+install: $(STAMP) jvm-archive
+
+# Spark's classes for local drivers, archived once per java + pyspark (laion_spark/jvm_archive.py): each
+# later start maps them instead of loading them from the jars (~5 CPU-s and ~2 s less per start). Quick
+# when the archive exists; where the JDK cannot write one, drivers start as before.
+.PHONY: jvm-archive
+jvm-archive: $(STAMP)
+	@$(RUN) $(PY) -m laion_spark.jvm_archive || echo "make: no JVM class archive (local drivers start without one)"
 
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

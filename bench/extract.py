@@ -95,7 +95,7 @@ def spark_job(files: list[str], cores: int, out_dir: Path, repeat: int = 1) -> d
     from laion_spark import cli
     from laion_spark.config import load_config
     from laion_spark.extract import job
-    from laion_spark.session import ensure_java
+    from laion_spark.session import ensure_java, local_driver_java_options
 
     ensure_java()
     t0 = time.perf_counter()
@@ -106,6 +106,9 @@ def spark_job(files: list[str], cores: int, out_dir: Path, repeat: int = 1) -> d
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", "4g")
+        # the JVM options get_spark() gives every local driver (C1 only, the class archive): as it ships
+        .config("spark.driver.extraJavaOptions",
+                os.environ.get("LAION_SPARK_DRIVER_JAVA_OPTIONS", local_driver_java_options()))
         .getOrCreate()
     )
     spark.range(1).collect()

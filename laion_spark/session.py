@@ -23,8 +23,16 @@ APP_NAME = "laion-spark"
 # JVM options of a local session's driver (the only JVM in local mode): the C1 JIT only. Spark's
 # JVM mostly moves Arrow batches and Parquet pages here while Python does the work, and the C2
 # compiler's threads cost ~5 CPU-s per run competing with the Python workers for a laptop's
-# cores (bench/README.md). LAION_SPARK_DRIVER_JAVA_OPTIONS replaces them ('' for the JVM's own).
+# cores (bench/README.md). With them, the class archive that make install builds (jvm_archive.py).
+# LAION_SPARK_DRIVER_JAVA_OPTIONS replaces both ('' for the JVM's own).
 LOCAL_DRIVER_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+
+
+def local_driver_java_options() -> str:
+    """-> LOCAL_DRIVER_JAVA_OPTIONS, plus the class archive of laion_spark.jvm_archive where one was built."""
+    from laion_spark.jvm_archive import driver_option
+
+    return f"{LOCAL_DRIVER_JAVA_OPTIONS} {driver_option()}".strip()
 
 
 _SHIM = """#!/bin/sh
@@ -150,7 +158,7 @@ def get_spark(app_name: str = APP_NAME):
             # of a few thousand rows 4x slower than a few partitions per core
             .config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 2)))
         )
-        java_options = os.environ.get("LAION_SPARK_DRIVER_JAVA_OPTIONS", LOCAL_DRIVER_JAVA_OPTIONS)
+        java_options = os.environ.get("LAION_SPARK_DRIVER_JAVA_OPTIONS", local_driver_java_options())
         if java_options:
             builder = builder.config("spark.driver.extraJavaOptions", java_options)
         if not os.environ.get("PYSPARK_PYTHON"):

@@ -204,6 +204,10 @@ def test_base_href_first_one_wins():
 def test_license(markup, expected):
     page = f"<html><body><img src=a.jpg alt='some image'>{markup}</body></html>"
     assert parse_page(page.encode(), None, PAGE).license == expected
+    # deferred (the extract job's way): nothing found at parse time, the same URL when asked
+    lazy = parse_page(page.encode(), None, PAGE, lazy_license=True)
+    assert lazy.license is None
+    assert lazy.license_url() == expected
 
 
 def test_license_resolved_against_base_href():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
@@ -91,6 +92,13 @@ class PageImages:
     images: list[ImageLink] = field(default_factory=list)
     base_href: str | None = None
     license: str | None = None
+    # parse_page(..., lazy_license=True) leaves the search to license_url(): the extract job asks
+    # only for pages that keep a candidate (the search walks the page's links)
+    find_license: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
+
+    def license_url(self) -> str | None:
+        """The page's licence URL: `license`, or the deferred search's result (run on each call)."""
+        return self.find_license() if self.find_license is not None else self.license
 
 
 def normalize_charset(label: str | bytes | None) -> str | None:
@@ -330,8 +338,10 @@ def _may_have_candidates(lowered: bytes) -> bool:
     return (b"<img" in lowered or b"<image" in lowered) and b"alt" in lowered
 
 
-def parse_page(body: bytes, content_type: str | None, page_url: str, lazy_attributes: bool = False) -> PageImages:
-    """Every `<img>` with non-empty src and alt (document order), first `<base href>`, CC licence URL."""
+def parse_page(body: bytes, content_type: str | None, page_url: str, lazy_attributes: bool = False,
+               lazy_license: bool = False) -> PageImages:
+    """Every `<img>` with non-empty src and alt (document order), first `<base href>`, CC licence URL
+    (with lazy_license, found when PageImages.license_url() is called, not here)."""
     if _needs_decode(body, content_type):
         utf8 = _utf8_for_parser(body, content_type)
         lowered = utf8.lower()
@@ -358,6 +368,9 @@ def parse_page(body: bytes, content_type: str | None, page_url: str, lazy_attrib
         return PageImages()
     base = tree.css_first("base[href]")
     base_href = base.attributes.get("href") if base is not None else None
-    maybe_licensed = b"license" in lowered or b"creativecommons.org" in lowered
-    license_url = _find_license(tree, page_url, base_href) if maybe_licensed else None
-    return PageImages(images=images, base_href=base_href, license=license_url)
+    if not (b"license" in lowered or b"creativecommons.org" in lowered):
+        return PageImages(images=images, base_href=base_href)
+    if lazy_license:
+        return PageImages(images=images, base_href=base_href,
+                          find_license=lambda: _find_license(tree, page_url, base_href))
+    return PageImages(images=images, base_href=base_href, license=_find_license(tree, page_url, base_href))

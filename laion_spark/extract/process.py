@@ -94,7 +94,8 @@ def _page_from_response(record, cfg, counts: Counter) -> tuple[PageImages | None
         return None, None
     counts["html_pages"] += 1
     page_url = record.target_uri or ""
-    return parse_page(response.body, content_type, page_url, lazy_attributes=cfg.lazy_attributes), page_url
+    page = parse_page(response.body, content_type, page_url, lazy_attributes=cfg.lazy_attributes, lazy_license=True)
+    return page, page_url
 
 
 def _page_from_wat(record, counts: Counter) -> tuple[PageImages | None, str | None]:
@@ -117,7 +118,8 @@ def _page_from_wat(record, counts: Counter) -> tuple[PageImages | None, str | No
 def _candidate_rows(record, page: PageImages, page_url: str, kept, uri: str) -> Iterator[ExtractRow]:
     """Kept (url, text) pairs of one page -> candidate rows whose every value the table can hold."""
     page_url = utf8_text(page_url)
-    license_url = utf8_text(page.license)
+    # the licence search runs only for a page that keeps a candidate (most pages keep none)
+    license_url = utf8_text(page.license_url()) if kept else None
     when = crawl_time(record.date)
     for url, text in kept:
         text = utf8_text(text)
