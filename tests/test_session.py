@@ -27,6 +27,7 @@ print("SHUFFLE", conf.get("spark.sql.shuffle.partitions", "-"))
 # the flags the driver JVM really runs with, from the JVM itself
 args = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
 print("C1_ONLY", "-XX:TieredStopAtLevel=1" in [str(a) for a in args])
+print("ARCHIVE", next((str(a) for a in args if str(a).startswith("-XX:SharedArchiveFile=")), "none"))
 import sys
 worker = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("sys").prefix).first()
 print("WORKER_IS_DRIVER_PYTHON", worker == sys.prefix)  # the prefix tells a venv from its base Python
@@ -67,6 +68,10 @@ def test_no_master_configured_builds_local_on_loopback(tmp_path):
     assert "BIND 127.0.0.1 127.0.0.1" in out  # even without SPARK_LOCAL_IP in the environment
     assert f"SHUFFLE {2 * os.cpu_count()}" in out  # a few partitions per core, not 200
     assert "C1_ONLY True" in out  # the local driver JVM skips the C2 compiler
+    # and maps the class archive where make install built one (laion_spark/jvm_archive.py)
+    from laion_spark.jvm_archive import driver_option
+
+    assert f"ARCHIVE {driver_option() or 'none'}" in out
     # without PYSPARK_PYTHON, workers run the driver's interpreter (a venv's), not PATH's python3
     assert "WORKER_IS_DRIVER_PYTHON True" in out
     out = _show(tmp_path, LAION_SPARK_DRIVER_JAVA_OPTIONS="")  # ... unless told otherwise
