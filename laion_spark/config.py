@@ -98,6 +98,10 @@ class DownloadConfig:
     max_bodies_in_flight: int = _opt(
         16, "response bodies one task holds at once (memory <= this x max_body_bytes)", minimum=1, output=False
     )
+    image_threads: int = _opt(
+        4, "of a task's threads, most checking/resizing images at once (CPU-bound work: more only contend "
+        "for the GIL; the others keep fetching)", minimum=1, output=False
+    )
     partitions: int = _opt(0, "download tasks (0: input rows / rows_per_task)", minimum=0, output=False)
     rows_per_task: int = _opt(2500, "rows per download task when partitions=0", minimum=1, output=False)
     chunk_rows: int = _opt(1_000_000, "rows per committed chunk (<output>_chunks/NNNNN/, each with its marker): "

@@ -9,9 +9,10 @@ OUTPUT -> an iterator of pandas DataFrames: each input row's columns unchanged, 
           else null; the job collects it with an Observation and drops it before writing
 
 Rows are fetched by a HostPool (threads, per-host cap) and checked/resized in the same thread
-(Pillow releases the GIL while decoding and resizing). A semaphore bounds the response bodies held
-at once, so a task's memory is about max_bodies_in_flight x max_body_bytes at worst, whatever the
-thread count.
+(Pillow releases the GIL while decoding and resizing), at most image_threads of them at once: with
+all 32 threads in image work the worker spent 15% more CPU per URL contending for the GIL
+(bench/README.md). A semaphore bounds the response bodies held at once, so a task's memory is
+about max_bodies_in_flight x max_body_bytes at worst, whatever the thread count.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class RowDownloader:
         self.cfg = cfg
         self.fetcher = fetcher or Fetcher(cfg)
         self._bodies = threading.BoundedSemaphore(cfg.max_bodies_in_flight)
+        self._image_work = threading.BoundedSemaphore(cfg.image_threads)
 
     def __call__(self, url) -> dict:
         from laion_spark.download.image import process_image
@@ -71,7 +73,8 @@ class RowDownloader:
                                   http_status=fetched.http_status), **row}
             body = fetched.body or b""
             try:
-                img = process_image(body, self.cfg)
+                with self._image_work:
+                    img = process_image(body, self.cfg)
             except Exception as exc:  # process_image turns bad images into statuses; this is a bug guard
                 log.exception("process_image failed on %s", url)
                 return {**failure("decode_error", f"{type(exc).__name__}: {exc}"), **row,
