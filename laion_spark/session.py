@@ -28,6 +28,31 @@ APP_NAME = "laion-spark"
 LOCAL_DRIVER_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 
+# Rows per batch of Spark's vectorized Parquet reader in the stages that read image bytes (embed, tag).
+# Its default, 4,096 rows, asks the JVM heap for one contiguous buffer per batch and column: 132 MB
+# for 2,048 JPEGs of 65 kB, and a local driver's 1 GiB heap failed with OutOfMemoryError on embed's
+# 4x benchmark (bench/README.md). 256 rows of even 1 MB images fit.
+PARQUET_BATCH_CONF = "spark.sql.parquet.columnarReaderBatchSize"
+IMAGE_READER_BATCH_ROWS = 256
+
+
+@contextlib.contextmanager
+def session_confs(spark, values: dict[str, str]):
+    """Within the block, the session's SQL confs are `values`; each is put back (or unset) afterwards:
+    a notebook's session outlives the stage."""
+    previous = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, str(value))
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
 def local_driver_java_options() -> str:
     """-> LOCAL_DRIVER_JAVA_OPTIONS, plus the class archive of laion_spark.jvm_archive where one was built."""
     from laion_spark.jvm_archive import driver_option

@@ -184,3 +184,22 @@ def test_local_cores_of_the_test_session(spark):
     from laion_spark.session import local_cores
 
     assert local_cores(spark) == 2  # conftest's local[2]
+
+
+def test_session_confs_set_within_the_block_and_put_back(spark):
+    from laion_spark.session import session_confs
+
+    key, other = "spark.sql.parquet.columnarReaderBatchSize", "spark.sql.execution.arrow.maxRecordsPerBatch"
+    spark.conf.set(other, "777")  # a setting the session had before: restored, not unset
+    spark.conf.unset(key)
+    default = spark.conf.get(key)
+    try:
+        with session_confs(spark, {key: 256, other: 5}):
+            assert spark.conf.get(key) == "256" and spark.conf.get(other) == "5"
+        assert spark.conf.get(other) == "777"
+        assert spark.conf.get(key) == default
+        with pytest.raises(RuntimeError), session_confs(spark, {key: 64}):
+            raise RuntimeError("a failed stage")
+        assert spark.conf.get(key) == default  # put back on the way out of a failure too
+    finally:
+        spark.conf.unset(other)

@@ -10,7 +10,6 @@ OUTPUT -> the embeddings table at `output` (one row per success row of images) a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -72,19 +71,13 @@ def task_count(spark, embed_cfg, success_rows: int) -> int:
                                        min(local_cores(spark) or 1, success_rows or 1))
 
 
-@contextlib.contextmanager
 def arrow_batch_rows(spark, rows: int):
-    """Within the block, Spark hands the embed UDF Arrow batches of `rows` rows; the session's own
-    setting is put back afterwards (a notebook's session outlives the stage)."""
-    previous = spark.conf.get(ARROW_BATCH_CONF, None)
-    spark.conf.set(ARROW_BATCH_CONF, str(rows))
-    try:
-        yield
-    finally:
-        if previous is None:
-            spark.conf.unset(ARROW_BATCH_CONF)
-        else:
-            spark.conf.set(ARROW_BATCH_CONF, previous)
+    """Within the block, Spark hands the embed UDF Arrow batches of `rows` rows and reads the image
+    bytes in Parquet batches of IMAGE_READER_BATCH_ROWS; the session's own settings are put back
+    afterwards (a notebook's session outlives the stage)."""
+    from laion_spark.session import IMAGE_READER_BATCH_ROWS, PARQUET_BATCH_CONF, session_confs
+
+    return session_confs(spark, {ARROW_BATCH_CONF: rows, PARQUET_BATCH_CONF: IMAGE_READER_BATCH_ROWS})
 
 
 def _merged(per_chunk: list[dict]) -> dict:

@@ -141,6 +141,14 @@ def _check_heads(heads: dict, spaces: dict) -> None:
 
 
 def run(spark, cfg) -> dict:
+    """The tag job (see _run), reading the image bytes in small Parquet batches (session.IMAGE_READER_BATCH_ROWS)."""
+    from laion_spark.session import IMAGE_READER_BATCH_ROWS, PARQUET_BATCH_CONF, session_confs
+
+    with session_confs(spark, {PARQUET_BATCH_CONF: IMAGE_READER_BATCH_ROWS}):
+        return _run(spark, cfg)
+
+
+def _run(spark, cfg) -> dict:
     from laion_spark.filter.job import check_duplicates, read_embeddings
     from laion_spark.index.transform import normalise_names
 
