@@ -9,7 +9,7 @@ OUTPUT -> build(): `spark-classes-<key>.jsa` under <venv>/share/laion-spark (or 
 Why: a local driver spends most of its fixed CPU loading, verifying and linking Spark's classes
 from 250 jars: a job of a few seconds costs ~11 CPU-s of JVM. Mapped from the archive, the same
 job cost 6.8 CPU-s and the session started in 2.6 s instead of 4.5 (bench/README.md). The key
-names the pyspark version and the java binary, so an upgrade of either looks for a new archive;
+names pyspark (version and folder) and the java binary, so an upgrade of either looks for a new archive;
 should the JVM still find the archive unusable (its class path changed), it says so in one line
 and starts without it (-Xshare:auto), never fails.
 
@@ -41,13 +41,18 @@ def _java_binary() -> str | None:
 
 
 def archive_key() -> str | None:
-    """-> a short hash of (pyspark version, java binary and its mtime), None without a java."""
+    """-> a short hash of (pyspark version and folder, java binary and its mtime), None without a java.
+
+    The folder is in it because the archive records the class path (pyspark's jars): two environments
+    sharing ~/.cache/laion-spark must not take each other's archive."""
     from importlib.metadata import version
+    from importlib.util import find_spec
 
     java = _java_binary()
-    if java is None:
+    spec = find_spec("pyspark")
+    if java is None or spec is None or spec.origin is None:
         return None
-    text = f"{version('pyspark')}|{java}|{os.stat(java).st_mtime_ns}"
+    text = f"{version('pyspark')}|{Path(spec.origin).parent}|{java}|{os.stat(java).st_mtime_ns}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
