@@ -19,14 +19,12 @@ def pytest_configure(config):
 def spark():
     from pyspark.sql import SparkSession
 
-    from laion_spark.session import ensure_java, local_driver_java_options
+    from laion_spark.session import ensure_java
 
     ensure_java()
     session = (
         SparkSession.builder.master("local[2]")
         .appName("laion-spark-tests")
-        # the JVM options every local driver of get_spark() gets (C1 JIT, the class archive)
-        .config("spark.driver.extraJavaOptions", local_driver_java_options())
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.sql.shuffle.partitions", "4")
