@@ -129,6 +129,8 @@ def _workload(archive: str) -> None:
 
     from laion_spark.session import LOCAL_DRIVER_JAVA_OPTIONS, ensure_java
 
+    # This runs in the child process build() starts for it alone (never in a user's process): it owns
+    # its environment, and the archive is of a local driver's classes, so it names local[2] itself.
     ensure_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (
