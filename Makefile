@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut 
 RUN := SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$(abspath $(PY)) PYSPARK_DRIVER_PYTHON=$(abspath $(PY)) \
 	JAVA_HOME="$${JAVA_HOME:-$$($(PY) -c 'from laion_spark.session import java_home; print(java_home() or "")')}"
 
-.PHONY: install test demo lint bench clean browser img2dataset
+.PHONY: install test demo lint bench clean browser img2dataset pyvips
 
 install: $(STAMP) jvm-archive
 
@@ -54,6 +54,16 @@ img2dataset: $(I2D)/.installed-1.47.0
 $(I2D)/.installed-1.47.0:
 	@rm -rf $(I2D); $(PYTHON) -m venv $(I2D) && $(I2D)/bin/pip install -q img2dataset==1.47.0 2>/dev/null && touch $@ || \
 	  { rm -rf $(I2D); echo "make: could not install img2dataset 1.47.0: its round-trip test will skip"; }
+
+# pyvips 3.2 + libvips 8.18 (the pyvips-binary wheel), in a venv of its own: bench/image_paths.py measures
+# its image path beside ours and OpenCV's; nothing in the product or the tests uses it.
+PYVIPS_VENV := build/pyvips-venv
+pyvips: $(PYVIPS_VENV)/.installed-3.2.0
+
+$(PYVIPS_VENV)/.installed-3.2.0:
+	@rm -rf $(PYVIPS_VENV); $(PYTHON) -m venv $(PYVIPS_VENV) && \
+	  $(PYVIPS_VENV)/bin/pip install -q pyvips==3.2.0 pyvips-binary==8.18.7 && touch $@ || \
+	  { rm -rf $(PYVIPS_VENV); echo "make: could not install pyvips: bench/image_paths.py skips it"; }
 
 test: install lint browser img2dataset
 	$(RUN) $(PY) -m pytest -q -rs tests  # -rs: every skip with its reason

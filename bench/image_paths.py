@@ -1,4 +1,4 @@
-"""Download's image work, ours against OpenCV's (img2dataset's): decode -> 256 border -> JPEG, per image.
+"""Download's image work, ours against OpenCV's (img2dataset's) and pyvips': decode -> 256 border -> JPEG, per image.
 
     .venv/bin/python bench/image_paths.py [--seed 0] [--pool 200] [--passes 3]
 
@@ -10,8 +10,11 @@ OUTPUT -> printed: ms per image, overall and per format, for
           opencv  cv2.imdecode + INTER_AREA resize + copyMakeBorder + imencode (JPEG, quality 95), as
                   img2dataset does, in img2dataset's venv (build/img2dataset-venv, `make img2dataset`, or
                   $IMG2DATASET_PYTHON); skipped with a reason where there is none
-          and the ratio. One thread each (OpenCV's own threads off), the mean of --passes passes after a
-          warm-up pass.
+          pyvips  pyvips.Image.thumbnail_buffer (shrink-on-load, EXIF autorotate) + flatten on white +
+                  gravity to the square + jpegsave_buffer (Q 95), in build/pyvips-venv (`make pyvips`, or
+                  $PYVIPS_PYTHON); skipped with a reason where there is none
+          and the ratios. One thread each (OpenCV's threads off, VIPS_CONCURRENCY=1), the mean of --passes
+          passes after a warm-up pass.
 """
 
 from __future__ import annotations
@@ -63,6 +66,43 @@ print(json.dumps(times))
 """
 
 
+PYVIPS = r"""
+import json, os, sys, time
+from collections import defaultdict
+from pathlib import Path
+import pyvips
+
+pyvips.cache_set_max(0)  # every pass decodes again, as a download does
+directory, names, passes = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+bodies = [(n.rsplit(".", 1)[-1], (directory / n).read_bytes()) for n in names]
+
+def run(body, side=256):
+    img = pyvips.Image.thumbnail_buffer(body, side, height=side)  # fits inside side x side
+    if img.hasalpha():
+        img = img.flatten(background=[255, 255, 255])
+    if img.interpretation != "srgb":
+        img = img.colourspace("srgb")
+    img = img.gravity("centre", side, side, extend="background", background=[255, 255, 255])
+    return img.jpegsave_buffer(Q=95)
+
+for _, body in bodies:
+    run(body)
+times = defaultdict(list)
+for _ in range(passes):
+    for ext, body in bodies:
+        start = time.perf_counter()
+        run(body)
+        times[ext].append(time.perf_counter() - start)
+print(json.dumps(times))
+"""
+
+# name -> (the code run in its own venv, $VAR naming another interpreter, the default venv, how to make it)
+PEERS = {
+    "opencv": (OPENCV, "IMG2DATASET_PYTHON", "img2dataset-venv", "make img2dataset"),
+    "pyvips": (PYVIPS, "PYVIPS_PYTHON", "pyvips-venv", "make pyvips"),
+}
+
+
 def summary(times: dict[str, list[float]]) -> tuple[float, dict[str, float]]:
     every = [t for ts in times.values() for t in ts]
     return 1000 * sum(every) / len(every), {k: round(1000 * sum(v) / len(v), 2) for k, v in sorted(times.items())}
@@ -86,14 +126,16 @@ def ours(directory: Path, names: list[str], passes: int) -> dict[str, list[float
     return times
 
 
-def opencv(directory: Path, names: list[str], passes: int) -> dict[str, list[float]] | str:
-    python = os.environ.get("IMG2DATASET_PYTHON") or str(HERE.parent / "build" / "img2dataset-venv" / "bin" / "python")
+def peer(name: str, directory: Path, names: list[str], passes: int) -> dict[str, list[float]] | str:
+    code, var, venv, make = PEERS[name]
+    python = os.environ.get(var) or str(HERE.parent / "build" / venv / "bin" / "python")
     if not Path(python).is_file():
-        return f"no img2dataset venv at {python} (make img2dataset, or set IMG2DATASET_PYTHON)"
-    res = subprocess.run([python, "-c", OPENCV, str(directory), json.dumps(names), str(passes)],
-                         capture_output=True, text=True, timeout=1800)
+        return f"no interpreter at {python} ({make}, or set {var})"
+    env = dict(os.environ, VIPS_CONCURRENCY="1", OMP_NUM_THREADS="1")
+    res = subprocess.run([python, "-c", code, str(directory), json.dumps(names), str(passes)],
+                         capture_output=True, text=True, timeout=1800, env=env)
     if res.returncode != 0:
-        return f"the OpenCV run failed: {res.stderr[-500:]}"
+        return f"the {name} run failed: {res.stderr[-500:]}"
     return json.loads(res.stdout)
 
 
@@ -111,13 +153,14 @@ def main() -> None:
     print(f"pool: {len(names)} images {dict(sorted(counts.items()))}, {args.passes} passes, one thread")
     mine, mine_by = summary(ours(directory, names, args.passes))
     print(f"ours (Pillow, process_image): {mine:.2f} ms/image  {mine_by}")
-    theirs = opencv(directory, names, args.passes)
-    if isinstance(theirs, str):
-        print(f"opencv: skipped: {theirs}")
-        return
-    other, other_by = summary(theirs)
-    print(f"opencv (img2dataset's path):  {other:.2f} ms/image  {other_by}")
-    print(f"ratio (opencv time / ours, > 1: ours faster): {other / mine:.2f}x")
+    for name in PEERS:
+        theirs = peer(name, directory, names, args.passes)
+        if isinstance(theirs, str):
+            print(f"{name}: skipped: {theirs}")
+            continue
+        other, other_by = summary(theirs)
+        print(f"{name}: {other:.2f} ms/image  {other_by}")
+        print(f"    ratio ({name} time / ours, > 1: ours faster): {other / mine:.2f}x")
 
 
 if __name__ == "__main__":
