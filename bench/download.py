@@ -205,7 +205,9 @@ def show(r: dict, expected: int) -> None:
                  + (f"; CPU {r['cpu_s']:.1f} s {r['cpu_by_process']} in {r['processes']} processes at most"
                     if "cpu_s" in r else "")
                  + f"; server CPU {r['server_cpu_s']:.1f} s"
-                 + (f"; sampling cost {r['sampler_cpu_s']:.1f} CPU-s" if "sampler_cpu_s" in r else ""))
+                 + (f"; sampling cost {r['sampler_cpu_s']:.1f} CPU-s" if "sampler_cpu_s" in r else "")
+                 + (f"; peak RSS by process name (MiB) {r['peak_rss_mib_by_process']}"
+                    if r.get("peak_rss_mib_by_process") else ""))
     print("\n".join(lines), flush=True)
 
 

@@ -156,7 +156,7 @@ def run_plain_measured(table: Path, checkpoint: Path, batch: int, device: str = 
 
 def memory(m: dict) -> dict:
     """run_measured's figures -> the ones kept per run (the tree's CPU apart from the loop's own cpu_s)."""
-    keep = ("peak_rss_mib", "peak_pss_mib", "processes", "cpu_by_process", "sampler_cpu_s")
+    keep = ("peak_rss_mib", "peak_pss_mib", "processes", "cpu_by_process", "peak_rss_mib_by_process", "sampler_cpu_s")
     return {**{k: m[k] for k in keep if k in m}, "tree_cpu_s": m.get("cpu_s")}
 
 

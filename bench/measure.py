@@ -91,6 +91,7 @@ class TreeSampler(threading.Thread):
         self.peak_rss = self.peak_pss = self.max_procs = 0
         self.cpu: dict[int, float] = {}  # pid -> last CPU seconds seen (a process's final ~0.2 s may be missed)
         self.names: dict[int, str] = {}
+        self.peak_by_name: dict[str, int] = {}  # name -> peak of the summed RSS of that name's processes
         self.proc_ok = os.path.isfile(f"/proc/{os.getpid()}/stat")
         self.own_cpu = 0.0
         self._halt = threading.Event()
@@ -99,6 +100,7 @@ class TreeSampler(threading.Thread):
         tick = 0
         while self.proc_ok and not self._halt.is_set():
             rss = 0
+            by_name: dict[str, int] = {}
             tree = descendants(self.root)
             for pid in tree:
                 s = _stat(pid)
@@ -106,6 +108,9 @@ class TreeSampler(threading.Thread):
                     rss += s[2]
                     self.cpu[pid] = s[1]
                     self.names[pid] = "driver" if pid == self.root else s[3]
+                    by_name[self.names[pid]] = by_name.get(self.names[pid], 0) + s[2]
+            for name, value in by_name.items():  # which part grows: the JVM, the Python workers, the driver
+                self.peak_by_name[name] = max(self.peak_by_name.get(name, 0), value)
             if tick % self.pss_every == 0:
                 self.peak_pss = max(self.peak_pss, sum(_pss(pid) for pid in tree))
             self.peak_rss = max(self.peak_rss, rss)
@@ -132,6 +137,7 @@ class TreeSampler(threading.Thread):
                                  f"{self.interval * self.pss_every:g} s", "peak_rss_mib": self.peak_rss / 2**20,
                 "peak_pss_mib": self.peak_pss / 2**20, "cpu_s": sum(self.cpu.values()), "processes": self.max_procs,
                 "cpu_by_process": self._by_name(),
+                "peak_rss_mib_by_process": {k: round(v / 2**20) for k, v in self.peak_by_name.items()},
                 "sampler_cpu_s": self.own_cpu}
 
 
@@ -196,6 +202,8 @@ def memory_text(m: dict) -> str:
     return (f"peak RSS {m.get('peak_rss_mib', 0):.0f} MiB"
             + (f", PSS {m['peak_pss_mib']:.0f} MiB" if "peak_pss_mib" in m else "")
             + (f", {m['processes']} process{'es' if m['processes'] > 1 else ''} at most" if "processes" in m
+               else "")
+            + (f"; peak RSS by process name (MiB) {m['peak_rss_mib_by_process']}" if m.get("peak_rss_mib_by_process")
                else ""))
 
 
