@@ -19,7 +19,6 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from corpora import require
 from wat_fixtures import warc_to_wat
@@ -29,7 +28,7 @@ from laion_spark import schemas as S
 from laion_spark.config import ExtractConfig
 from laion_spark.extract import job
 from laion_spark.extract.process import CRAWL_TIME_MAX, CRAWL_TIME_MIN, process_file
-from laion_spark.extract.transform import _rows_to_frame
+from laion_spark.extract.transform import _rows_to_batch
 
 SEED = 20240518
 N_VARIANTS = 300
@@ -189,8 +188,8 @@ def test_row_logic_never_raises_and_counts_its_rows(row_results) -> None:
         assert not whole, (path, whole)
         for r in rows:
             assert r.crawl_time is None or CRAWL_TIME_MIN <= r.crawl_time <= CRAWL_TIME_MAX, (path, r)
-        # what mapInPandas does with a batch: pandas frame -> Arrow (strings must be UTF-8-encodable)
-        pa.Table.from_pandas(_rows_to_frame(rows), preserve_index=False)
+        # what the UDF does with a batch: rows -> Arrow (strings must be UTF-8-encodable, times in range)
+        _rows_to_batch(rows)
         kinds.update(by_kind)
     # the fuzz reaches both outcomes: damaged files still give candidates, and errors are rows
     assert kinds["candidate"] > 100 and kinds["error"] > 100, kinds

@@ -48,10 +48,11 @@ class ExtractRow:
     counts: str | None = None  # JSON {reason: count}, on the stats row
 
 
-# The instants a candidates row can hold: mapInPandas hands crawl_time to Arrow as pandas
-# datetime64[ns], which ends at these; a WARC-Date of 9999-12-31 or 0001-01-01 outside them would
-# raise OutOfBoundsDatetime while the batch is built (outside any per-record guard) and fail the
-# whole task. No crawl happened outside them, so such a date is "unparseable": null (DESIGN.md).
+# The instants a candidates row can hold: every later stage's pandas UDF (dedupe, download, export)
+# receives crawl_time as pandas datetime64[ns], which ends at these; a WARC-Date of 9999-12-31 or
+# 0001-01-01 outside them would raise OutOfBoundsDatetime while such a batch is built (outside any
+# per-record guard) and fail the whole task. No crawl happened outside them, so such a date is
+# "unparseable": null (DESIGN.md).
 CRAWL_TIME_MIN = datetime(1677, 9, 22, tzinfo=UTC)
 CRAWL_TIME_MAX = datetime(2262, 4, 11, tzinfo=UTC)
 # Lone UTF-16 surrogates are valid in a Python str (a WAT's JSON "\ud800" escape gives one) but

@@ -2,9 +2,12 @@
 
 INPUT  -> a DataFrame with a string column `source_uri` (one archive file a row), optionally an int
           column `task` (files with the same task are read by one Spark task), and an ExtractConfig
-OUTPUT -> `ExtractOutput(raw, candidates, errors, stats)`: `raw` is the one mapInPandas pass that
+OUTPUT -> `ExtractOutput(raw, candidates, errors, stats)`: `raw` is the one mapInArrow pass that
           streams every file record by record; the three tables are selections of it, so a job
           that persists `raw` parses each file once
+
+The rows go to Arrow directly (mapInArrow), not through a pandas frame: the frame and its conversion
+cost 7% of the row logic's time on the corpora, the Arrow columns 2% (bench/README.md, issue 13).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
-import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
@@ -28,6 +31,14 @@ RAW = StructType(
     ]
 )
 _RAW_NAMES = [f.name for f in RAW.fields]
+# RAW as Arrow, spelled out (pyspark's own converter is private API): Spark reads TimestampType from
+# Arrow as UTC microseconds, whatever the session time zone; crawl_time's datetimes are tz-aware
+RAW_ARROW = pa.schema([
+    pa.field(f.name, pa.timestamp("us", tz="UTC") if f.name == S.CRAWL_TIME else
+             {"StringType": pa.string(), "LongType": pa.int64(), "FloatType": pa.float32(),
+              "IntegerType": pa.int32()}[type(f.dataType).__name__], nullable=f.nullable)
+    for f in RAW.fields
+])
 
 
 class ExtractOutput(NamedTuple):
@@ -37,30 +48,26 @@ class ExtractOutput(NamedTuple):
     stats: DataFrame
 
 
-def _rows_to_frame(rows: list) -> pd.DataFrame:
-    frame = pd.DataFrame([vars(r) for r in rows], columns=_RAW_NAMES)
-    # tz-aware UTC, so Arrow stores the instant whatever the session time zone is
-    frame[S.CRAWL_TIME] = pd.to_datetime(frame[S.CRAWL_TIME], utc=True)
-    for col in (S.SOURCE_OFFSET, S.SOURCE_LENGTH):
-        frame[col] = frame[col].astype("Int64")
-    frame[S.LANGUAGE_PROB] = frame[S.LANGUAGE_PROB].astype("float32")
-    return frame
+def _rows_to_batch(rows: list) -> pa.RecordBatch:
+    """ExtractRows -> one Arrow batch of RAW (strings must be UTF-8-encodable: process.py sees to it)."""
+    return pa.RecordBatch.from_pydict({name: [getattr(r, name) for r in rows] for name in _RAW_NAMES},
+                                      schema=RAW_ARROW)
 
 
 def _extract_partition(cfg):
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from laion_spark.extract.process import process_file  # imported on the executor
 
         rows: list = []
         for batch in batches:
-            for uris in batch["uris"]:
+            for uris in batch.column("uris").to_pylist():
                 for row in (r for uri in uris for r in process_file(uri, cfg)):
                     rows.append(row)
                     if len(rows) >= cfg.arrow_batch_rows:
-                        yield _rows_to_frame(rows)
+                        yield _rows_to_batch(rows)
                         rows = []
         if rows:
-            yield _rows_to_frame(rows)
+            yield _rows_to_batch(rows)
 
     return run
 
@@ -86,7 +93,7 @@ def extract_candidates(paths_df: DataFrame, cfg, num_partitions: int | None = No
         if num_partitions:
             files = files.repartition(num_partitions)
     files = files.select("uris")
-    raw = files.mapInPandas(_extract_partition(cfg), RAW)
+    raw = files.mapInArrow(_extract_partition(cfg), RAW)
     candidates = raw.filter(F.col("kind") == "candidate").select(
         *[F.col(f.name).cast(f.dataType).alias(f.name) for f in S.CANDIDATES.fields]
     )
