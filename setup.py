@@ -42,8 +42,10 @@ setup(
         "index": ["faiss-cpu>=1.8"],  # index, search and serve
         "report": ["matplotlib>=3.8"],  # the run's report (PNG plots)
         # the pipeline and the demo run every stage: embed's, index's and report's packages together
-        "all": ["torch>=2.1", "torchvision>=0.16", "open_clip_torch>=2.24", "timm>=1.0", "faiss-cpu>=1.8",
-                "matplotlib>=3.8"],
+        # evaluate: open_clip's own trainer (the open_clip_train package, shipped since 2.26.1) reads webdataset
+        "evaluate": ["torch>=2.1", "torchvision>=0.16", "open_clip_torch>=2.26.1", "timm>=1.0", "webdataset>=0.2.5"],
+        "all": ["torch>=2.1", "torchvision>=0.16", "open_clip_torch>=2.26.1", "timm>=1.0", "faiss-cpu>=1.8",
+                "matplotlib>=3.8", "webdataset>=0.2.5"],
         "s3": ["s3fs"],  # s3:// inputs (Common Crawl's bucket from inside AWS)
         "gcs": ["gcsfs"],
         "test": ["pytest", "ruff", "html5lib", "lxml", "webdataset"],
