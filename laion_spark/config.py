@@ -440,6 +440,35 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """evaluate: a run directory (or shards) -> a CLIP trained from scratch on the filtered pairs and on
+    baselines with open_clip's own trainer, each measured on held-out toy-world images."""
+
+    train: str = _opt("", "webdataset shards (a folder or comma-separated .tar files) to evaluate instead of "
+                          "run_dir's export (train=); no baselines then")
+    subsets: tuple = _opt(("filtered", "all", "random"), "what to train on: filtered (the release's shards), all "
+                                                         "(every downloaded pair), random (as many of them as "
+                                                         "filtered holds, drawn with seed)")
+    model: str = _opt("", "open_clip model config (.json) or name to train from scratch; empty: the toy CLIP's "
+                          "architecture", content=True)
+    epochs: int = _opt(4, "training epochs (open_clip_train --epochs)", minimum=1)
+    samples_per_epoch: int = _opt(4096, "samples per epoch, the same for every subset: small subsets repeat "
+                                        "(open_clip_train --train-num-samples)", minimum=1)
+    batch_size: int = _opt(32, "training batch size; a subset smaller than one batch is an error", minimum=1)
+    lr: float = _opt(1e-3, "peak learning rate (cosine schedule)", minimum=0)
+    warmup: int = _opt(20, "warm-up steps", minimum=0)
+    weight_decay: float = _opt(0.1, "AdamW weight decay", minimum=0)
+    seed: int = _opt(0, "seed of the model's initialisation, the sample shuffle and the random subset", minimum=0)
+    heldout_images: int = _opt(500, "held-out toy-world images (the validation stream, in no demo crawl) to "
+                                    "measure on", minimum=1)
+    device: str = _opt("auto", "where to train and measure (auto: cuda when there is one)",
+                       choices=("auto", "cpu", "cuda"), output=False)
+    threads: int = _opt(1, "torch threads of each training (1: bit-for-bit repeatable on CPU)", minimum=1,
+                        output=False)
+    timeout_s: float = _opt(3600.0, "longest one training may take", minimum=1, output=False)
+
+
+@dataclass(frozen=True)
 class TakedownConfig:
     """takedown: a finished run + a list -> those released rows removed from every output, in place."""
 
@@ -480,6 +509,7 @@ class JobConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     takedown: TakedownConfig = field(default_factory=TakedownConfig)
 
 

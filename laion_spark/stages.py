@@ -126,6 +126,11 @@ _REGISTRY = (
            "plots (matplotlib PNG) and sample kept and rejected pairs",
            inputs=[Table("input", "run_dir", alias="run_dir", ours=False)],
            outputs=[Table("output", "report", required=False)]),
+    _stage("evaluate", "a run directory -> a CLIP trained from scratch (open_clip's trainer) on its filtered pairs, "
+           "on all downloaded pairs and on a random subset as large; zero-shot and retrieval on held-out images",
+           inputs=[Table("input", "run_dir", alias="run_dir", ours=False, required=False),
+                   Table("evaluate.train", "webdataset", alias="train", required=False, ours=False)],
+           outputs=[Table("output", "evaluate", required=False)]),
     _stage("pipeline", "web archives -> every stage above (extract to index) under one run directory; a finished "
            "stage is skipped, a changed one reruns with what depends on it; run_dir/manifest.json",
            inputs=[Table("input", "archives", ours=False)],

@@ -75,6 +75,8 @@ def test_a_subset_smaller_than_one_batch_is_refused() -> None:
         trainer_args(["a.tar"], 15, recipe, "/tmp/x", "n")
     with pytest.raises(TrainError, match="no shards"):
         trainer_args([], 100, recipe, "/tmp/x", "n")
+    with pytest.raises(TrainError, match="less than one batch"):
+        trainer_args(["a.tar"], 100, TrainRecipe(str(MODEL_CONFIG), samples_per_epoch=8, batch_size=16), "/tmp/x", "n")
 
 
 def _state(checkpoint: str) -> dict:
@@ -87,20 +89,22 @@ def _state(checkpoint: str) -> dict:
 def test_the_trainer_reads_our_shards_repeats_them_and_is_repeatable(shards, tmp_path) -> None:
     import torch
 
-    # 6 steps x 16 = 96 samples from 80: the second pass over the shards is needed
-    recipe = TrainRecipe(str(MODEL_CONFIG), steps=6, batch_size=16, warmup=2, lr=1e-3, seed=3)
+    # 2 epochs of 48 samples (3 steps of 16) from 80: the second pass over the shards is needed
+    recipe = TrainRecipe(str(MODEL_CONFIG), epochs=2, samples_per_epoch=48, batch_size=16, warmup=2, lr=1e-3,
+                         seed=3)
     first = train(shards, 2 * PER_SHARD, recipe, str(tmp_path / "logs"), "first")
     second = train(shards, 2 * PER_SHARD, recipe, str(tmp_path / "logs"), "second")
     log = Path(first.log).read_text()
     assert "Train Epoch: 0 [" in log and "KeyError" not in log
-    # open_clip_train logs the samples it has seen: its last line says all 96
-    assert "[96/96 (100%)]" in log, log[-1500:]
+    # open_clip_train logs the samples each epoch has seen: both epochs end at all 48
+    assert "Train Epoch: 0 [48/48 (100%)]" in log and "Train Epoch: 1 [48/48 (100%)]" in log, log[-1500:]
+    assert first.steps == 6 and first.checkpoint.endswith("epoch_2.pt")
     a, b = _state(first.checkpoint), _state(second.checkpoint)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "the same recipe gave different weights"
     # and it did train: the weights moved from the seed's initialisation
-    other = train(shards, 2 * PER_SHARD, TrainRecipe(str(MODEL_CONFIG), steps=1, batch_size=16, warmup=1, seed=3),
-                  str(tmp_path / "logs"), "one-step")
+    one_step = TrainRecipe(str(MODEL_CONFIG), epochs=1, samples_per_epoch=16, batch_size=16, warmup=1, seed=3)
+    other = train(shards, 2 * PER_SHARD, one_step, str(tmp_path / "logs"), "one-step")
     c = _state(other.checkpoint)
     assert any(not torch.equal(a[k], c[k]) for k in a)
     with pytest.raises(TrainError, match="exists"):

@@ -65,8 +65,12 @@ def test_the_tables_form_the_design_graph():
                                               "previous": "pipeline.previous"}
     assert stages.get("report").aliases == {"run_dir": "input"}
     assert stages.get("takedown").aliases == {"run_dir": "input", "list": "takedown.list", "kind": "takedown.kind"}
+    # evaluate reads a run directory, or shards given directly (train=), and writes run_dir/evaluate
+    assert stages.get("evaluate").aliases == {"run_dir": "input", "train": "evaluate.train"}
+    assert produced["evaluate"] == "evaluate"
     assert all(not s.aliases for n, s in stages.STAGES.items()
-               if n not in ("filter", "index", "search", "serve", "tag", "export", "pipeline", "report", "takedown"))
+               if n not in ("filter", "index", "search", "serve", "tag", "export", "pipeline", "report", "takedown",
+                            "evaluate"))
 
 
 def test_cli_usage_lists_the_registry_and_demo_is_a_stage():

@@ -1,15 +1,15 @@
 """open_clip's own trainer (`open_clip_train.main`) on webdataset shards, in a process of its own, repeatable.
 
-INPUT  -> `train(shards, samples, recipe, workdir, name)`: the shard paths, how many samples they hold, a
-          TrainRecipe (model config, steps, batch size, learning rate, seed, device, precision,
-          threads) and a local working folder
-OUTPUT -> TrainResult: the checkpoint open_clip_train wrote (`<workdir>/<name>/checkpoints/epoch_1.pt`),
+INPUT  -> `train(shards, samples, recipe, workdir, name)`: the shard paths (local files), how many samples
+          they hold, a TrainRecipe (model, epochs x samples per epoch, batch size, learning rate, seed,
+          device, precision, threads) and a local working folder
+OUTPUT -> TrainResult: the checkpoint open_clip_train wrote (`<workdir>/<name>/checkpoints/epoch_<E>.pt`),
           its log, the steps trained and the seconds taken; TrainError when it trained nothing
 
-The subprocess (`python -m laion_spark.evaluate.train_clip --model-config F [--threads N] [--shuffle-seed S]
+The subprocess (`python -m laion_spark.evaluate.train_clip [--model-config F] [--threads N] [--shuffle-seed S]
 -- <open_clip_train arguments>`) does three things before it calls `open_clip_train.main.main`:
 
-* registers the model config (open_clip's registry lives in the process that builds the model);
+* registers a model config file (open_clip's registry lives in the process that builds the model);
 * drops webdataset's end-of-shard markers: since webdataset 0.2.96 its tar expander yields an empty
   dict after each shard, and open_clip_train's own `group_by_keys_nothrow` (which expects webdataset
   <= 0.2.86) raises `KeyError: 'fname'` on it at the end of the first shard (webdataset#384,
@@ -45,8 +45,9 @@ class TrainError(RuntimeError):
 class TrainRecipe:
     """One training recipe, the same for every subset it is compared on."""
 
-    model_config: str  # an open_clip model config JSON; its file name (without .json) is the model name
-    steps: int = 200
+    model: str  # an open_clip model config (.json: the model is named after the file) or a model name
+    epochs: int = 1
+    samples_per_epoch: int = 1024  # the same for every subset: a small one repeats
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 20
@@ -59,7 +60,11 @@ class TrainRecipe:
 
     @property
     def model_name(self) -> str:
-        return Path(self.model_config).stem
+        return Path(self.model).stem if self.model.endswith(".json") else self.model
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * (self.samples_per_epoch // self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -74,24 +79,27 @@ class TrainResult:
 def trainer_args(shards: list[str], samples: int, recipe: TrainRecipe, workdir: str, name: str) -> list[str]:
     """The shards, their sample count and a recipe -> open_clip_train.main's arguments.
 
-    One epoch of steps x batch_size samples: the shards repeat until it is reached, so subsets of any
+    Each epoch is samples_per_epoch samples: the shards repeat until it is reached, so subsets of any
     size train for the same number of steps. open_clip_train drops each pass's last partial batch
     (its batcher is not partial), so a subset smaller than one batch would train no step at all
-    without a word: that is refused here.
+    without a word: that is refused here, and so is an epoch shorter than one batch.
     """
     if not shards:
         raise TrainError("no shards to train on")
+    if recipe.samples_per_epoch < recipe.batch_size:
+        raise TrainError(f"{recipe.samples_per_epoch} samples per epoch is less than one batch of {recipe.batch_size}")
     if samples < recipe.batch_size:
         raise TrainError(f"{samples} samples in {len(shards)} shard(s), fewer than one batch of "
                          f"{recipe.batch_size}: it would train no step (set a smaller batch size)")
     return [
         "--train-data", "::".join(shards), "--dataset-type", "webdataset",
-        "--train-num-samples", str(recipe.steps * recipe.batch_size), "--epochs", "1",
+        "--train-num-samples", str(recipe.samples_per_epoch), "--epochs", str(recipe.epochs),
         "--batch-size", str(recipe.batch_size), "--workers", "0",
         "--model", recipe.model_name, "--pretrained", "", "--seed", str(recipe.seed),
         "--lr", str(recipe.lr), "--warmup", str(recipe.warmup), "--wd", str(recipe.weight_decay),
         "--precision", recipe.precision, "--device", recipe.device,
-        "--logs", workdir, "--name", name, "--report-to", "", "--save-frequency", "1",
+        # one checkpoint, the last (open_clip_train always saves the last epoch)
+        "--logs", workdir, "--name", name, "--report-to", "", "--save-frequency", str(recipe.epochs),
         "--log-every-n-steps", str(max(1, recipe.steps // 10)),
     ]
 
@@ -102,7 +110,8 @@ def train(shards: list[str], samples: int, recipe: TrainRecipe, workdir: str, na
     run_dir = Path(workdir) / name
     if run_dir.exists():  # open_clip_train refuses an existing run name (it returns -1, no exception)
         raise TrainError(f"{run_dir} exists: an earlier training run; remove it or choose another name")
-    cmd = [sys.executable, "-m", "laion_spark.evaluate.train_clip", "--model-config", recipe.model_config,
+    config = ["--model-config", recipe.model] if recipe.model.endswith(".json") else []
+    cmd = [sys.executable, "-m", "laion_spark.evaluate.train_clip", *config,
            "--threads", str(recipe.threads), "--shuffle-seed", str(recipe.seed), "--", *args]
     env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV and not k.startswith("SLURM_")}
     env.update(OMP_NUM_THREADS=str(recipe.threads), MKL_NUM_THREADS=str(recipe.threads))
@@ -116,7 +125,7 @@ def train(shards: list[str], samples: int, recipe: TrainRecipe, workdir: str, na
         except subprocess.TimeoutExpired:
             raise TrainError(f"training {name} took over {recipe.timeout_s:g} s; its output: {console}") from None
     seconds = time.perf_counter() - started
-    checkpoint = run_dir / "checkpoints" / "epoch_1.pt"
+    checkpoint = run_dir / "checkpoints" / f"epoch_{recipe.epochs}.pt"
     if rc != 0 or not checkpoint.is_file():
         tail = console.read_text(errors="replace")[-2000:]
         raise TrainError(f"open_clip_train failed for {name} (exit {rc}); the end of {console}:\n{tail}")
@@ -149,7 +158,7 @@ def seed_sample_shuffle(webdataset_module, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="open_clip_train.main with our model config, shards and seed")
-    parser.add_argument("--model-config", required=True)
+    parser.add_argument("--model-config", help="a model config file to register (a model name needs none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shuffle-seed", type=int, default=0)
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="-- then open_clip_train's arguments")
@@ -163,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     from open_clip_train import main as train_main
 
     torch.set_num_threads(args.threads)
-    open_clip.add_model_config(args.model_config)
+    if args.model_config:
+        open_clip.add_model_config(args.model_config)
     drop_shard_end_markers(train_data)
     seed_sample_shuffle(webdataset, args.shuffle_seed)
     # main() returns -1 (and trains nothing) when it refuses, e.g. an existing run name
