@@ -430,6 +430,13 @@ class DemoConfig:
 
     seed: int = _opt(0, "seed of the generated crawl (record ids, dates, page order)", minimum=0)
     rows: int = _opt(8, "rows of pairs shown in the printed report", minimum=0, output=False)
+    # the toy shop: 40 scenes keep the demo brisk; a few thousand with noisier alt texts make the
+    # filter's effect measurable by `evaluate` (conf/demo-evaluate.yaml)
+    toy_images: int = _opt(40, "toy-world scenes in the toy shop (the planted unsafe / watermarked ones come on top)",
+                           minimum=1)
+    wrong_captions: float = _opt(0.25, "share of the toy scenes whose alt text gets one attribute wrong", minimum=0)
+    unrelated_captions: float = _opt(0.0, "share of the toy scenes whose alt text is unrelated (shop boilerplate, "
+                                          "another scene's caption)", minimum=0)
 
 
 @dataclass(frozen=True)

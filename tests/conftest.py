@@ -1,4 +1,5 @@
-"""Shared fixtures: one session-scoped local[2] SparkSession bound to 127.0.0.1, and the toy CLIP's index."""
+"""Shared fixtures: one session-scoped local[2] SparkSession bound to 127.0.0.1, the toy CLIP's index, and one
+demo run that several test modules read (test_demo, test_evaluate): none of them changes it."""
 
 import os
 import sys
@@ -42,3 +43,14 @@ def toy_index(spark, tmp_path_factory):
     from tests.toy_index import build_toy_index
 
     return build_toy_index(spark, tmp_path_factory.mktemp("toy_index"))
+
+
+@pytest.fixture(scope="session")
+def demo_run(spark, tmp_path_factory):
+    """The demo, run once through the CLI's prepare + run -> (output folder, cfg, module, summary)."""
+    from laion_spark import cli
+
+    output = tmp_path_factory.mktemp("demo") / "demo-output"
+    cfg, module = cli.prepare("demo", [], [f"output={output}"])
+    summary = cli.run("demo", cfg, module, spark)
+    return output, cfg, module, summary

@@ -35,10 +35,11 @@ from laion_spark.demo.crawl import (
     WAT_TWIN_OF,
     crawl_plan,
     demo_pages,
+    toy_shop_urls,
     write_demo_crawl,
 )
 from laion_spark.demo.images import answer_kind
-from laion_spark.demo.toyshop import TOY_IMAGES, TOY_UNSAFE, TOY_WATERMARKED
+from laion_spark.demo.toyshop import TOY_IMAGES, TOY_UNSAFE, TOY_WATERMARKED, Shop
 from laion_spark.toy import world
 from laion_spark.toy.heads import RECIPE as HEADS_RECIPE
 from tests.embed_fixtures import clip_model_name
@@ -237,6 +238,29 @@ def test_toy_shop_captions_scenes_and_a_quarter_wrong():
     assert all(fetched.count(url) == 1 for url in TOY_SHOP_URLS)
 
 
+def test_a_larger_shop_carries_the_wrong_and_unrelated_alts_it_is_asked_for():
+    """demo.toy_images / wrong_captions / unrelated_captions (the evaluation crawl): the counts are exact,
+    a wrong alt changes exactly one attribute, an unrelated one is neither the caption nor a near miss."""
+    shop = Shop(images=200, wrong=0.2, unrelated=0.3)
+    urls = toy_shop_urls(shop)
+    assert len(urls) == -(-(200 + TOY_UNSAFE + TOY_WATERMARKED) // 8)
+    fetched = [page.url for name in WARC_FILES for page in crawl_plan(0, shop)[name]]
+    assert all(fetched.count(url) == 1 for url in urls)
+    values = {"colour": world.COLOURS, "shape": world.SHAPES, "count": world.COUNTS}
+    kinds: Counter = Counter()
+    for url in urls:
+        page = demo_pages(0, shop)[url]
+        assert kept_images(page) == [(image.src, image.alt) for image in page.images]  # extract keeps them all
+        for image in page.images:
+            scene = toy_scene(image.src)
+            near = [1 for which in values for value in values[which] if value != scene.attributes[which]
+                    and world.caption({**scene.attributes, which: value}) == image.alt]
+            kinds["true" if image.alt == scene.caption else "wrong" if near else "unrelated"] += 1
+    assert kinds == {"true": 200 - 40 - 60 + TOY_UNSAFE + TOY_WATERMARKED, "wrong": 40, "unrelated": 60}
+    # the default shop is the demo's as before
+    assert toy_shop_urls() == TOY_SHOP_URLS and crawl_plan(0, Shop()) == crawl_plan(0)
+
+
 # --- the image server ---------------------------------------------------------------------------
 
 
@@ -308,17 +332,6 @@ def test_image_server_draws_the_toy_scene_of_the_url():
 
 
 # --- the whole demo ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def demo_run(spark, tmp_path_factory):
-    """The demo, run once through the CLI's prepare + run -> (output folder, cfg, module, summary)."""
-    from laion_spark import cli
-
-    output = tmp_path_factory.mktemp("demo") / "demo-output"
-    cfg, module = cli.prepare("demo", [], [f"output={output}"])
-    summary = cli.run("demo", cfg, module, spark)
-    return output, cfg, module, summary
 
 
 @pytest.mark.slow

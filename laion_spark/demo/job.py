@@ -71,7 +71,15 @@ def stage_uris(cfg) -> dict[str, str]:
 
 
 def prepare(cfg) -> None:
-    """Nothing to check before Spark: the input is generated and the CLI checks the output."""
+    """The toy shop's settings (the input is generated; the CLI checks the output)."""
+    from laion_spark.config import ConfigError
+    from laion_spark.demo.toyshop import Shop
+
+    try:
+        Shop.of(cfg.demo)
+    except ValueError:
+        raise ConfigError(f"demo.wrong_captions ({cfg.demo.wrong_captions}) + demo.unrelated_captions "
+                          f"({cfg.demo.unrelated_captions}) must be at most 1") from None
 
 
 def demo_download_config(download, port: int, closed_port: int):
@@ -116,26 +124,28 @@ def demo_filter_config(filter_cfg, embeddings: str, rejected: str, threshold: fl
     )
 
 
-def _toy_pairs(spark, uris: dict, seed: int) -> dict:
+def _toy_pairs(spark, uris: dict, seed: int, shop) -> dict:
     """The written dataset, rejected and tags tables -> what the filter and the toy heads did with the toy
-    shop's pairs: kept / rejected per kind of alt text (true caption, mismatched, watermarked preview),
+    shop's pairs: kept / rejected per kind of alt text (true caption, mismatched, unrelated, watermarked preview),
     per planted kind how many the heads flagged and the filter kept, and every toy row, in index order."""
     from laion_spark.demo.toyshop import shop_images
 
-    toys = {t.url: t for t in shop_images(seed)}
+    toys = {t.url: t for t in shop_images(seed, shop)}
     columns = [S.SAMPLE_ID, S.URL, S.TEXT, S.SIMILARITY]
     kept = spark.read.parquet(uris["dataset"]).select(*columns, F.lit(None).cast("string").alias(S.REASON))
     rejected = spark.read.parquet(uris["dataset_rejected"]).select(*columns, S.REASON)
     # tag scores every images row, the filter's rejects too
     tags = spark.read.parquet(uris["tags"]).select(S.SAMPLE_ID, "punsafe", "pwatermark")
-    counts = {kind: {"pairs": 0, "kept": 0, "rejected": 0} for kind in ("true", "mismatched", "watermarked")}
+    counts = {kind: {"pairs": 0, "kept": 0, "rejected": 0}
+              for kind in ("true", "mismatched", "unrelated", "watermarked")}
     planted = {kind: {"images": 0, "kept": 0, "flagged": 0} for kind in ("unsafe", "watermarked")}
     score = {"unsafe": "punsafe", "watermarked": "pwatermark"}
     rows = []
     toy_rows = kept.unionByName(rejected).where(F.col(S.URL).isin(list(toys))).join(tags, S.SAMPLE_ID, "left")
     for r in toy_rows.drop(S.SAMPLE_ID).collect():
         toy = toys[r[S.URL]]
-        kind = "mismatched" if toy.mismatched else "watermarked" if toy.planted == "watermarked" else "true"
+        kind = (toy.mismatched if toy.mismatched == "unrelated" else "mismatched" if toy.mismatched
+                else "watermarked" if toy.planted == "watermarked" else "true")
         counts[kind]["pairs"] += 1
         counts[kind]["kept" if r[S.REASON] is None else "rejected"] += 1
         if toy.planted:
@@ -165,7 +175,7 @@ def demo_tag_config(tag):
                                rows_per_task=tag.rows_per_task, nsfw_zero_shot=tag.nsfw_zero_shot)
 
 
-def _blocklists(uris: dict, seed: int) -> dict[str, str]:
+def _blocklists(uris: dict, seed: int, shop) -> dict[str, str]:
     """The demo's two blocklists under <output>/lists/ -> {export.blocklist kind: file}: takedowns.txt, a
     removal request for one toy shop URL whose caption is true (so the filter would keep it), and
     known-images.txt, the SHA-256s of the bytes the image server sends for the first HASH_LISTED
@@ -175,8 +185,8 @@ def _blocklists(uris: dict, seed: int) -> dict[str, str]:
 
     from laion_spark.demo.toyshop import planted_images, toy_images, toy_png
 
-    url = next(t.url for t in toy_images(seed) if not t.mismatched)
-    known = [t for t in planted_images(seed) if t.planted == "unsafe"][:HASH_LISTED]
+    url = next(t.url for t in toy_images(seed, shop) if not t.mismatched)
+    known = [t for t in planted_images(seed, shop) if t.planted == "unsafe"][:HASH_LISTED]
     folder = Path(uris["lists"])
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "takedowns.txt").write_text(f"# a removal request the release must honour\n{url}\n")
@@ -186,7 +196,7 @@ def _blocklists(uris: dict, seed: int) -> dict[str, str]:
     return {"url": str(folder / "takedowns.txt"), "image_sha256": str(folder / "known-images.txt")}
 
 
-def _searches(uris: dict, seed: int, k: int = 3) -> list[dict]:
+def _searches(uris: dict, seed: int, shop, k: int = 3) -> list[dict]:
     """A few text queries (toy shop captions) against the image index -> their top results."""
     from laion_spark.demo.toyshop import toy_images
     from laion_spark.io import exists
@@ -195,7 +205,7 @@ def _searches(uris: dict, seed: int, k: int = 3) -> list[dict]:
     if not exists(uris["index_image"] + "/index_infos.json"):
         return []
     searcher = Searcher(uris["index_image"])
-    queries = list(dict.fromkeys(t.caption for t in toy_images(seed) if not t.mismatched))[:3]
+    queries = list(dict.fromkeys(t.caption for t in toy_images(seed, shop) if not t.mismatched))[:3]
     return [{"query": q, "results": [{"score": r.get(S.SIMILARITY), S.URL: r.get(S.URL), S.TEXT: r.get(S.TEXT)}
                                      for r in searcher.query(text=q, k=k)]} for q in queries]
 
@@ -213,31 +223,33 @@ def _infos(index_uri: str) -> dict:
 
 def run(spark, cfg) -> dict:
     from laion_spark.config import ExportBlocklist
-    from laion_spark.demo.crawl import CRAWL_FILES, TRUNCATED_FILE, demo_pages, write_demo_crawl
+    from laion_spark.demo.crawl import TRUNCATED_FILE, crawl_files, demo_pages, write_demo_crawl
     from laion_spark.demo.images import DemoImageServer
+    from laion_spark.demo.toyshop import Shop
     from laion_spark.io import read_json, read_table
     from laion_spark.pipeline import job as pipeline_job
     from laion_spark.toy.train import ensure_checkpoint
 
     uris = stage_uris(cfg)
+    shop = Shop.of(cfg.demo)
     # first: should the toy recipe have changed, training takes minutes; better before the crawl than after
     checkpoint = ensure_checkpoint()
     log.info("demo: embedding with the toy CLIP %s", checkpoint.checkpoint)
     threshold = toy_threshold(checkpoint)
     started = time.time()
-    files = write_demo_crawl(uris["crawl"], seed=cfg.demo.seed)
+    files = write_demo_crawl(uris["crawl"], seed=cfg.demo.seed, shop=shop)
     crawl = {
         "output": uris["crawl"],
         "files": files,
         "warc_files": sum(f.endswith(".warc.gz") for f in files),
         "wat_files": sum(f.endswith(".wat.gz") for f in files),
-        "pages": len(demo_pages(cfg.demo.seed)),
-        "fetches": sum(len(urls) for urls in CRAWL_FILES.values()),
+        "pages": len(demo_pages(cfg.demo.seed, shop)),
+        "fetches": sum(len(urls) for urls in crawl_files(shop).values()),
         "truncated_file": TRUNCATED_FILE,
         "seconds": round(time.time() - started, 3),
     }
     log.info("demo: wrote %d crawl files under %s", len(files), uris["crawl"])
-    blocklists = _blocklists(uris, cfg.demo.seed)
+    blocklists = _blocklists(uris, cfg.demo.seed, shop)
 
     with DemoImageServer() as server:
         run_cfg = dataclasses.replace(
@@ -298,9 +310,9 @@ def run(spark, cfg) -> dict:
         "index": {f: {**marker.get(f"index_{f}", {}), **_infos(uris[f"index_{f}"])} for f in ("image", "text")},
         "blocklists": blocklists,
         "flagged": _flagged(spark, uris["release"]),
-        "searches": _searches(uris, cfg.demo.seed),
+        "searches": _searches(uris, cfg.demo.seed, shop),
         "toy_model": {"model": checkpoint.model, "checkpoint": checkpoint.checkpoint, "threshold": threshold},
-        "toy_shop": _toy_pairs(spark, uris, cfg.demo.seed),
+        "toy_shop": _toy_pairs(spark, uris, cfg.demo.seed, shop),
         "export": export,
         "pairs": dedupe.get("pairs"),
         "languages": dict(sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -332,7 +344,8 @@ TOY_EXAMPLES = 4  # toy-shop rows shown per outcome in the report
 
 def _toy_row(row: dict) -> dict:
     """A toy-shop row of the summary -> the report's columns: similarity, alt text, what the scene is."""
-    scene = "the true caption" if not row["mismatched"] else f"wrong {row['mismatched']}: {row['caption']}"
+    scene = ("the true caption" if not row["mismatched"] else f"unrelated to {row['caption']}"
+             if row["mismatched"] == "unrelated" else f"wrong {row['mismatched']}: {row['caption']}")
     scene += {"unsafe": " (red: unsafe to the toy head)", "watermarked": " (watermarked preview)"}.get(
         row["planted"], "")
     similarity = row[S.SIMILARITY]
@@ -390,7 +403,9 @@ def format_report(summary: dict) -> str:
                        subsequent_indent=" " * 19),
         f"         kept per language group: {kept_groups}",
         f"         toy shop: {toy['true']['kept']} of {toy['true']['pairs']} true captions kept,"
-        f" {toy['mismatched']['rejected']} of {toy['mismatched']['pairs']} one-attribute mismatches rejected,",
+        f" {toy['mismatched']['rejected']} of {toy['mismatched']['pairs']} one-attribute mismatches rejected,"
+        + (f" {toy['unrelated']['rejected']} of {toy['unrelated']['pairs']} unrelated alt texts rejected,"
+           if toy["unrelated"]["pairs"] else ""),
         f"         {toy['watermarked']['kept']} of {toy['watermarked']['pairs']} watermarked previews kept (true"
         " captions, but the toy CLIP never saw text on a picture)",
         f"         -> {out['dataset']}  (rejected: {out['dataset_rejected']})  {filtered.get('seconds', 0):.1f}s",
