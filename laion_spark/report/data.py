@@ -135,7 +135,9 @@ def gather(spark, run_dir: str, samples: int = 8) -> dict:
     u = table_uris(run_dir)
     m = markers(run_dir)
     out: dict = {"run_dir": run_dir, "markers": m, "funnel": funnel(m),
-                 "manifest": _read_json(u["manifest"])}
+                 "manifest": _read_json(u["manifest"]),
+                 # `laion-spark evaluate` (its default output): CLIPs trained on the filtered pairs and baselines
+                 "evaluate": _read_json(f"{run_dir.rstrip('/')}/evaluate/results.json")}
     if "pairs" in m:
         pairs = spark.read.parquet(u["pairs"])
         out["languages"] = [(r[S.LANGUAGE], r["n"]) for r in pairs.groupBy(S.LANGUAGE).agg(

@@ -2,8 +2,8 @@
 
 INPUT  -> report/data.py's dict, {plot name: file name}, {sample key: thumbnail file name}
 OUTPUT -> the HTML text: the funnel as a table (each count in a cell with data-table / data-rows, for
-          people and for tests), the plots, the indices' figures and a grid of kept and rejected pairs
-          (captions escaped: they are web text)
+          people and for tests), the plots, the indices' figures, evaluate's results where the run has
+          them, and a grid of kept and rejected pairs (captions escaped: they are web text)
 """
 
 from __future__ import annotations
@@ -66,6 +66,31 @@ def _indices(indices: dict) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _evaluate(results: dict | None) -> str:
+    """evaluate's results.json -> its table: one row per subset, each figure in a cell with data-subset /
+    data-metric (for people and for tests), and the recipe they all trained with."""
+    if not results:
+        return ('<p class="muted">Not evaluated: <code>laion-spark evaluate run_dir=...</code> trains a CLIP on the '
+                "filtered pairs and on baselines, then this page shows how each scores.</p>")
+    metrics = [("zero_shot", "colour"), ("zero_shot", "shape"), ("zero_shot", "count"), ("retrieval", "recall@1"),
+               ("retrieval", "recall@5")]
+    head = "".join(f"<th>{escape(name if group == 'retrieval' else 'zero-shot ' + name)}</th>"
+                   for group, name in metrics)
+    rows = []
+    for subset, r in {**results["subsets"], "chance": {**results["chance"], "pairs": None, "steps": None}}.items():
+        cells = "".join(f'<td class="n" data-subset="{escape(subset)}" data-metric="{escape(name)}">'
+                        f'{r[group][name]:.3f}</td>' for group, name in metrics)
+        pairs = "" if r.get("pairs") is None else f"{r['pairs']:,}"
+        rows.append(f"<tr><td>{escape(subset)}</td><td class=\"n\">{pairs}</td>{cells}</tr>")
+    recipe = results["recipe"]
+    note = (f"{escape(str(results['model']))} from scratch, {recipe['epochs']} epoch(s) x "
+            f"{recipe['samples_per_epoch']:,} samples, batch {recipe['batch_size']} ({recipe['steps']} steps, "
+            f"seed {recipe['seed']}), the same for every subset; measured on {results['heldout']['images']:,} "
+            "held-out toy-world images.")
+    return (f"<table><tr><th>trained on</th><th>pairs</th>{head}</tr>{''.join(rows)}</table>"
+            f'<p class="muted">{note}</p>')
+
+
 def _cards(rows: list[dict], thumbs: dict, kind: str) -> str:
     if not rows:
         return '<p class="muted">None.</p>'
@@ -101,6 +126,7 @@ def render(data: dict, plots: dict, thumbs: dict) -> str:
         *[_plot(plots, n) for n in ("languages", "domains", "statuses", "sizes", "aspects")], "</div>",
         "<h2>Tags</h2>", f'<div class="plots">{tag_plots}</div>' if tag_plots else '<p class="muted">Not tagged.</p>',
         "<h2>Indices</h2>", _indices(data.get("indices") or {}), _plot(plots, "recall"),
+        "<h2>Does the filter make a better dataset?</h2>", _evaluate(data.get("evaluate")),
         "<h2>Sample pairs kept by the filter</h2>", _cards(data.get("kept") or [], thumbs, "kept"),
         "<h2>Sample pairs rejected below the threshold</h2>", _cards(data.get("rejected") or [], thumbs, "rejected"),
         '<p class="muted">Every number on this page is counted from the run\'s tables and their _summary.json.</p>',
