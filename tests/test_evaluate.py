@@ -98,3 +98,14 @@ def test_evaluate_refuses_what_cannot_train_before_spark(tmp_path) -> None:
     with pytest.raises(ConfigError, match="less than one batch"):
         cli.prepare("evaluate", [], [f"run_dir={tmp_path}", "evaluate.samples_per_epoch=4",
                                      "evaluate.batch_size=8"])
+
+
+def test_the_evaluation_crawl_conf_loads_for_both_commands() -> None:
+    from laion_spark.config import load_config
+    from laion_spark.demo.toyshop import Shop
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf" / "demo-evaluate.yaml")
+    demo = load_config([conf], ["output=x"], stage="demo")
+    evaluate = load_config([conf], ["input=x"], stage="evaluate")
+    assert Shop.of(demo.demo) == Shop(images=3000, wrong=0.2, unrelated=0.3)
+    assert evaluate.evaluate.epochs * (evaluate.evaluate.samples_per_epoch // evaluate.evaluate.batch_size) == 512
