@@ -109,3 +109,21 @@ def test_the_evaluation_crawl_conf_loads_for_both_commands() -> None:
     evaluate = load_config([conf], ["input=x"], stage="evaluate")
     assert Shop.of(demo.demo) == Shop(images=3000, wrong=0.2, unrelated=0.3)
     assert evaluate.evaluate.epochs * (evaluate.evaluate.samples_per_epoch // evaluate.evaluate.batch_size) == 512
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_results_as_written(spark, evaluated, tmp_path) -> None:
+    import re
+
+    run_dir, summary = evaluated
+    cfg, module = cli.prepare("report", [], [f"run_dir={run_dir}", f"output={tmp_path / 'report'}"])
+    cli.run("report", cfg, module, spark)
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Does the filter make a better dataset?" in page
+    cells = {(m[1], m[2]): float(m[3]) for m in re.finditer(
+        r'data-subset="([^"]+)" data-metric="([^"]+)">([0-9.]+)<', page)}
+    for name, r in summary["subsets"].items():
+        for group in ("zero_shot", "retrieval"):
+            for metric, value in r[group].items():
+                assert cells[(name, metric)] == pytest.approx(value, abs=5e-4), (name, metric)
+    assert cells[("chance", "colour")] == pytest.approx(1 / 6, abs=5e-4)
