@@ -33,15 +33,30 @@ sys.path.insert(0, str(HERE))
 
 import imageset  # noqa: E402 (bench/ beside this script)
 
-OPENCV = r"""
+# each peer's script: its own run(body) (decode -> 256 border -> JPEG) between HEAD and TIMING
+HEAD = r"""
 import json, sys, time
 from collections import defaultdict
 from pathlib import Path
+directory, names, passes = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+bodies = [(n.rsplit(".", 1)[-1], (directory / n).read_bytes()) for n in names]
+"""
+TIMING = r"""
+for _, body in bodies:  # a warm-up pass
+    run(body)
+times = defaultdict(list)
+for _ in range(passes):
+    for ext, body in bodies:
+        start = time.perf_counter()
+        run(body)
+        times[ext].append(time.perf_counter() - start)
+print(json.dumps(times))
+"""
+
+OPENCV = HEAD + r"""
 import cv2, numpy as np
 
 cv2.setNumThreads(1)
-directory, names, passes = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
-bodies = [(n.rsplit(".", 1)[-1], (directory / n).read_bytes()) for n in names]
 
 def run(body, side=256):
     img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
@@ -53,28 +68,13 @@ def run(body, side=256):
     img = cv2.copyMakeBorder(img, top, side - nh - top, left, side - nw - left, cv2.BORDER_CONSTANT,
                              value=[255, 255, 255])
     return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
-
-for _, body in bodies:
-    run(body)
-times = defaultdict(list)
-for _ in range(passes):
-    for ext, body in bodies:
-        start = time.perf_counter()
-        run(body)
-        times[ext].append(time.perf_counter() - start)
-print(json.dumps(times))
-"""
+""" + TIMING
 
 
-PYVIPS = r"""
-import json, os, sys, time
-from collections import defaultdict
-from pathlib import Path
+PYVIPS = HEAD + r"""
 import pyvips
 
 pyvips.cache_set_max(0)  # every pass decodes again, as a download does
-directory, names, passes = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
-bodies = [(n.rsplit(".", 1)[-1], (directory / n).read_bytes()) for n in names]
 
 def run(body, side=256):
     img = pyvips.Image.thumbnail_buffer(body, side, height=side)  # fits inside side x side
@@ -84,17 +84,7 @@ def run(body, side=256):
         img = img.colourspace("srgb")
     img = img.gravity("centre", side, side, extend="background", background=[255, 255, 255])
     return img.jpegsave_buffer(Q=95)
-
-for _, body in bodies:
-    run(body)
-times = defaultdict(list)
-for _ in range(passes):
-    for ext, body in bodies:
-        start = time.perf_counter()
-        run(body)
-        times[ext].append(time.perf_counter() - start)
-print(json.dumps(times))
-"""
+""" + TIMING
 
 # name -> (the code run in its own venv, $VAR naming another interpreter, the default venv, how to make it)
 PEERS = {
