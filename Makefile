@@ -66,7 +66,7 @@ $(PYVIPS_VENV)/.installed-3.2.0:
 	  { rm -rf $(PYVIPS_VENV); echo "make: could not install pyvips: bench/image_paths.py skips it"; }
 
 test: install lint browser img2dataset
-	$(RUN) $(PY) -m pytest -q -rs tests  # -rs: every skip with its reason
+	$(RUN) $(PY) -m pytest -q -rs --durations=15 tests  # -rs: every skip with its reason; the 15 slowest
 
 demo: install
 	$(RUN) $(VENV)/bin/laion-spark demo output=demo-output mode=overwrite
