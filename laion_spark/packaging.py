@@ -124,6 +124,9 @@ def pack_env(
     site = os.path.relpath(glob.glob(os.path.join(prefix, "lib", "python*", "site-packages"))[0], prefix)
     for pattern in _EDITABLE_PATTERNS:
         env = env.exclude(os.path.join(site, pattern))
+    # the local drivers' class archive (laion_spark/jvm_archive.py, ~180 MB): executors never map it, and it
+    # names this machine's java and jars, which an executor's would not match
+    env = env.exclude("share/laion-spark/*")
     fd, tmp = tempfile.mkstemp(prefix=".packing-", suffix=".tar.gz", dir=cache)
     os.close(fd)
     try:
