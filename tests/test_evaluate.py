@@ -129,3 +129,18 @@ def test_the_report_shows_the_results_as_written(spark, evaluated, tmp_path) -> 
             for metric, value in r[group].items():
                 assert cells[(name, metric)] == pytest.approx(value, abs=5e-4), (name, metric)
     assert cells[("chance", "colour")] == pytest.approx(1 / 6, abs=5e-4)
+
+
+@pytest.mark.slow
+def test_shards_given_directly_train_alone(spark, demo_run, tmp_path) -> None:
+    """train=<a folder of shards> (from anywhere: here the demo's release shards), no run_dir, no baselines."""
+    run_dir = demo_run[0]
+    shards = run_dir / "export" / "webdataset"
+    cfg, module = cli.prepare("evaluate", [], [f"train={shards}", f"output={tmp_path / 'out'}", *RECIPE])
+    summary = cli.run("evaluate", cfg, module, spark)
+    released = len(pd.read_parquet(run_dir / "export" / "laion"))
+    assert list(summary["subsets"]) == ["given"]
+    assert summary["subsets"]["given"]["pairs"] == released and summary["subsets"]["given"]["steps"] == 4
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["subsets"] == summary["subsets"]
+    with pytest.raises(ConfigError, match="output="):
+        cli.prepare("evaluate", [], [f"train={shards}", *RECIPE])
