@@ -129,6 +129,9 @@ def test_the_report_shows_the_results_as_written(spark, evaluated, tmp_path) -> 
             for metric, value in r[group].items():
                 assert cells[(name, metric)] == pytest.approx(value, abs=5e-4), (name, metric)
     assert cells[("chance", "colour")] == pytest.approx(1 / 6, abs=5e-4)
+    # the evaluate table's rows only: other tables on the page also start rows with a name cell
+    rows = re.findall(r'<tr><td>([a-z]+)</td><td class="n">[^<]*</td><td class="n" data-subset=', page)
+    assert rows == ["filtered", "all", "random", "chance"]
 
 
 @pytest.mark.slow

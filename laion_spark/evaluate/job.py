@@ -33,7 +33,7 @@ def default_output(cfg) -> str:
 
 
 def prepare(cfg) -> None:
-    from laion_spark.evaluate.subsets import SUBSETS
+    from laion_spark.evaluate.subsets import check_names
     from laion_spark.io import exists
 
     ev = cfg.evaluate
@@ -43,9 +43,7 @@ def prepare(cfg) -> None:
         raise ConfigError(f"run_dir not found: {cfg.input}")
     if not cfg.output:
         raise ConfigError("evaluate needs output= when it is given train= shards without run_dir=")
-    unknown = [s for s in ev.subsets if s not in SUBSETS]
-    if unknown or not ev.subsets:
-        raise ConfigError(f"bad value for evaluate.subsets: {list(ev.subsets)}; choose from {', '.join(SUBSETS)}")
+    check_names(ev.subsets)
     if ev.samples_per_epoch < ev.batch_size:
         raise ConfigError(f"evaluate.samples_per_epoch ({ev.samples_per_epoch}) is less than one batch "
                           f"(evaluate.batch_size {ev.batch_size})")

@@ -32,6 +32,18 @@ IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp"}  # open_clip_train's image key
 REMOVED_FOR_LISTS = ("blocklisted:", "takedown:")
 
 
+def check_names(names) -> None:
+    """evaluate.subsets -> ConfigError unless it names one or more of SUBSETS."""
+    unknown = [n for n in names if n not in SUBSETS]
+    if unknown or not names:
+        raise ConfigError(f"bad value for evaluate.subsets: {list(names)}; choose from {', '.join(SUBSETS)}")
+
+
+def in_order(names) -> list[str]:
+    """Subset names -> SUBSETS' order first (filtered, all, random), any other name after."""
+    return sorted(names, key=lambda n: (SUBSETS.index(n) if n in SUBSETS else len(SUBSETS), n))
+
+
 @dataclass(frozen=True)
 class Subset:
     shards: list[str]  # local .tar paths
@@ -116,9 +128,7 @@ def build(spark, run_dir: str, cfg, folder: str, workdir: Path) -> dict[str, Sub
     from laion_spark.pipeline.plan import table_uris
 
     ev = cfg.evaluate
-    unknown = [s for s in ev.subsets if s not in SUBSETS]
-    if unknown or not ev.subsets:
-        raise ConfigError(f"evaluate.subsets: {list(ev.subsets)}; choose from {', '.join(SUBSETS)}")
+    check_names(ev.subsets)
     if ev.train:
         return {"given": local_shards(ev.train, workdir)}
     out: dict[str, Subset] = {}

@@ -76,8 +76,12 @@ def _evaluate(results: dict | None) -> str:
                ("retrieval", "recall@5")]
     head = "".join(f"<th>{escape(name if group == 'retrieval' else 'zero-shot ' + name)}</th>"
                    for group, name in metrics)
+    from laion_spark.evaluate.subsets import in_order
+
     rows = []
-    for subset, r in {**results["subsets"], "chance": {**results["chance"], "pairs": None, "steps": None}}.items():
+    # results.json is written with sorted keys: the rows take evaluate's own order (filtered first) again
+    ordered = {name: results["subsets"][name] for name in in_order(results["subsets"])}
+    for subset, r in {**ordered, "chance": {**results["chance"], "pairs": None, "steps": None}}.items():
         cells = "".join(f'<td class="n" data-subset="{escape(subset)}" data-metric="{escape(name)}">'
                         f'{r[group][name]:.3f}</td>' for group, name in metrics)
         pairs = "" if r.get("pairs") is None else f"{r['pairs']:,}"
