@@ -39,7 +39,7 @@ from laion_spark.demo.crawl import (
     write_demo_crawl,
 )
 from laion_spark.demo.images import answer_kind
-from laion_spark.demo.toyshop import TOY_IMAGES, TOY_UNSAFE, TOY_WATERMARKED, Shop
+from laion_spark.demo.toyshop import TOY_IMAGES, TOY_UNSAFE, TOY_WATERMARKED, Shop, toy_images
 from laion_spark.toy import world
 from laion_spark.toy.heads import RECIPE as HEADS_RECIPE
 from tests.embed_fixtures import clip_model_name
@@ -259,6 +259,12 @@ def test_a_larger_shop_carries_the_wrong_and_unrelated_alts_it_is_asked_for():
     assert kinds == {"true": 200 - 40 - 60 + TOY_UNSAFE + TOY_WATERMARKED, "wrong": 40, "unrelated": 60}
     # the default shop is the demo's as before
     assert toy_shop_urls() == TOY_SHOP_URLS and crawl_plan(0, Shop()) == crawl_plan(0)
+
+
+def test_the_shares_round_to_the_nearest_image() -> None:
+    """100 x 0.29 is 28.999... in floating point: the shop still plants 29 wrong alts, not 28."""
+    kinds = Counter(image.mismatched for image in toy_images(0, Shop(images=100, wrong=0.29, unrelated=0.07)))
+    assert kinds[None] == 100 - 29 - 7 and kinds["unrelated"] == 7 and sum(kinds.values()) == 100
 
 
 # --- the image server ---------------------------------------------------------------------------

@@ -100,6 +100,15 @@ def test_evaluate_refuses_what_cannot_train_before_spark(tmp_path) -> None:
     with pytest.raises(ConfigError, match="less than one batch"):
         cli.prepare("evaluate", [], [f"run_dir={tmp_path}", "evaluate.samples_per_epoch=4",
                                      "evaluate.batch_size=8"])
+    with pytest.raises(ConfigError, match="no model 'ViT-Toy-99'"):
+        cli.prepare("evaluate", [], [f"run_dir={tmp_path}", "evaluate.model=ViT-Toy-99"])
+    with pytest.raises(ConfigError, match="no model config at"):
+        cli.prepare("evaluate", [], [f"run_dir={tmp_path}", f"evaluate.model={tmp_path / 'missing.json'}"])
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            cli.prepare("evaluate", [], [f"run_dir={tmp_path}", "evaluate.device=cuda"])
 
 
 def test_the_evaluation_crawl_conf_loads_for_both_commands() -> None:

@@ -16,11 +16,13 @@ import pytest
 pytest.importorskip("open_clip_train", reason="open_clip_torch >= 2.26.1 ships open_clip_train (evaluate extra)")
 pytest.importorskip("webdataset", reason="webdataset (evaluate extra)")
 
+from laion_spark.config import ConfigError
 from laion_spark.evaluate import metrics
 from laion_spark.evaluate.train_clip import (
     TrainError,
     TrainRecipe,
     drop_shard_end_markers,
+    samples_seen,
     train,
     trainer_args,
 )
@@ -160,3 +162,41 @@ def test_zero_shot_agrees_with_a_classifier_built_by_hand(samples) -> None:
     shapes = list(world.SHAPES)
     expected = sum(shapes[p] == s.attributes["shape"] for p, s in zip(predicted, few)) / len(few)
     assert got == round(expected, 4)
+
+
+def test_remote_shards_of_several_subsets_are_copied_apart(shards, tmp_path) -> None:
+    """Shards on a remote filesystem (fsspec's memory://) are copied to local disk; two subsets whose
+    shards share names (every export writes 00000.tar, ...) keep their own bytes."""
+    import fsspec
+
+    from laion_spark.evaluate.subsets import local_shards
+
+    memory = fsspec.filesystem("memory")
+    one, two = f"memory://{tmp_path.name}/one", f"memory://{tmp_path.name}/two"
+    try:
+        memory.put(shards[1], f"{one}/00000.tar")
+        memory.put(shards[0], f"{two}/00000.tar")
+        memory.put(shards[1], f"{two}/00001.tar")
+        work = tmp_path / "work"
+        first, second = local_shards(one, work), local_shards(two, work)
+        assert (first.samples, second.samples) == (PER_SHARD, 2 * PER_SHARD)
+        assert len(set(first.shards + second.shards)) == 3
+        for copied, original in zip(first.shards + second.shards, [shards[1], shards[0], shards[1]], strict=True):
+            assert Path(copied).is_relative_to(work) and Path(copied).read_bytes() == Path(original).read_bytes()
+        with pytest.raises(ConfigError, match="no webdataset shards"):
+            local_shards(f"memory://{tmp_path.name}/none", work)
+    finally:
+        memory.rm(f"/{tmp_path.name}", recursive=True)
+
+
+def test_samples_seen_reads_each_epochs_last_progress_line(tmp_path) -> None:
+    """open_clip_train's progress lines (padded counts, every n steps and at each epoch's end) -> samples trained."""
+    log = tmp_path / "out.log"
+    assert samples_seen(log) == 0  # no log: nothing trained
+    log.write_text("2026-12-07,03:00:00 | INFO | Start epoch 0\n"
+                   "2026-12-07,03:00:01 | INFO | Train Epoch: 0 [  32/4096 (1%)] Data (t): 0.1 Loss: 3.4\n"
+                   "2026-12-07,03:00:09 | INFO | Train Epoch: 0 [4096/4096 (100%)] Data (t): 0.1 Loss: 2.1\n"
+                   "2026-12-07,03:00:09 | INFO | Start epoch 1\n"
+                   "2026-12-07,03:00:10 | INFO | Train Epoch: 1 [ 416/4096 (10%)] Data (t): 0.1 Loss: 2.0\n"
+                   "2026-12-07,03:00:11 | INFO | Train Epoch: 1 [1024/4096 (25%)] Data (t): 0.1 Loss: 1.9\n")
+    assert samples_seen(log) == 4096 + 1024

@@ -326,7 +326,6 @@ _FILES: dict[str, tuple[str, ...]] = {
     ),
     WARC_FILES[2]: ("http://es.example.org/recetas/gazpacho.html",),
 }
-CRAWL_FILES = crawl_files()  # the default shop's
 
 _CRAWL_START = datetime(2024, 5, 18, 1, 0, 0, tzinfo=UTC)
 _USER_AGENT = "laion-spark-demo/0.1 (generated record; nothing was fetched)"

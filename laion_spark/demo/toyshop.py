@@ -124,11 +124,11 @@ def toy_images(seed: int = 0, shop: Shop = DEFAULT_SHOP) -> tuple[ToyImage, ...]
 
     stream = world.split_seed("test", seed)
     n = shop.images
-    chosen = random.Random(f"laion-spark-demo-toys-{seed}").sample(range(n), int(n * shop.wrong))
+    chosen = random.Random(f"laion-spark-demo-toys-{seed}").sample(range(n), round(n * shop.wrong))
     # colour, shape and count take turns, so every kind of mismatch is in the shop
     mismatched = {index: world.MISMATCH_ATTRIBUTES[k % 3] for k, index in enumerate(sorted(chosen))}
     rest = sorted(set(range(n)) - set(chosen))
-    unrelated = set(random.Random(f"laion-spark-demo-unrelated-{seed}").sample(rest, int(n * shop.unrelated)))
+    unrelated = set(random.Random(f"laion-spark-demo-unrelated-{seed}").sample(rest, round(n * shop.unrelated)))
     images = []
     for index in range(n):
         scene = world.sample(stream, index)

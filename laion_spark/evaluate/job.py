@@ -55,6 +55,13 @@ def prepare(cfg) -> None:
                           "'laion-spark[evaluate]' (open_clip_torch >= 2.26.1 ships open_clip_train)") from None
     if ev.model and ev.model.endswith(".json") and not Path(ev.model).is_file():
         raise ConfigError(f"evaluate.model: no model config at {ev.model}")
+    if ev.model and not ev.model.endswith(".json"):
+        import open_clip
+
+        if ev.model not in open_clip.list_models():
+            raise ConfigError(f"evaluate.model: open_clip has no model {ev.model!r} (open_clip.list_models() lists "
+                              "them; or give a model config .json)")
+    recipe_of(cfg)  # the device's check, before any shard is written
 
 
 def recipe_of(cfg):
@@ -93,9 +100,11 @@ def train_and_measure(sets: dict, recipe, held: list, work: Path) -> dict[str, d
     for name, subset in sets.items():
         log.info("evaluate: training %s on %s (%d pairs)", recipe.model_name, name, subset.samples)
         trained = train(subset.shards, subset.samples, recipe, str(work), name)
-        model, preprocess, tokenizer = metrics.load(recipe.model, trained.checkpoint, recipe.device)
-        measured = metrics.measure(model, preprocess, tokenizer, held, recipe.device)
-        Path(trained.checkpoint).unlink()  # 40+ MB each with the optimiser state; the figures are what is kept
+        try:
+            model, preprocess, tokenizer = metrics.load(recipe.model, trained.checkpoint, recipe.device)
+            measured = metrics.measure(model, preprocess, tokenizer, held, recipe.device)
+        finally:
+            Path(trained.checkpoint).unlink()  # 40+ MB each with the optimiser state; the figures are what is kept
         results[name] = {"pairs": subset.samples, "shards": len(subset.shards), "source": subset.source,
                          "steps": trained.steps, "samples_seen": trained.samples_seen,
                          "train_seconds": trained.seconds, "zero_shot": measured["zero_shot"],

@@ -72,13 +72,16 @@ def measure(model, preprocess, tokenizer, samples: list[world.Sample], device: s
 
 
 def load(model_config: str, checkpoint: str | None, device: str = "cpu"):
-    """A model config JSON (+ a checkpoint, None for random weights) -> (model, preprocess, tokenizer)."""
+    """A model config JSON or open_clip model name (+ a checkpoint, None for random weights) -> (model,
+    preprocess, tokenizer)."""
     from pathlib import Path
 
     import open_clip
 
-    open_clip.add_model_config(model_config)
-    name = Path(model_config).stem
+    name = model_config  # a name open_clip knows, or a config file registered under its stem (as the trainer does)
+    if model_config.endswith(".json"):
+        open_clip.add_model_config(model_config)
+        name = Path(model_config).stem
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=checkpoint or None,
                                                                  device=device)
     return model, preprocess, open_clip.get_tokenizer(name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 SUBSETS = ("filtered", "all", "random")
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp"}  # open_clip_train's image keys
-REMOVED_FOR_LISTS = ("blocklisted:", "takedown:")
 
 
 def check_names(names) -> None:
@@ -87,12 +87,15 @@ def local_shards(uri: str, workdir: Path) -> Subset:
     if not paths:
         raise ConfigError(f"no .tar shards in {uri}")
     local = []
+    copies = None  # a folder of this call's own: every subset's shards are named 00000.tar, 00001.tar, ...
     for i, (fs, path) in enumerate(paths):
         if "file" in fs.protocol or "local" in fs.protocol:
             local.append(path)
         else:
-            target = workdir / "copied" / f"{i:05d}-{Path(path).name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if copies is None:
+                workdir.mkdir(parents=True, exist_ok=True)
+                copies = Path(tempfile.mkdtemp(prefix="copied-", dir=workdir))
+            target = copies / f"{i:05d}-{Path(path).name}"
             fs.get(path, str(target))
             local.append(str(target))
     return Subset(local, sum(count_samples(p) for p in local), uri)
@@ -102,8 +105,10 @@ def baseline_pool(spark, run_dir: str):
     """run_dir -> the success rows of its images table, less every row removed for a list (and its twins)."""
     from pyspark.sql import functions as F
 
+    from laion_spark.export.blocked import REASON_PREFIX as BLOCKLISTED
     from laion_spark.io import exists
     from laion_spark.pipeline.plan import table_uris
+    from laion_spark.takedown.job import REASON_PREFIX as TAKEN_DOWN
 
     uris = table_uris(run_dir)
     if not exists(uris["images"]):
@@ -111,8 +116,7 @@ def baseline_pool(spark, run_dir: str):
     pool = spark.read.parquet(uris["images"]).where(F.col(S.STATUS) == S.SUCCESS)
     if exists(uris["export_removed"]):
         removed = spark.read.parquet(uris["export_removed"])
-        listed = removed.where(F.col(S.REASON).startswith(REMOVED_FOR_LISTS[0])
-                               | F.col(S.REASON).startswith(REMOVED_FOR_LISTS[1]))
+        listed = removed.where(F.col(S.REASON).startswith(BLOCKLISTED) | F.col(S.REASON).startswith(TAKEN_DOWN))
         for column in (S.SAMPLE_ID, S.URL, "sha256"):
             if column in listed.columns and column in pool.columns:
                 gone = listed.select(column).where(F.col(column).isNotNull()).distinct()

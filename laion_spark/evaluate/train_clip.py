@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -129,8 +130,25 @@ def train(shards: list[str], samples: int, recipe: TrainRecipe, workdir: str, na
     if rc != 0 or not checkpoint.is_file():
         tail = console.read_text(errors="replace")[-2000:]
         raise TrainError(f"open_clip_train failed for {name} (exit {rc}); the end of {console}:\n{tail}")
-    return TrainResult(str(checkpoint), str(run_dir / "out.log"), recipe.steps, recipe.steps * recipe.batch_size,
-                       round(seconds, 2))
+    seen = samples_seen(run_dir / "out.log")
+    if seen != recipe.steps * recipe.batch_size:
+        # the figures are reported as trained: a trainer that saw other than the recipe's samples is a fault
+        raise TrainError(f"open_clip_train's log for {name} reports {seen} samples trained, the recipe "
+                         f"{recipe.steps * recipe.batch_size}: {run_dir / 'out.log'}")
+    return TrainResult(str(checkpoint), str(run_dir / "out.log"), seen // recipe.batch_size, seen, round(seconds, 2))
+
+
+_PROGRESS = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/")
+
+
+def samples_seen(out_log: Path) -> int:
+    """open_clip_train's out.log -> the samples it trained on: the last progress line of each epoch
+    ('Train Epoch: E [N/M (P%)]', N counting the samples of every batch so far, logged at each epoch's end)."""
+    last: dict[int, int] = {}
+    text = out_log.read_text(errors="replace") if out_log.is_file() else ""
+    for epoch, samples in _PROGRESS.findall(text):
+        last[int(epoch)] = max(last.get(int(epoch), 0), int(samples))
+    return sum(last.values())
 
 
 def drop_shard_end_markers(data_module) -> object:
