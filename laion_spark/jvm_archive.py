@@ -101,22 +101,34 @@ def build(directory: Path | None = None, force: bool = False) -> Path | None:
         except OSError:
             continue
     else:
-        log.warning("jvm archive: no writable folder among %s", _directories())
+        log.warning("jvm archive: no writable folder among %s", [directory] if directory else _directories())
         return None
     # The JVM writes the archive when it exits, after the child's Python has gone: reading the
     # child's output to its end waits for the JVM too (it holds the same pipe until it exits).
-    proc = subprocess.run([sys.executable, "-m", "laion_spark.jvm_archive", "--workload", str(partial)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S)
-    if proc.returncode != 0 or not partial.is_file() or partial.stat().st_size == 0:
-        tail = proc.stdout.decode(errors="replace").strip().splitlines()[-5:]
-        log.warning("jvm archive: not written (rc %s): %s", proc.returncode, " | ".join(tail))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "laion_spark.jvm_archive", "--workload", str(partial)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S)
+        rc, tail = proc.returncode, proc.stdout.decode(errors="replace").strip().splitlines()[-5:]
+    except subprocess.TimeoutExpired:
+        rc, tail = "timeout", [f"the workload ran over {BUILD_TIMEOUT_S} s"]
+    if rc != 0 or not partial.is_file() or partial.stat().st_size == 0:
+        log.warning("jvm archive: not written (rc %s): %s", rc, " | ".join(tail))
         partial.unlink(missing_ok=True)
         return None
     os.replace(partial, target)  # whole or absent: a concurrent start never maps a half-written file
-    for old in target.parent.glob("spark-classes-*.jsa"):
-        if old != target:  # an earlier java or pyspark's: never used again
-            old.unlink(missing_ok=True)
+    remove_others(target)
     return target
+
+
+def remove_others(target: Path) -> list[Path]:
+    """A new archive -> the other archives removed from its folder (an earlier java's or pyspark's, never used
+    again), except in the user's cache, which environments share (the key tells theirs apart)."""
+    if target.parent.resolve() == _directories()[-1].resolve():
+        return []
+    others = [old for old in target.parent.glob("spark-classes-*.jsa") if old != target]
+    for old in others:
+        old.unlink(missing_ok=True)
+    return others
 
 
 def _workload(archive: str) -> None:

@@ -53,6 +53,14 @@ def session_confs(spark, values: dict[str, str]):
                 spark.conf.set(key, value)
 
 
+def image_reader_batch(spark) -> dict[str, int]:
+    """-> the Parquet reader's batch conf for tables of image bytes: IMAGE_READER_BATCH_ROWS rows, or the
+    session's own setting where that is smaller (a user with larger images may have lowered it)."""
+    current = spark.conf.get(PARQUET_BATCH_CONF, None)
+    rows = IMAGE_READER_BATCH_ROWS if current is None else min(int(current), IMAGE_READER_BATCH_ROWS)
+    return {PARQUET_BATCH_CONF: rows}
+
+
 def local_driver_java_options() -> str:
     """-> LOCAL_DRIVER_JAVA_OPTIONS, plus the class archive of laion_spark.jvm_archive where one was built."""
     from laion_spark.jvm_archive import driver_option

@@ -77,3 +77,19 @@ def test_local_driver_options_name_the_archive_only_when_there_is_one(tmp_path, 
     archive = tmp_path / f"spark-classes-{key}.jsa"
     archive.write_bytes(b"x")
     assert session.local_driver_java_options() == f"{session.LOCAL_DRIVER_JAVA_OPTIONS} -XX:SharedArchiveFile={archive}"
+
+
+def test_a_new_archive_removes_older_ones_except_in_the_shared_cache(tmp_path, monkeypatch):
+    """The environment's folder keeps one archive; the user's cache keeps every environment's."""
+    own, cache = tmp_path / "venv" / "share" / "laion-spark", tmp_path / "cache" / "laion-spark"
+    monkeypatch.setattr(jvm_archive, "_directories", lambda: [own, cache])
+    for folder in (own, cache):
+        folder.mkdir(parents=True)
+        for key in ("new", "other-env", "old-java"):
+            (folder / f"spark-classes-{key}.jsa").write_bytes(b"x")
+        (folder / "notes.txt").write_text("not an archive")
+    assert sorted(p.name for p in jvm_archive.remove_others(own / "spark-classes-new.jsa")) == [
+        "spark-classes-old-java.jsa", "spark-classes-other-env.jsa"]
+    assert sorted(p.name for p in own.iterdir()) == ["notes.txt", "spark-classes-new.jsa"]
+    assert jvm_archive.remove_others(cache / "spark-classes-new.jsa") == []
+    assert len(list(cache.glob("spark-classes-*.jsa"))) == 3

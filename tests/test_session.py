@@ -203,3 +203,18 @@ def test_session_confs_set_within_the_block_and_put_back(spark):
         assert spark.conf.get(key) == default  # put back on the way out of a failure too
     finally:
         spark.conf.unset(other)
+
+
+def test_image_tables_are_read_in_small_batches_unless_the_session_asks_for_smaller(spark):
+    from laion_spark.session import image_reader_batch
+
+    key = "spark.sql.parquet.columnarReaderBatchSize"
+    try:
+        spark.conf.unset(key)
+        assert image_reader_batch(spark) == {key: 256}  # Spark's default is 4,096 rows
+        spark.conf.set(key, "4096")
+        assert image_reader_batch(spark) == {key: 256}
+        spark.conf.set(key, "64")  # a user's lower setting, for larger images, is kept
+        assert image_reader_batch(spark) == {key: 64}
+    finally:
+        spark.conf.unset(key)

@@ -73,11 +73,11 @@ def task_count(spark, embed_cfg, success_rows: int) -> int:
 
 def arrow_batch_rows(spark, rows: int):
     """Within the block, Spark hands the embed UDF Arrow batches of `rows` rows and reads the image
-    bytes in Parquet batches of IMAGE_READER_BATCH_ROWS; the session's own settings are put back
+    bytes in Parquet batches of at most IMAGE_READER_BATCH_ROWS; the session's own settings are put back
     afterwards (a notebook's session outlives the stage)."""
-    from laion_spark.session import IMAGE_READER_BATCH_ROWS, PARQUET_BATCH_CONF, session_confs
+    from laion_spark.session import image_reader_batch, session_confs
 
-    return session_confs(spark, {ARROW_BATCH_CONF: rows, PARQUET_BATCH_CONF: IMAGE_READER_BATCH_ROWS})
+    return session_confs(spark, {ARROW_BATCH_CONF: rows, **image_reader_batch(spark)})
 
 
 def _merged(per_chunk: list[dict]) -> dict:

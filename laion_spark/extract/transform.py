@@ -18,6 +18,7 @@ from typing import NamedTuple
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StringType, StructField, StructType
 
 from laion_spark import schemas as S
@@ -31,14 +32,9 @@ RAW = StructType(
     ]
 )
 _RAW_NAMES = [f.name for f in RAW.fields]
-# RAW as Arrow, spelled out (pyspark's own converter is private API): Spark reads TimestampType from
-# Arrow as UTC microseconds, whatever the session time zone; crawl_time's datetimes are tz-aware
-RAW_ARROW = pa.schema([
-    pa.field(f.name, pa.timestamp("us", tz="UTC") if f.name == S.CRAWL_TIME else
-             {"StringType": pa.string(), "LongType": pa.int64(), "FloatType": pa.float32(),
-              "IntegerType": pa.int32()}[type(f.dataType).__name__], nullable=f.nullable)
-    for f in RAW.fields
-])
+# RAW as Arrow, by pyspark's own converter (as export's metadata): TimestampType becomes UTC microseconds,
+# which is how Spark reads it back whatever the session time zone; crawl_time's datetimes are tz-aware
+RAW_ARROW = to_arrow_schema(RAW)
 
 
 class ExtractOutput(NamedTuple):

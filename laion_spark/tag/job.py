@@ -141,10 +141,10 @@ def _check_heads(heads: dict, spaces: dict) -> None:
 
 
 def run(spark, cfg) -> dict:
-    """The tag job (see _run), reading the image bytes in small Parquet batches (session.IMAGE_READER_BATCH_ROWS)."""
-    from laion_spark.session import IMAGE_READER_BATCH_ROWS, PARQUET_BATCH_CONF, session_confs
+    """The tag job (see _run), reading the image bytes in small Parquet batches (session.image_reader_batch)."""
+    from laion_spark.session import image_reader_batch, session_confs
 
-    with session_confs(spark, {PARQUET_BATCH_CONF: IMAGE_READER_BATCH_ROWS}):
+    with session_confs(spark, image_reader_batch(spark)):
         return _run(spark, cfg)
 
 
