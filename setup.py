@@ -32,6 +32,7 @@ setup(
         "requests>=2.31",
         "urllib3>=2.0,<3",  # the download stage's address guard plugs into urllib3's connections
         "Pillow>=10.0",
+        "protego>=0.3",  # robots.txt (RFC 9309)
         "PyYAML>=6.0",
         "mmh3>=4.0",  # export's LAION hash column
     ],

@@ -92,7 +92,14 @@ class DownloadConfig:
     """download: pairs (any table with url, text, sample_id) -> images, one row per input row."""
 
     # concurrency and politeness
-    threads: int = _opt(32, "concurrent requests in one Spark task", minimum=1, output=False)
+    threads: int = _opt(256, "most fetches in flight in one Spark task (with adaptive_threads: the ceiling "
+                        "the adaptive limit grows to)", minimum=1, output=False)
+    adaptive_threads: bool = _opt(
+        True, "grow the fetches in flight while throughput grows and the worker's CPU is free, back off "
+        "when timeouts and connection errors rise (false: always `threads`)", output=False
+    )
+    start_threads: int = _opt(32, "fetches in flight a task starts with (adaptive_threads)", minimum=1,
+                              output=False)
     per_host_connections: int = _opt(4, "most concurrent requests to one host from one task", minimum=1,
                                      output=False)
     max_bodies_in_flight: int = _opt(
@@ -139,7 +146,13 @@ class DownloadConfig:
     disallowed_header_directives: tuple = _opt(
         ("noai", "noimageai"), "X-Robots-Tag directives that opt a page out: status opted_out"
     )
-    robots_txt: bool = _opt(False, "also honour robots.txt (fetched once per host and task)")
+    robots_txt: bool = _opt(False, "also honour robots.txt (RFC 9309; fetched once per host and task)")
+    # name resolution
+    dns_cache_s: float = _opt(300.0, "seconds a host's addresses are kept in the worker's DNS cache (0: no "
+                              "cache); every address is still judged by the address guard", minimum=0,
+                              output=False)
+    dns_negative_cache_s: float = _opt(30.0, "seconds a name that does not resolve is remembered as such",
+                                       minimum=0, output=False)
     # address guard
     allowed_networks: tuple = _opt(
         (), "CIDRs let through the address guard (default none: loopback, private, link-local, multicast, "
@@ -168,6 +181,8 @@ class DownloadConfig:
     resize_only_if_bigger: bool = _opt(False, "never upscale: resize only images larger than the target")
     encode_format: str = _opt("jpg", "stored image format", choices=("jpg", "webp", "png"))
     encode_quality: int = _opt(95, "JPEG/WebP quality", minimum=1)
+    keep_exif: bool = _opt(False, "keep the original's EXIF / XMP / IPTC metadata (GPS included) where its "
+                           "bytes are stored as downloaded (resize_mode=no); off: stripped, pixels untouched")
     # reruns
     url_col: str = _opt("", "the input's URL column (empty: url, else LAION's URL)", output=True)
     caption_col: str = _opt("", "the input's caption column (empty: text, else LAION's TEXT, else Re-LAION's "

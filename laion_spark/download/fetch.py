@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from http import cookiejar
 from typing import NamedTuple
 from urllib.parse import urljoin, urlsplit, urlunsplit
-from urllib.robotparser import RobotFileParser
 
 import requests
 import urllib3.exceptions as u3
+from protego import Protego
 
 from laion_spark.download.guard import (
     AddressGuard,
@@ -58,6 +58,9 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 # RFC 9309 asks crawlers to parse at least 500 KiB of a robots.txt; what is beyond is ignored
 ROBOTS_MAX_BYTES = 512 * 1024
+# a robots.txt that timed out is asked for again after this long (other failures are kept for the task):
+# one slow answer must not shut a host out for the rest of a task that may run for an hour
+ROBOTS_TIMEOUT_FORGET_S = 60.0
 # X-Robots-Tag directives that take a value after a colon ("max-snippet: 20"): not user-agent prefixes
 _VALUE_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 
@@ -70,6 +73,13 @@ class FetchResult:
     final_url: str | None = None
     content_type: str | None = None
     error_message: str | None = None  # always set for failures
+    permit: threading.Semaphore | None = None  # a body slot held for `body` until release()
+
+    def release(self) -> None:
+        """Give back the body slot (the body's memory is no longer counted); idempotent."""
+        permit, self.permit = self.permit, None
+        if permit is not None:
+            permit.release()
 
 
 class _Redirect(NamedTuple):
@@ -184,8 +194,9 @@ class _RobotsEntry:
 
     def __init__(self):
         self.ready = threading.Event()
-        self.parser: RobotFileParser | None = None  # None: everything allowed
+        self.parser: Protego | None = None  # None: everything allowed
         self.failure: FetchResult | None = None  # robots.txt unreachable
+        self.expires: float | None = None  # monotonic time after which it is loaded again (timeouts)
 
 
 def _chain(exc: BaseException):
@@ -210,6 +221,10 @@ class Fetcher:
         pauses: the task's host pauses (shared with its HostPool); None: a new one."""
         self.cfg = cfg
         self.pauses = pauses if pauses is not None else HostPauses()
+        # body slots: taken when a 2xx body starts to arrive, not for the whole fetch, so resolving,
+        # connecting, waiting for headers, robots.txt and retry waits never count against them; a
+        # successful result keeps its slot until the caller's release() (after the image work)
+        self.bodies = threading.BoundedSemaphore(cfg.max_bodies_in_flight)
         self.guard = AddressGuard(cfg.allowed_networks, cfg.connect_to, resolver=resolver)
         self.watchdog = Watchdog()
         # one session shared by the task's threads; each host's pool holds up to `threads` connections
@@ -227,16 +242,23 @@ class Fetcher:
         self._robots_lock = threading.Lock()
 
     # --- public -----------------------------------------------------------------------------
-    def fetch(self, url: str) -> FetchResult:
-        """URL -> FetchResult; never raises for a per-URL problem."""
+    def fetch(self, url: str, keep_slot: bool = False) -> FetchResult:
+        """URL -> FetchResult; never raises for a per-URL problem.
+
+        keep_slot: a success keeps its body slot (max_bodies_in_flight) until result.release(), so the
+        caller's work on the body counts against the bound too (the download task); else it is given
+        back before this returns."""
         try:
             if self._closed.is_set():
                 return _fail("connect_error", "fetcher is closed", url)
             with self.watchdog.deadline(self.cfg.deadline_s) as deadline:
-                return self._fetch(url, deadline, robots_mode=False)
+                result = self._fetch(url, deadline, robots_mode=False)
         except Exception as exc:  # a bug here must cost one row, not the Spark task (logged with traceback)
             log.exception("unexpected error fetching %r", url)
             return _fail(_status_of_unexpected(exc), f"unexpected {type(exc).__name__}: {exc}", url)
+        if not keep_slot:
+            result.release()
+        return result
 
     def close(self) -> None:
         """Stop: waits between attempts end at once, no new attempt starts, pooled connections close."""
@@ -359,13 +381,28 @@ class Fetcher:
             length = _content_length(resp)
             if length is not None and length > cap and not robots_mode:
                 return _fail("too_large", f"Content-Length {length} exceeds max_body_bytes={cap}", url, code, ctype)
-            body, failure = self._read_body(resp, url, deadline, read_t, cap, robots_mode)
+            permit = None
+            if not robots_mode:  # robots.txt bodies are small (ROBOTS_MAX_BYTES): no slot
+                deadline.enter("waiting for a body slot")
+                if not self.bodies.acquire(timeout=max(0.0, deadline.left())):
+                    deadline.expire()
+                    return _fail("timeout", deadline.message(
+                        f"{url} (max_bodies_in_flight={self.cfg.max_bodies_in_flight} bodies held)"), url, code, ctype)
+                permit = self.bodies
+            try:
+                body, failure = self._read_body(resp, url, deadline, read_t, cap, robots_mode)
+            except BaseException:
+                if permit is not None:
+                    permit.release()
+                raise
             if failure is not None:
+                if permit is not None:
+                    permit.release()
                 failure.http_status, failure.content_type = code, ctype
                 retryable = failure.status in ("timeout", "truncated")
                 return _Outcome(failure, retryable) if retryable else failure
             complete = True
-            return FetchResult(SUCCESS, body, code, url, ctype, None)
+            return FetchResult(SUCCESS, body, code, url, ctype, None, permit)
         finally:
             cut = deadline.release()
             if complete and not cut:
@@ -472,15 +509,20 @@ class Fetcher:
         key = (scheme, parts.hostname, port)
         with self._robots_lock:
             entry = self._robots.get(key)
+            if entry is not None and entry.expires is not None and time.monotonic() >= entry.expires:
+                entry = None  # a timed-out robots.txt: ask again
             owner = entry is None
             if owner:
                 entry = self._robots[key] = _RobotsEntry()
         if owner:
             try:
                 netloc = parts.netloc.rsplit("@", 1)[-1]
-                self._load_robots(entry, urlunsplit((scheme, netloc, "/robots.txt", "", "")), deadline)
+                self._load_robots(entry, urlunsplit((scheme, netloc, "/robots.txt", "", "")))
             finally:
                 entry.ready.set()
+            if deadline.left() <= 0:  # the robots.txt's own deadline outlasted this URL's
+                deadline.expire()
+                return _fail("timeout", deadline.message(f"{url}, while its host's robots.txt was fetched"), url)
         else:
             deadline.enter("robots.txt wait")
             if not entry.ready.wait(max(0.0, deadline.left())):
@@ -490,29 +532,36 @@ class Fetcher:
             f = entry.failure
             return _fail(f.status, f"robots.txt unreachable, so not fetched (RFC 9309): {f.error_message}", url,
                          f.http_status)
-        if entry.parser is not None and not entry.parser.can_fetch(self.cfg.user_agent_token, url):
+        if entry.parser is not None and not entry.parser.can_fetch(url, self.cfg.user_agent_token):
             return _fail("opted_out", f"robots.txt disallows {url} for {self.cfg.user_agent_token}", url)
         return None
 
-    def _load_robots(self, entry: _RobotsEntry, robots_url: str, deadline: Deadline) -> None:
-        """Fetch and parse one robots.txt into `entry`, within the asking URL's deadline (so that URL
-        still ends within deadline_s; a robots.txt that times out is cached as unreachable).
+    def _load_robots(self, entry: _RobotsEntry, robots_url: str) -> None:
+        """Fetch and parse one robots.txt into `entry`, under a deadline of its own (deadline_s), not what is
+        left of the asking URL's: a URL that asks with 0.1 s left must not turn the host's robots.txt into
+        a timeout for every other URL of the host.
 
-        RFC 9309: a 4xx (or a robots.txt that redirects too often / to a URL we cannot fetch) means
-        no rules, everything allowed. 5xx, 429 and network errors mean "unreachable", and the RFC
-        says to assume complete disallow: the host's URLs then fail with that error's own status
+        RFC 9309, read by protego (the longest matching rule wins, `*` and `$` wildcards, the group of
+        our token else `*`): a 4xx (or a robots.txt that redirects too often / to a URL we cannot
+        fetch) means no rules, everything allowed. 5xx, 429 and network errors mean "unreachable", and
+        the RFC says to assume complete disallow: the host's URLs then fail with that error's own status
         (timeout, connect_error, http_error 503, ...), which is retryable, rather than opted_out, which
-        is final. The outcome is cached for this Fetcher (one Spark task).
+        is final. The outcome is cached for this Fetcher (one Spark task); a timeout only for
+        ROBOTS_TIMEOUT_FORGET_S, then the next URL of the host asks again.
         """
         try:
-            result = self._fetch(robots_url, deadline, robots_mode=True)
+            with self.watchdog.deadline(self.cfg.deadline_s) as own:
+                result = self._fetch(robots_url, own, robots_mode=True)
         except Exception as exc:  # same bug guard as fetch()
             log.exception("unexpected error fetching %s", robots_url)
             result = _fail("connect_error", f"unexpected {type(exc).__name__}: {exc}", robots_url)
         if result.status == SUCCESS:
-            parser = RobotFileParser(robots_url)
-            parser.parse((result.body or b"").decode("utf-8", errors="replace").splitlines())
-            entry.parser = parser
+            text = (result.body or b"").decode("utf-8", errors="replace")
+            try:
+                entry.parser = Protego.parse(text)
+            except Exception as exc:  # noqa: BLE001 - a robots.txt the parser chokes on: no usable rules
+                log.warning("robots.txt %s could not be parsed (%s): no rules applied", robots_url, exc)
+                entry.parser = None
         elif result.status in ("too_many_redirects", "invalid_url") or (
             result.status == "http_error" and result.http_status is not None
             and 400 <= result.http_status < 500 and result.http_status != 429
@@ -520,6 +569,8 @@ class Fetcher:
             entry.parser = None
         else:
             entry.failure = result
+            if result.status == "timeout":
+                entry.expires = time.monotonic() + ROBOTS_TIMEOUT_FORGET_S
         log.debug("robots.txt %s: %s", robots_url, result.status)
 
 

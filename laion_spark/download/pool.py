@@ -120,10 +120,22 @@ class HostPool:
     """submit(host, item) from the producer thread; take()/drain() give fn(item) for every item."""
 
     def __init__(self, fn: Callable, threads: int, per_host: int, max_pending: int | None = None,
-                 pauses: HostPauses | None = None, hold_s: float = 0.0):
+                 pauses: HostPauses | None = None, hold_s: float = 0.0, tuner=None,
+                 overload: Callable | None = None, tune_every_s: float = 1.0):
         """pauses: the task's HostPauses; a host paused for at most hold_s more keeps its queued items
-        until the pause ends (a longer pause: they are handed out, and the fetcher fails them at once)."""
+        until the pause ends (a longer pause: they are handed out, and the fetcher fails them at once).
+        tuner: an adaptive.Tuner; then at most tuner.limit items are in flight (of `threads` threads),
+        and a thread feeds it a Window every tune_every_s; overload(result) -> True for the results
+        that count as timeouts / connection errors."""
         self._fn = fn
+        self._tuner = tuner
+        self._limit = tuner.limit if tuner is not None else threads
+        self._overload = overload
+        self._tune_every_s = tune_every_s
+        self._total = 0  # items in flight, all hosts
+        self._done = 0  # items finished (for the tuner)
+        self._overloads = 0
+        self.limits: list[tuple[float, int]] = []  # (monotonic time, limit) at each change: for reports
         self._pauses = pauses
         self._hold_s = hold_s
         self._parked: dict[str, float] = {}  # paused hosts taken out of _ready -> when to put them back
@@ -145,6 +157,24 @@ class HostPool:
                          for i in range(threads)]
         for t in self._threads:
             t.start()
+        if tuner is not None:
+            self.limits.append((time.monotonic(), self._limit))
+            self._tuner_thread = threading.Thread(target=self._tune, name="download-tuner", daemon=True)
+            self._tuner_thread.start()
+
+    @property
+    def limit(self) -> int:
+        """Items allowed in flight now (threads, or the tuner's limit)."""
+        return self._limit
+
+    def set_limit(self, limit: int) -> None:
+        """Allow `limit` items in flight (at most the thread count)."""
+        with self._mutex:
+            grew = limit > self._limit
+            self._limit = max(1, min(limit, len(self._threads)))
+            self.limits.append((time.monotonic(), self._limit))
+            if grew and self._ready:
+                self._work_ready.notify_all()
 
     # --- producer side (one thread: submits items and takes results) ---------------------------
     @property
@@ -192,6 +222,9 @@ class HostPool:
             self._result_ready.notify_all()
         for t in self._threads:
             t.join(timeout=60)
+        tuner_thread = getattr(self, "_tuner_thread", None)
+        if tuner_thread is not None:
+            tuner_thread.join(timeout=5)
 
     # --- worker side ---------------------------------------------------------------------------
     def _paused(self, host: str) -> bool:
@@ -224,7 +257,7 @@ class HostPool:
                 wake_in = self._unpark()
                 while self._ready and self._paused(self._ready[0]):
                     self._ready.popleft()
-                if self._ready or self._stopped:
+                if (self._ready and self._total < self._limit) or self._stopped:
                     break
                 if self._closed and not self._queues:
                     return None  # nothing queued and nothing more coming
@@ -235,6 +268,7 @@ class HostPool:
             queue = self._queues[host]
             item = queue.popleft()
             self._in_flight[host] += 1
+            self._total += 1
             # the host stays ready (at the back: round-robin) while it has items and room
             if queue and self._in_flight[host] < self._per_host:
                 self._ready.append(host)
@@ -242,13 +276,18 @@ class HostPool:
                 del self._queues[host]
                 if self._closed and not self._queues:
                     self._work_ready.notify_all()  # the last item is taken: idle threads may exit
-            if self._ready:
+            if self._ready and self._total < self._limit:
                 self._work_ready.notify()  # more work than this thread: pass the wake-up on
             return host, item
 
     def _finish(self, host: str, result) -> None:
         with self._mutex:
             self._results.append(result)
+            self._done += 1
+            if self._overload is not None and self._overload(result):
+                self._overloads += 1
+            at_limit = self._total >= self._limit
+            self._total -= 1
             self._in_flight[host] -= 1
             if not self._in_flight[host]:
                 del self._in_flight[host]
@@ -256,6 +295,8 @@ class HostPool:
             # the host was at its cap (not in _ready) and still has work: it is ready again
             if queue and self._in_flight[host] == self._per_host - 1 and host not in self._parked:
                 self._ready.append(host)
+                self._work_ready.notify()
+            elif at_limit and self._ready:  # a slot under the limit opened for hosts already waiting
                 self._work_ready.notify()
             self._result_ready.notify()
 
@@ -271,3 +312,37 @@ class HostPool:
                 log.exception("download worker: unexpected error")
                 result = exc
             self._finish(host, result)
+
+    # --- the tuner (adaptive in-flight limit) ------------------------------------------------
+    def _tune(self) -> None:
+        """Every tune_every_s: the window's counts -> tuner.update -> the new limit. The window after a
+        change is skipped: fetches started by a step up take about one latency to show in throughput."""
+        from laion_spark.download.adaptive import Window
+
+        sample_s = min(0.1, self._tune_every_s / 4)
+        start, cpu0 = time.monotonic(), time.process_time()
+        done0 = over0 = 0
+        samples = binding = 0
+        settle = False
+        while True:
+            with self._mutex:
+                if self._stopped or (self._closed and not self._queues):
+                    return
+                samples += 1
+                binding += bool(self._ready) and self._total >= self._limit
+            time.sleep(sample_s)
+            now = time.monotonic()
+            if now - start < self._tune_every_s:
+                continue
+            with self._mutex:
+                done, over = self._done, self._overloads
+            cpu = time.process_time()
+            window = Window(now - start, done - done0, over - over0, cpu - cpu0, binding / max(1, samples))
+            start, cpu0, done0, over0, samples, binding = now, cpu, done, over, 0, 0
+            if settle:
+                settle = False
+                continue
+            limit = self._tuner.update(window)
+            if limit != self._limit:
+                self.set_limit(limit)
+                settle = True
