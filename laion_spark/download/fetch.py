@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from http import cookiejar
 from typing import NamedTuple
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3.exceptions as u3
@@ -58,6 +58,11 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 # RFC 9309 asks crawlers to parse at least 500 KiB of a robots.txt; what is beyond is ignored
 ROBOTS_MAX_BYTES = 512 * 1024
+# Retry-After beyond a day is read as a day (a host pause of "inf" seconds would serialise as no JSON)
+MAX_RETRY_AFTER_S = 86400.0
+# header values stored in a row are cut here (a 60 KB Content-Type must not ride on every row)
+MAX_CONTENT_TYPE_CHARS = 256
+MAX_FINAL_URL_CHARS = 8192
 # a robots.txt that timed out is asked for again after this long (other failures are kept for the task):
 # one slow answer must not shut a host out for the rest of a task that may run for an hour
 ROBOTS_TIMEOUT_FORGET_S = 60.0
@@ -167,8 +172,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # str.isdigit() is also true for '²' and other digits
+        return min(float(value), MAX_RETRY_AFTER_S)  # 400 digits would be inf
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -176,7 +181,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when is None:
         return None
     now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
 
 
 class _NoCookies(cookiejar.DefaultCookiePolicy):
@@ -237,6 +242,9 @@ class Fetcher:
             "Accept-Encoding": "gzip, deflate",
         })
         self.session.cookies.set_policy(_NoCookies())
+        # redirects are followed here (_fetch), never by requests; its look-ahead at the next hop (even
+        # with allow_redirects=False) decodes Location as UTF-8 strictly and raises on other bytes
+        self.session.get_redirect_target = lambda resp: None
         self._closed = threading.Event()
         self._robots: dict[tuple, _RobotsEntry] = {}
         self._robots_lock = threading.Lock()
@@ -290,6 +298,9 @@ class Fetcher:
             if isinstance(outcome, _Redirect):
                 target = urljoin(current, outcome.location.strip())
                 bad = check_url(target)
+                if bad is None and len(target) > MAX_FINAL_URL_CHARS:
+                    bad = f"longer than {MAX_FINAL_URL_CHARS} characters"
+                    target = target[:MAX_FINAL_URL_CHARS]
                 if bad:
                     return _fail("invalid_url", f"redirect from {current} to a URL we cannot fetch: {bad}",
                                  target, outcome.http_status)
@@ -354,7 +365,9 @@ class Fetcher:
                 return _fail("timeout", deadline.message(url), url)
             code = resp.status_code
             ctype = resp.headers.get("Content-Type")
-            location = resp.headers.get("Location")
+            if ctype is not None and len(ctype) > MAX_CONTENT_TYPE_CHARS:
+                ctype = ctype[:MAX_CONTENT_TYPE_CHARS]
+            location = _location(resp.headers.get("Location"))
             if code in REDIRECT_CODES and location:
                 return _Redirect(location, code)
             if not 200 <= code < 300:
@@ -572,6 +585,18 @@ class Fetcher:
             if result.status == "timeout":
                 entry.expires = time.monotonic() + ROBOTS_TIMEOUT_FORGET_S
         log.debug("robots.txt %s: %s", robots_url, result.status)
+
+
+def _location(value: str | None) -> str | None:
+    """A Location header as http.client gives it (bytes read as latin-1) -> the URL it means: UTF-8
+    bytes read as UTF-8 (as browsers and requests do), other non-ASCII bytes percent-encoded."""
+    if value is None or value.isascii():
+        return value
+    raw = value.encode("latin-1", errors="replace")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return quote(raw, safe="!#$%&'()*+,/:;=?@[]~")
 
 
 def _content_length(resp) -> int | None:

@@ -2,7 +2,7 @@
 
 INPUT  -> the downloaded bytes and a DownloadConfig (allowed_formats, min_image_bytes,
           min_image_side, max_pixels, image_size, resize_mode, resize_only_if_bigger,
-          encode_format, encode_quality)
+          encode_format, encode_quality, keep_exif)
 OUTPUT -> an ImageResult: a status of schemas.DOWNLOAD_STATUSES (success, not_image,
           unsupported_format, too_small, too_many_pixels, decode_error), the stored image and
           its size, the original's format / size / byte count, and sha256 / md5 / sha1 of the body
@@ -21,7 +21,9 @@ Order of the checks, each one cheaper than the next:
    allows it; every mode -> RGB, alpha composited on white (img2dataset's matting); EXIF
    orientation applied; resize (laion_spark.download.resize: img2dataset's geometry).
 4. encode to encode_format; with nothing to change (same format, RGB, upright, single frame,
-   no resize) the downloaded bytes are stored as they are.
+   no resize) the downloaded bytes are stored as they are, less their metadata (strip_metadata:
+   EXIF with its GPS block, XMP, IPTC, comments, text chunks) unless keep_exif; the pixel data is
+   copied byte for byte. A file whose segment or chunk structure does not parse is re-encoded.
 
 Sizes: `original_width` / `original_height` are the upright size (EXIF orientation applied,
 so they agree with `width` / `height` in orientation) for a decoded image; for a row refused
@@ -44,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFile
 
+from laion_spark.download.metadata import strip_metadata
 from laion_spark.download.resize import Plan, crop_and_pad, plan_resize, resample_filter
 
 if TYPE_CHECKING:
@@ -90,8 +93,6 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # (ICO even decodes in open), past any header check of ours, and with Pillow's check left out nothing
 # else stops a bomb frame. Refused as unsupported_format even when listed in allowed_formats.
 CONTAINER_FORMATS = frozenset({"ico", "cur", "icns"})
-
-
 @dataclass
 class ImageResult:
     """What process_image made of one body; every failure has an error_message."""
@@ -339,8 +340,9 @@ def _decode_resize_encode(im: ImageFile.ImageFile, body: bytes, result: ImageRes
         plan.identity and orientation == 1 and not animated and im.mode == "RGB"
         and "transparency" not in im.info and fmt in _ENCODERS[cfg.encode_format][1]
     )
-    if keep_bytes:
-        result.image, result.image_format = body, cfg.encode_format
+    stored = (body if cfg.keep_exif else strip_metadata(body, fmt)) if keep_bytes else None
+    if stored is not None:  # None: metadata that cannot be cut out losslessly, so re-encoded below
+        result.image, result.image_format = stored, cfg.encode_format
         result.width, result.height = raw_w, raw_h
         result.status = "success"
         return result

@@ -11,8 +11,10 @@ OUTPUT -> an iterator of pandas DataFrames: each input row's columns unchanged, 
 Rows are fetched by a HostPool (threads, per-host cap) and checked/resized in the same thread
 (Pillow releases the GIL while decoding and resizing), at most image_threads of them at once: with
 all 32 threads in image work the worker spent 15% more CPU per URL contending for the GIL
-(bench/README.md). A semaphore bounds the response bodies held at once, so a task's memory is
-about max_bodies_in_flight x max_body_bytes at worst, whatever the thread count.
+(bench/README.md). The fetcher's body slots bound the response bodies held at once, so a task's memory
+is about max_bodies_in_flight x max_body_bytes at worst, whatever the thread count; a slot is taken
+when a body starts to arrive, so fetches that are resolving, connecting or waiting for a server's
+first byte (most of a fetch's time on the open web) hold none.
 """
 
 from __future__ import annotations
@@ -34,8 +36,17 @@ PAUSE_REPORT = "_download_pauses"  # the report column (download_partition(repor
 log = logging.getLogger(__name__)
 
 _DOWNLOAD_NAMES = frozenset(S.DOWNLOAD_COLUMNS)
+# the failures that rise when a task asks more of its link or resolver than they carry (adaptive.py)
+_OVERLOAD_STATUSES = frozenset({"timeout", "connect_error", "dns_error"})
 _INT_COLUMNS = {f.name: ("Int64" if f.dataType.typeName() == "long" else "Int32")
                 for f in S.DOWNLOAD_FIELDS if f.dataType.typeName() in ("integer", "long")}
+# what each download column's Spark type can hold (schemas.DOWNLOAD_FIELDS): sizes come from headers
+# (a PNG's IHDR says up to 2**32 - 1, a BMP's a signed or unsigned 32-bit number, a BigTIFF's 64 bits)
+_KINDS = {f.name: f.dataType.typeName() for f in S.DOWNLOAD_FIELDS}
+_RANGES = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1),
+           # fetched_at, in microseconds: what pandas' datetime64[ns] holds (years 1677..2262)
+           "timestamp": (pd.Timestamp.min.value // 1000 + 1, pd.Timestamp.max.value // 1000)}
+_NAT = np.iinfo(np.int64).min  # numpy's NaT as an int64: a null fetched_at
 
 
 def failure(status: str, message: str, **extra) -> dict:
@@ -45,41 +56,53 @@ def failure(status: str, message: str, **extra) -> dict:
 
 
 class RowDownloader:
-    """url -> the download columns of one row (a dict); thread-safe, never raises."""
+    """url -> the download columns of one row (a dict), every value one its column holds (fit_row);
+    thread-safe, never raises."""
 
     def __init__(self, cfg, fetcher=None):
         from laion_spark.download.fetch import Fetcher
 
         self.cfg = cfg
         self.fetcher = fetcher or Fetcher(cfg)
-        self._bodies = threading.BoundedSemaphore(cfg.max_bodies_in_flight)
         self._image_work = threading.BoundedSemaphore(cfg.image_threads)
 
     def __call__(self, url) -> dict:
+        # every value is fitted to its column here, per row in the worker thread: a header's size or
+        # string that no column can hold costs that value, never the frame (and so never the task)
+        return fit_row(self._download(url))
+
+    def _download(self, url) -> dict:
         from laion_spark.download.image import process_image
 
         if not isinstance(url, str) or not url:
             return failure("invalid_url", f"url is {url!r}", fetched_at=_now())
-        with self._bodies:  # the body (up to max_body_bytes) lives only inside this block
-            fetched = self.fetcher.fetch(url)
-            row = {
-                "http_status": fetched.http_status,
-                "final_url": fetched.final_url,
-                "content_type": fetched.content_type,
-                "fetched_at": _now(),
-            }
-            if fetched.status != S.SUCCESS:
-                return {**failure(fetched.status, fetched.error_message or fetched.status,
-                                  http_status=fetched.http_status), **row}
-            body = fetched.body or b""
-            try:
-                with self._image_work:
-                    img = process_image(body, self.cfg)
-            except Exception as exc:  # process_image turns bad images into statuses; this is a bug guard
-                log.exception("process_image failed on %s", url)
-                return {**failure("decode_error", f"{type(exc).__name__}: {exc}"), **row,
-                        "original_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
-                        "md5": hashlib.md5(body).hexdigest(), "sha1": hashlib.sha1(body).hexdigest()}
+        # the fetcher takes a body slot when a body starts to arrive; a success keeps it until the image
+        # work below is done (the body lives only until then)
+        fetched = self.fetcher.fetch(url, keep_slot=True)
+        try:
+            return self._row(url, fetched, process_image)
+        finally:
+            fetched.release()
+
+    def _row(self, url, fetched, process_image) -> dict:
+        row = {
+            "http_status": fetched.http_status,
+            "final_url": fetched.final_url,
+            "content_type": fetched.content_type,
+            "fetched_at": _now(),
+        }
+        if fetched.status != S.SUCCESS:
+            return {**failure(fetched.status, fetched.error_message or fetched.status,
+                              http_status=fetched.http_status), **row}
+        body = fetched.body or b""
+        try:
+            with self._image_work:
+                img = process_image(body, self.cfg)
+        except Exception as exc:  # process_image turns bad images into statuses; this is a bug guard
+            log.exception("process_image failed on %s", url)
+            return {**failure("decode_error", f"{type(exc).__name__}: {exc}"), **row,
+                    "original_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+                    "md5": hashlib.md5(body).hexdigest(), "sha1": hashlib.sha1(body).hexdigest()}
         out = {**row, **{k: getattr(img, k) for k in (
             "image", "image_format", "width", "height", "original_width", "original_height",
             "original_format", "original_bytes", "sha256", "md5", "sha1")}}
@@ -90,6 +113,62 @@ class RowDownloader:
 
     def close(self) -> None:
         self.fetcher.close()
+
+
+def fit_row(row: dict) -> dict:
+    """A download row -> the same row with every value one its column (schemas.DOWNLOAD_FIELDS) can hold.
+
+    Integers outside int32 / int64 (and fetched_at outside pandas' timestamps) -> None; strings UTF-8
+    cannot encode (lone surrogates) -> U+FFFD in their place; bytearray / memoryview -> bytes; a value
+    of another type -> None (retryable -> bool). The status stays (the job's accounting counts rows per
+    status): each change is said at the end of error_message (of a success row too) and logged.
+    """
+    out = dict(row)
+    notes = []
+    for name, kind in _KINDS.items():
+        value = out.get(name)
+        if value is None:
+            continue
+        out[name], problem = _fit(kind, value)
+        if problem:
+            notes.append(f"{name} {problem}")
+    if notes:
+        note = "changed to fit the column: " + "; ".join(notes)
+        log.warning("download row of %s: %s", out.get("final_url"), note)
+        out["error_message"] = f"{out['error_message']}; {note}" if out.get("error_message") else note
+    return out
+
+
+def _fit(kind: str, value) -> tuple:
+    """A Spark type name + a value -> (the value, None) when that type holds it, else (its replacement,
+    what was wrong)."""
+    if kind in _RANGES:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            low, high = _RANGES[kind]
+            if low <= value <= high:
+                return int(value), None
+            return None, f"{int(value)} is outside the {kind} range: null"
+        return None, f"of type {type(value).__name__} is not an integer: null"
+    if kind == "string":
+        if not isinstance(value, str):
+            return None, f"of type {type(value).__name__} is not a string: null"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: UTF-16 pairs the valid ones, the rest become U+FFFD
+            return (value.encode("utf-16", "surrogatepass").decode("utf-16", "replace"),
+                    "held surrogates UTF-8 cannot encode: replaced by U+FFFD")
+        return value, None
+    if kind == "binary":
+        if isinstance(value, bytes):
+            return value, None
+        if isinstance(value, (bytearray, memoryview)):
+            return bytes(value), None
+        return None, f"of type {type(value).__name__} is not bytes: null"
+    if kind == "boolean":
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value), None
+        return bool(value), f"of type {type(value).__name__} is not a bool: {bool(value)}"
+    return value, None
 
 
 def tune_malloc() -> None:
@@ -140,7 +219,8 @@ def _frame(done: list, batches: dict, out_names: list[str]) -> pd.DataFrame:
     for name in S.DOWNLOAD_COLUMNS:
         values = [r.get(name) for r in results]
         if name == "fetched_at":
-            values = pd.to_datetime(np.array(values, dtype=np.int64), unit="us", utc=True)
+            values = pd.to_datetime(np.array([_NAT if v is None else v for v in values], dtype=np.int64),
+                                    unit="us", utc=True)
         elif name == "retryable":
             values = np.array(values, dtype=bool)
         elif name in _INT_COLUMNS:
@@ -160,10 +240,16 @@ def download_partition(cfg, out_names: list[str], downloader_factory=RowDownload
         downloader = downloader_factory(cfg)
         # the fetcher's host pauses (429/503 Retry-After) hold that host's queued rows in the pool too
         pauses = getattr(getattr(downloader, "fetcher", None), "pauses", None)
+        tuner = None
+        if cfg.adaptive_threads and cfg.start_threads < cfg.threads:
+            from laion_spark.download.adaptive import Tuner
+
+            tuner = Tuner(cfg.start_threads, cfg.threads, floor=min(cfg.start_threads, 8))
         pool = HostPool(lambda item: (item[0], item[1], downloader(item[2])),
                         threads=cfg.threads, per_host=cfg.per_host_connections,
                         max_pending=max(cfg.threads * 4, cfg.arrow_batch_rows),
-                        pauses=pauses, hold_s=cfg.retry_after_max_s)
+                        pauses=pauses, hold_s=cfg.retry_after_max_s,
+                        tuner=tuner, overload=lambda r: r[2].get("status") in _OVERLOAD_STATUSES)
         held: dict[int, pd.DataFrame] = {}  # input batches with rows not yet emitted
         left: dict[int, int] = {}
         done: list = []
