@@ -230,7 +230,8 @@ class Fetcher:
         # connecting, waiting for headers, robots.txt and retry waits never count against them; a
         # successful result keeps its slot until the caller's release() (after the image work)
         self.bodies = threading.BoundedSemaphore(cfg.max_bodies_in_flight)
-        self.guard = AddressGuard(cfg.allowed_networks, cfg.connect_to, resolver=resolver)
+        self.guard = AddressGuard(cfg.allowed_networks, cfg.connect_to, resolver=resolver, dns_cache_s=cfg.dns_cache_s,
+                                  dns_negative_cache_s=cfg.dns_negative_cache_s)
         self.watchdog = Watchdog()
         # one session shared by the task's threads; each host's pool holds up to `threads` connections
         self.session = guarded_session(self.guard, pool_maxsize=max(cfg.threads, cfg.per_host_connections),

@@ -10,6 +10,8 @@ resolve to a public address for the check and to 10.0.0.1 for the connect, "DNS 
 misses redirect hops and proxies. Here the guard sits inside urllib3's `HTTPConnection._new_conn`,
 the one place every socket of a download is opened, and connects only to the addresses it checked.
 `guarded_session()` plugs those connections into a requests Session (no proxies, no env settings).
+Names are resolved through the process's DNS cache (dns.py), which keeps raw answers: a cached
+answer is judged again on every use, by the guard using it.
 
 Why STRICT: when a name resolves to several addresses and one of them is private, the whole host is
 refused. A host that mixes public and private records is either misconfigured or probing us.
@@ -42,6 +44,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
+from laion_spark.download import dns
+
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -69,8 +73,9 @@ class DeadlineExceeded(GuardError):
 # headers one byte just inside every read timeout, and getaddrinfo has no timeout at all. So each URL
 # gets a Deadline (the phase it is in, the socket it is using), a per-Fetcher Watchdog thread cuts that
 # socket (shutdown, never close: the fd stays ours) when the time is up, and name resolution runs in a
-# helper thread waited on with the time left. The Deadline of the URL a thread is fetching is found
-# through a thread-local: urllib3 opens and uses connections in the calling thread.
+# helper thread waited on with the time left (dns.lookup, which also caches and shares lookups). The
+# Deadline of the URL a thread is fetching is found through a thread-local: urllib3 opens and uses
+# connections in the calling thread.
 _current = threading.local()
 
 
@@ -215,38 +220,6 @@ class Watchdog:
                     if not d.done:
                         d.expire()
                 self._cond.wait(self._heap[0][0] - now if self._heap else None)
-
-
-def _resolve_in_time(resolver, host: str, port: int, deadline: Deadline | None):
-    """resolver(host, port, ...) -> its answer, waited on for what is left of the deadline.
-
-    A helper thread, because getaddrinfo cannot be interrupted: when the time is up the answer is
-    dropped and the thread ends whenever the resolver returns.
-    """
-    def call():
-        return resolver(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-
-    if deadline is None:
-        return call()
-    deadline.enter("resolve")
-    out: dict = {}
-    done = threading.Event()
-
-    def run():
-        try:
-            out["infos"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-            out["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="download-resolve", daemon=True).start()
-    if not done.wait(max(0.0, deadline.left())):
-        deadline.expire()
-        raise DeadlineExceeded(deadline.message(f"resolving {host}"))
-    if "error" in out:
-        raise out["error"]
-    return out["infos"]
 
 
 # Explicit lists first (their reasons are clearer than "not global", and Python's is_global misses
@@ -432,14 +405,21 @@ def parse_connect_to(entry: str) -> ConnectTo:
 
 
 class AddressGuard:
-    """(host, port) -> checked socket addresses; thread-safe (no mutable state after __init__)."""
+    """(host, port) -> checked socket addresses; thread-safe (no mutable state after __init__).
 
-    def __init__(self, allowed_networks=(), connect_to=(), resolver=None):
+    dns_cache_s / dns_negative_cache_s: how long this guard takes answers / "no such name" from the
+    process's DNS cache (dns.py); 0: not at all (the default, for a guard built outside a Fetcher).
+    """
+
+    def __init__(self, allowed_networks=(), connect_to=(), resolver=None, dns_cache_s: float = 0.0,
+                 dns_negative_cache_s: float = 0.0):
         self.allowed = parse_networks(allowed_networks)
         self.connect_to = [c if isinstance(c, ConnectTo) else parse_connect_to(c) for c in connect_to]
         # resolver(host, port, type=, proto=) -> getaddrinfo's answer; None: socket.getaddrinfo, looked
-        # up at call time (so a test's monkeypatch of socket.getaddrinfo is seen)
+        # up at call time (so a test's monkeypatch of socket.getaddrinfo is seen, with cache entries of its own)
         self.resolver = resolver
+        self.dns_cache_s = dns_cache_s
+        self.dns_negative_cache_s = dns_negative_cache_s
 
     def check_ip(self, ip: IPAddress, host: str) -> None:
         """Raise BlockedAddress if `ip` (what `host` stands for) may not be connected to."""
@@ -470,16 +450,23 @@ class AddressGuard:
             raise DnsError("empty host name")
         if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always loopback, never ask DNS
             raise BlockedAddress(f"blocked address {bare}: loopback name")
+        deadline = current_deadline()
+        if deadline is not None:
+            deadline.enter("resolve")
         try:
-            infos = _resolve_in_time(self.resolver or socket.getaddrinfo, bare, port, current_deadline())
+            # cached or not, the answer is raw: every address is judged below, by this guard
+            answer = dns.lookup(self.resolver or socket.getaddrinfo, bare, port,
+                                None if deadline is None else deadline.left(),
+                                self.dns_cache_s, self.dns_negative_cache_s)
+        except dns.LookupTimeout:
+            deadline.expire()
+            raise DeadlineExceeded(deadline.message(f"resolving {bare}")) from None
         except socket.gaierror as exc:
             raise DnsError(f"cannot resolve {bare}: {exc.strerror or exc}") from None
         except (UnicodeError, ValueError) as exc:
             raise DnsError(f"cannot resolve {bare}: {exc}") from None
         out: list[tuple[int, tuple]] = []
-        for family, _, _, _, sockaddr in infos:
-            if family not in (socket.AF_INET, socket.AF_INET6):
-                continue
+        for family, sockaddr in answer:
             ip = ipaddress.ip_address(sockaddr[0])
             self.check_ip(ip, bare)  # strict: one bad address blocks the host
             if (family, sockaddr) not in out:

@@ -6,7 +6,8 @@ OUTPUT -> the images table at `output` (one row per input row) and a summary dic
           rows_out, statuses (rows per status), downloaded / reused rows, retryable failures,
           bytes downloaded and stored, seconds and images/s of the download itself, and host_pauses
           (hosts that asked for a pause with 429/503 Retry-After: how many, how often, seconds paused
-          in all and the longest pause asked)
+          in all and the longest pause asked) and dns (the workers' DNS cache: lookups, hits, resolver
+          calls, failures and the seconds fetching threads waited for names)
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def run(spark, cfg) -> dict:
     from laion_spark import chunks as C
     from laion_spark.download.laion_input import from_release
     from laion_spark.download.pool import pause_summary
-    from laion_spark.download.transform import download_images, host_pauses, split_retry
+    from laion_spark.download.transform import dns_summary, download_images, split_retry
 
     d = cfg.download
     pairs = from_release(spark.read.parquet(cfg.input), d, cfg.dedupe)  # LAION's URL / TEXT / SAMPLE_ID too
@@ -107,20 +108,21 @@ def run(spark, cfg) -> dict:
     if chunks > 1:  # each chunk committed on its own: a killed run keeps them (laion_spark/chunks.py)
         def make(part, n):
             observation = Observation(f"download_pauses_{time.monotonic_ns()}")
-            return download_images(part, d, task_count(d, n), observation), \
-                lambda: observation.get.get("pauses") or []
+            return download_images(part, d, task_count(d, n), observation), lambda: observation.get
 
         keys = [S.URL, *([S.SAMPLE_ID] if S.SAMPLE_ID in todo.columns else [])]
         images, reused_chunks, observed = C.write_in_chunks(
             spark, todo, keys, chunks, C.chunks_uri(cfg.output),
             C.fingerprint("download", cfg, chunks, cfg.input, d.retry_from), schema, make, "images")
-        pause_list = [p for chunk in observed for p in chunk]
     else:
         pauses = Observation("download_pauses")  # an accumulator would need the SparkContext: not on Connect
         images = download_images(todo, d, partitions, pauses)
     out = kept.unionByName(images) if kept is not None else images
     write_table(out, cfg.output, schema, "images", cfg.mode)
     seconds = time.time() - started
+    if chunks <= 1:
+        observed = [pauses.get]
+    pause_list = [p for o in observed for p in (o.get("pauses") or [])]
     statuses = _status_counts(spark.read.parquet(cfg.output))  # the written table, never a re-download
     rows_out = sum(v["rows"] for v in statuses.values())
     if rows_out != rows_in:
@@ -140,7 +142,8 @@ def run(spark, cfg) -> dict:
                                 for k, v in statuses.items()),
         "bytes_stored": statuses.get(S.SUCCESS, {}).get("bytes", 0),
         "partitions": partitions,
-        "host_pauses": pause_summary(pause_list) if chunks > 1 else host_pauses(pauses),
+        "host_pauses": pause_summary(pause_list),
+        "dns": dns_summary(observed),
         "chunks": chunks,
         "chunks_reused": reused_chunks,
         "download_seconds": round(seconds, 3),
@@ -164,6 +167,10 @@ def format_report(summary: dict) -> str:
     if p.get("hosts"):
         lines.append(f"  {p['hosts']} host(s) asked for a pause {p['requests']} time(s): {p['paused_s']} s paused, "
                      f"longest asked {p['max_s']} s")
+    dns = summary.get("dns") or {}
+    if dns.get("lookups"):
+        lines.append(f"  DNS: {dns['lookups']} lookups, {dns['resolver_calls']} sent to the resolver "
+                     f"({dns['failures']} failed), {dns['wait_s']} s waited in all")
     lines.append(f"  {summary['bytes_downloaded'] / 1e6:.1f} MB downloaded, {summary['bytes_stored'] / 1e6:.1f} MB "
                  f"stored, {summary['download_seconds']} s, {summary['images_per_s']} images/s")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ OUTPUT -> an iterator of pandas DataFrames: each input row's columns unchanged, 
           download columns (schemas.DOWNLOAD_FIELDS), in completion order; every input row comes out
           exactly once, whatever happened to its URL. With report=True, also PAUSE_REPORT: on the first
           row of a frame, the host pauses asked since the previous frame (pool.pause_report's JSON),
-          else null; the job collects it with an Observation and drops it before writing
+          else null, and DNS_REPORT (the DNS cache's counters since the previous frame); the job
+          gathers them with an Observation and drops them before writing
 
 Rows are fetched by a HostPool (threads, per-host cap) and checked/resized in the same thread
 (Pillow releases the GIL while decoding and resizing), at most image_threads of them at once: with
@@ -29,9 +30,13 @@ import numpy as np
 import pandas as pd
 
 from laion_spark import schemas as S
+from laion_spark.download import dns
 from laion_spark.download.pool import host_of, pause_report  # host_of: the one host function
 
 PAUSE_REPORT = "_download_pauses"  # the report column (download_partition(report=True) only)
+# with report=True also: this task's DNS counters (dns.STATS_KEYS) since its previous frame, on a frame's
+# first row (0 on the others), so the job sums them in an Observation: constant size on the driver
+DNS_REPORT = tuple(f"_download_dns_{k}" for k in dns.STATS_KEYS)
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +255,7 @@ def download_partition(cfg, out_names: list[str], downloader_factory=RowDownload
                         max_pending=max(cfg.threads * 4, cfg.arrow_batch_rows),
                         pauses=pauses, hold_s=cfg.retry_after_max_s,
                         tuner=tuner, overload=lambda r: r[2].get("status") in _OVERLOAD_STATUSES)
+        dns_seen = dns.stats()  # the worker's DNS counters when this task (or its last frame) began
         held: dict[int, pd.DataFrame] = {}  # input batches with rows not yet emitted
         left: dict[int, int] = {}
         done: list = []
@@ -265,11 +271,18 @@ def download_partition(cfg, out_names: list[str], downloader_factory=RowDownload
                 yield _release(chunk)
 
         def _release(chunk: list) -> pd.DataFrame:
+            nonlocal dns_seen
             frame = _frame(chunk, held, out_names)
             if report:  # every fetch of these rows has returned, so its pauses are recorded by now
                 values = [None] * len(frame)
                 values[0] = pause_report(pauses.take_records()) if pauses is not None else None
                 frame[PAUSE_REPORT] = pd.Series(values, dtype=object)
+                now = dns.stats()
+                for key, column in zip(dns.STATS_KEYS, DNS_REPORT):
+                    counts = np.zeros(len(frame), dtype=np.float64 if key == "wait_s" else np.int64)
+                    counts[0] = now[key] - dns_seen[key]
+                    frame[column] = counts
+                dns_seen = now
             for batch_no, _, _ in chunk:
                 left[batch_no] -= 1
                 if not left[batch_no]:

@@ -49,28 +49,38 @@ def partition_by_host(df: DataFrame, cfg, num_partitions: int) -> DataFrame:
 
 def download_images(df: DataFrame, cfg, num_partitions: int, pauses=None) -> DataFrame:
     """DataFrame with url + DownloadConfig (+ a pyspark Observation) -> images DataFrame (lazy; one
-    evaluation = one download). With `pauses`, once the result has been written, host_pauses(pauses)
-    says which hosts asked for a pause (429/503 Retry-After) and for how long (no SparkContext needed:
-    works on Spark Connect)."""
-    from pyspark.sql.types import StringType, StructField, StructType
+    evaluation = one download). With `pauses`, once the result has been written, pauses.get holds
+    "pauses" (pool.pause_summary reads it: which hosts asked for a pause with 429/503 Retry-After, and
+    for how long) and the DNS counters (dns_summary reads them); no SparkContext needed: works on
+    Spark Connect."""
+    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
-    from laion_spark.download.task import PAUSE_REPORT, download_partition
+    from laion_spark.download.task import DNS_REPORT, PAUSE_REPORT, download_partition
 
     schema = S.images_schema(df.schema)
     inputs = df.select(*[f.name for f in schema.fields if f.name not in S.DOWNLOAD_COLUMNS])
     grouped = partition_by_host(inputs, cfg, num_partitions)
     if pauses is None:
         return grouped.mapInPandas(download_partition(cfg, schema.fieldNames()), schema)
-    with_report = StructType([*schema.fields, StructField(PAUSE_REPORT, StringType())])
+    dns_fields = [StructField(c, DoubleType() if c.endswith("wait_s") else LongType(), False) for c in DNS_REPORT]
+    with_report = StructType([*schema.fields, StructField(PAUSE_REPORT, StringType()), *dns_fields])
     out = grouped.mapInPandas(download_partition(cfg, with_report.fieldNames(), report=True), with_report)
-    return out.observe(pauses, F.collect_list(PAUSE_REPORT).alias("pauses")).drop(PAUSE_REPORT)
+    return out.observe(pauses, F.collect_list(PAUSE_REPORT).alias("pauses"),
+                       *[F.sum(c).alias(c) for c in DNS_REPORT]).drop(PAUSE_REPORT, *DNS_REPORT)
 
 
-def host_pauses(pauses) -> dict:
-    """The Observation given to download_images, after the write -> {hosts, requests, paused_s, max_s}."""
-    from laion_spark.download.pool import pause_summary
+def dns_summary(observed: list[dict]) -> dict:
+    """The Observations' values (one dict per download_images call) -> the DNS cache's counters summed
+    over every task: lookups, cache_hits, negative_hits, shared, resolver_calls, failures, timeouts and
+    wait_s (seconds fetching threads waited for names), plus hit_rate (answered without a resolver call)."""
+    from laion_spark.download import dns
+    from laion_spark.download.task import DNS_REPORT
 
-    return pause_summary(pauses.get.get("pauses") or [])
+    out = {key: sum((o.get(column) or 0) for o in observed) for key, column in zip(dns.STATS_KEYS, DNS_REPORT)}
+    out["wait_s"] = round(float(out["wait_s"]), 3)
+    saved = out["cache_hits"] + out["negative_hits"] + out["shared"]
+    out["hit_rate"] = round(saved / out["lookups"], 4) if out["lookups"] else None
+    return out
 
 
 def retryable_column():
