@@ -110,7 +110,9 @@ class DownloadConfig:
         "for the GIL; the others keep fetching)", minimum=1, output=False
     )
     partitions: int = _opt(0, "download tasks (0: input rows / rows_per_task)", minimum=0, output=False)
-    rows_per_task: int = _opt(2500, "rows per download task when partitions=0", minimum=1, output=False)
+    rows_per_task: int = _opt(10_000, "rows per download task when partitions=0 (a local master gets at least "
+                              "one task per core); each task ends waiting for its slowest fetch, so fewer, "
+                              "larger tasks leave cores idle less often", minimum=1, output=False)
     chunk_rows: int = _opt(1_000_000, "rows per committed chunk (<output>_chunks/NNNNN/, each with its marker): "
                            "a run killed in the middle keeps its finished chunks and a rerun fetches only the "
                            "rest; one chunk: written directly", minimum=1, output=False)

@@ -70,10 +70,18 @@ def _status_counts(df) -> dict[str, dict]:
                           "bytes": r["bytes"] or 0} for r in rows}
 
 
-def task_count(download_cfg, rows: int) -> int:
-    """DownloadConfig + rows to download -> download tasks: download.partitions, else rows /
-    download.rows_per_task (the job and the notebook use the same count)."""
-    return download_cfg.partitions or max(1, math.ceil(rows / download_cfg.rows_per_task))
+def task_count(download_cfg, rows: int, spark=None) -> int:
+    """DownloadConfig + rows to download (+ the session) -> download tasks: download.partitions, else rows /
+    download.rows_per_task, and with a session at least a local master's cores (the job and the notebook
+    use the same count)."""
+    if download_cfg.partitions:
+        return download_cfg.partitions
+    cores = 1
+    if spark is not None:
+        from laion_spark.session import local_cores
+
+        cores = min(local_cores(spark) or 1, rows or 1)
+    return max(1, math.ceil(rows / download_cfg.rows_per_task), cores)
 
 
 def run(spark, cfg) -> dict:
@@ -100,7 +108,7 @@ def run(spark, cfg) -> dict:
         kept, todo = split.kept, split.todo
         reused = _status_counts(kept)
     to_download = rows_in - sum(v["rows"] for v in reused.values())
-    partitions = task_count(d, to_download)
+    partitions = task_count(d, to_download, spark)
     schema = S.images_schema(pairs.schema)
     chunks = C.chunk_count(d.chunk_rows, to_download)
     started = time.time()
@@ -108,7 +116,7 @@ def run(spark, cfg) -> dict:
     if chunks > 1:  # each chunk committed on its own: a killed run keeps them (laion_spark/chunks.py)
         def make(part, n):
             observation = Observation(f"download_pauses_{time.monotonic_ns()}")
-            return download_images(part, d, task_count(d, n), observation), lambda: observation.get
+            return download_images(part, d, task_count(d, n, spark), observation), lambda: observation.get
 
         keys = [S.URL, *([S.SAMPLE_ID] if S.SAMPLE_ID in todo.columns else [])]
         images, reused_chunks, observed = C.write_in_chunks(

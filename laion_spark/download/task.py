@@ -199,6 +199,7 @@ def tune_malloc() -> None:
 
 
 _MALLOC_TUNED = False
+_LAST_LIMIT: dict[int, int] = {}  # download.threads -> the limit this worker's last task ended with
 
 
 def _now() -> int:
@@ -249,7 +250,10 @@ def download_partition(cfg, out_names: list[str], downloader_factory=RowDownload
         if cfg.adaptive_threads and cfg.start_threads < cfg.threads:
             from laion_spark.download.adaptive import Tuner
 
-            tuner = Tuner(cfg.start_threads, cfg.threads, floor=min(cfg.start_threads, 8))
+            # a Python worker runs a stage's tasks one after another: the next starts where the last one
+            # ended (it found this link's pace), not from start_threads again
+            tuner = Tuner(max(cfg.start_threads, _LAST_LIMIT.get(cfg.threads, 0)), cfg.threads,
+                          floor=min(cfg.start_threads, 8))
         pool = HostPool(lambda item: (item[0], item[1], downloader(item[2])),
                         threads=cfg.threads, per_host=cfg.per_host_connections,
                         max_pending=max(cfg.threads * 4, cfg.arrow_batch_rows),
@@ -308,5 +312,10 @@ def download_partition(cfg, out_names: list[str], downloader_factory=RowDownload
         finally:
             pool.stop()
             downloader.close()
+            if tuner is not None:  # in the executor's log: how the limit moved, and why (adaptive.py)
+                _LAST_LIMIT[cfg.threads] = tuner.limit
+                steps = [f"{limit} ({why})" for limit, why in tuner.history if why != "hold"]
+                log.info("download task: fetches in flight started at %d: %s", cfg.start_threads,
+                         ", ".join(steps[-20:]) or "unchanged")
 
     return run
