@@ -59,6 +59,38 @@ def _pss(pid: int) -> int:
     return 0
 
 
+def _label(pid: int, comm: str) -> str:
+    """-> a process's command line, short: programs and files by base name, options' long values cut."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return comm
+    if args and args[0].rsplit("/", 1)[-1] == "java":  # the JVM: its main class, not its options
+        main = next((a for prev, a in zip(args, args[1:]) if not a.startswith("-")
+                     and prev not in ("-cp", "-classpath", "--class-path")), "")
+        return f"java {main}".strip()
+
+    def short(arg: str) -> str:  # paths by base name, also as the value of KEY=PATH
+        key, eq, value = arg.rpartition("=") if "=" in arg else ("", "", arg)
+        return key + eq + value.rsplit("/", 1)[-1] if value.startswith(("/", "./", "../")) else arg
+
+    words = [args[0].rsplit("/", 1)[-1]] + [short(a) for a in args[1:]]
+    words = [w if len(w) <= 40 else w[:37] + "..." for w in words if not w.startswith("-Xshare")]
+    text = " ".join(words) or comm
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def per_process_text(m: dict, min_mib: int = 20) -> str:
+    """run_measured's figures -> one line per process of at least min_mib peak RSS: pid, MiB, command."""
+    rows = [p for p in m.get("peak_rss_mib_per_process", []) if p["mib"] >= min_mib]
+    small = len(m.get("peak_rss_mib_per_process", [])) - len(rows)
+    lines = [f"    {p['mib']:6,} MiB  pid {p['pid']:<7} {p['command']}" for p in rows]
+    if small:
+        lines.append(f"    ({small} more process{'es' if small > 1 else ''} under {min_mib} MiB each)")
+    return "\n".join(lines)
+
+
 def cpu_seconds(pid: int) -> float:
     s = _stat(pid)
     return s[1] if s else 0.0
@@ -92,6 +124,8 @@ class TreeSampler(threading.Thread):
         self.cpu: dict[int, float] = {}  # pid -> last CPU seconds seen (a process's final ~0.2 s may be missed)
         self.names: dict[int, str] = {}
         self.peak_by_name: dict[str, int] = {}  # name -> peak of the summed RSS of that name's processes
+        self.peak_by_pid: dict[int, int] = {}  # pid -> its own peak RSS
+        self.labels: dict[int, tuple[str, str]] = {}  # pid -> (name, its command line, short), read once per name
         self.proc_ok = os.path.isfile(f"/proc/{os.getpid()}/stat")
         self.own_cpu = 0.0
         self._halt = threading.Event()
@@ -109,6 +143,9 @@ class TreeSampler(threading.Thread):
                     self.cpu[pid] = s[1]
                     self.names[pid] = "driver" if pid == self.root else s[3]
                     by_name[self.names[pid]] = by_name.get(self.names[pid], 0) + s[2]
+                    self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0), s[2])
+                    if self.labels.get(pid, ("",))[0] != s[3]:  # new, or exec'd another program (spark-class)
+                        self.labels[pid] = (s[3], _label(pid, s[3]))
             for name, value in by_name.items():  # which part grows: the JVM, the Python workers, the driver
                 self.peak_by_name[name] = max(self.peak_by_name.get(name, 0), value)
             if tick % self.pss_every == 0:
@@ -138,6 +175,10 @@ class TreeSampler(threading.Thread):
                 "peak_pss_mib": self.peak_pss / 2**20, "cpu_s": sum(self.cpu.values()), "processes": self.max_procs,
                 "cpu_by_process": self._by_name(),
                 "peak_rss_mib_by_process": {k: round(v / 2**20) for k, v in self.peak_by_name.items()},
+                "peak_rss_mib_per_process": [
+                    {"pid": pid, "name": self.names[pid], "command": self.labels.get(pid, ("", ""))[1],
+                     "mib": round(v / 2**20)}
+                    for pid, v in sorted(self.peak_by_pid.items(), key=lambda kv: -kv[1])],
                 "sampler_cpu_s": self.own_cpu}
 
 
