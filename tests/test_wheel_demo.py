@@ -56,7 +56,10 @@ def installed(tmp_path_factory):
     constraints.write_text("\n".join(re.sub(r"\[[^\]]*\]", "", line) for line in pins) + "\n", encoding="utf-8")
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], 120)
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(constraints), f"{wheel}[all]"], 900)
+    # --no-compile: no .pyc for the thousands of modules torch & co. ship (a minute of CI's 2 cores); the
+    # demo compiles what it imports, as any first run does
+    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile", "-c", str(constraints),
+          f"{wheel}[all]"], 900)
     yield venv, time.time() - started
     shutil.rmtree(venv, ignore_errors=True)
 
