@@ -28,7 +28,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,29 +45,12 @@ PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PRO
 # ----------------------------------------------------------------------------------------- server
 
 
-class Server:
+class Server(imageset.ChildServer):
     """bench/imageset.py serve in a separate process; stopped on exit (its stdin closing also ends it)."""
 
     def __init__(self, pool_dir: Path, hosts: int, slow_s: float):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(imageset.__file__)), "serve", str(pool_dir), "--hosts", str(hosts),
-             "--slow-s", str(slow_s)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        line = self.proc.stdout.readline()
-        if not line.strip().isdigit():
-            self.stop()
-            raise RuntimeError(f"image server did not start (got {line!r})")
-        self.port = int(line)
-        self.pid = self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__([str(Path(imageset.__file__)), "serve", str(pool_dir), "--hosts", str(hosts),
+                          "--slow-s", str(slow_s)], "image server")
 
 
 def check_server(rows: list[dict]) -> None:

@@ -201,6 +201,34 @@ async def _serve(directory: Path, hosts: list[str], slow_s: float) -> None:
     await asyncio.Event().wait()  # until the process ends
 
 
+class ChildServer:
+    """A server script in a separate process that prints its port on its first line (imageset.py serve,
+    webserver.py serve); stopped by stop(), and its stdin closing ends it too (_exit_when_stdin_closes)."""
+
+    def __init__(self, argv: list[str], what: str):
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"{what} did not start (got {line!r})")
+        self.port = int(line)
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def _exit_when_stdin_closes() -> None:
     """The parent holds our stdin: when it goes (exit, crash, kill), so do we."""
     try:

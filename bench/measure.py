@@ -66,7 +66,9 @@ def _label(pid: int, comm: str) -> str:
             args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except OSError:
         return comm
-    if args and args[0].rsplit("/", 1)[-1] == "java":  # the JVM: its main class, not its options
+    if not args:  # a process exiting (a zombie has an empty command line)
+        return comm
+    if args[0].rsplit("/", 1)[-1] == "java":  # the JVM: its main class, not its options
         main = next((a for prev, a in zip(args, args[1:]) if not a.startswith("-")
                      and prev not in ("-cp", "-classpath", "--class-path")), "")
         return f"java {main}".strip()

@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -98,21 +97,14 @@ def name_rules(names: int, hosts: int, port: int) -> list[str]:
     return [f"{host_name(k)}={address(k % hosts)}:{port}" for k in range(names)]
 
 
-class WebServer:
+class WebServer(imageset.ChildServer):
     """`webserver.py serve` in a separate process; stopped on exit (its stdin closing also ends it)."""
 
     def __init__(self, pool_dir: Path, hosts: int, seed: int, median: float, p99: float, cap: float,
                  rate: float):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "serve", str(pool_dir), "--hosts", str(hosts),
-             "--seed", str(seed), "--ttfb-median", str(median), "--ttfb-p99", str(p99), "--ttfb-max", str(cap),
-             "--rate", str(rate)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        line = self.proc.stdout.readline()
-        if not line.strip().isdigit():
-            self.stop()
-            raise RuntimeError(f"web server did not start (got {line!r})")
-        self.port = int(line)
-        self.pid = self.proc.pid
+        super().__init__([str(Path(__file__).resolve()), "serve", str(pool_dir), "--hosts", str(hosts),
+                          "--seed", str(seed), "--ttfb-median", str(median), "--ttfb-p99", str(p99),
+                          "--ttfb-max", str(cap), "--rate", str(rate)], "web server")
         self.hosts = hosts
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -145,16 +137,6 @@ class WebServer:
 
     def stats(self) -> dict:
         return json.loads(self._get("stats"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # ------------------------------------------------------------------------------------------- server

@@ -24,6 +24,7 @@ on every crawl) do not count, since they do not rise with the limit.
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 
@@ -63,7 +64,9 @@ class Tuner:
         self._hold = 0
         self._errors: float | None = None  # the usual share of timeouts / connection errors
         self._pending: list[Window] = []
-        self.history: list[tuple[int, str]] = []  # (limit, why) per decision: for logs and tests
+        # (limit, why) of the latest decisions, one a window: for the task's log line and tests (bounded:
+        # a task may run for hours)
+        self.history: collections.deque[tuple[int, str]] = collections.deque(maxlen=512)
 
     def update(self, window: Window) -> int:
         """One more window -> the limit to use now. Windows with too few rows are pooled with the next."""

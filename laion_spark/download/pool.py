@@ -135,7 +135,6 @@ class HostPool:
         self._total = 0  # items in flight, all hosts
         self._done = 0  # items finished (for the tuner)
         self._overloads = 0
-        self.limits: list[tuple[float, int]] = []  # (monotonic time, limit) at each change: for reports
         self._pauses = pauses
         self._hold_s = hold_s
         self._parked: dict[str, float] = {}  # paused hosts taken out of _ready -> when to put them back
@@ -158,21 +157,14 @@ class HostPool:
         for t in self._threads:
             t.start()
         if tuner is not None:
-            self.limits.append((time.monotonic(), self._limit))
             self._tuner_thread = threading.Thread(target=self._tune, name="download-tuner", daemon=True)
             self._tuner_thread.start()
-
-    @property
-    def limit(self) -> int:
-        """Items allowed in flight now (threads, or the tuner's limit)."""
-        return self._limit
 
     def set_limit(self, limit: int) -> None:
         """Allow `limit` items in flight (at most the thread count)."""
         with self._mutex:
             grew = limit > self._limit
             self._limit = max(1, min(limit, len(self._threads)))
-            self.limits.append((time.monotonic(), self._limit))
             if grew and self._ready:
                 self._work_ready.notify_all()
 

@@ -281,12 +281,12 @@ def download_partition(cfg, out_names: list[str], downloader_factory=RowDownload
                 values = [None] * len(frame)
                 values[0] = pause_report(pauses.take_records()) if pauses is not None else None
                 frame[PAUSE_REPORT] = pd.Series(values, dtype=object)
-                now = dns.stats()
+                grown = dns.stats_since(dns_seen)
                 for key, column in zip(dns.STATS_KEYS, DNS_REPORT):
                     counts = np.zeros(len(frame), dtype=np.float64 if key == "wait_s" else np.int64)
-                    counts[0] = now[key] - dns_seen[key]
+                    counts[0] = grown[key]
                     frame[column] = counts
-                dns_seen = now
+                dns_seen = {key: dns_seen[key] + grown[key] for key in dns.STATS_KEYS}  # nothing counted twice
             for batch_no, _, _ in chunk:
                 left[batch_no] -= 1
                 if not left[batch_no]:
