@@ -223,6 +223,8 @@ class ExportBlocklist:
     image_md5: tuple = _opt((), "files of hex MD5s of the downloaded image bytes", content=True)
     image_sha1: tuple = _opt((), "files of hex SHA-1s of the downloaded image bytes", content=True)
     image_sha256: tuple = _opt((), "files of hex SHA-256s of the downloaded image bytes", content=True)
+    sample_id: tuple = _opt((), "files of the run's sample ids, one integer a line (what a takedown recorded)",
+                            content=True)
 
 
 @dataclass(frozen=True)
@@ -498,7 +500,7 @@ class TakedownConfig:
 
     list: str = _opt("", "the file of URLs or hex digests to remove (list=; export's list format)", content=True)
     kind: str = _opt("url", "what the list holds (kind=)",
-                     choices=("url", "url_md5", "url_sha256", "image_md5", "image_sha1", "image_sha256"))
+                     choices=("url", "url_md5", "url_sha256", "image_md5", "image_sha1", "image_sha256", "sample_id"))
 
 
 @dataclass(frozen=True)

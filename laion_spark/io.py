@@ -102,12 +102,20 @@ def write_table(df: DataFrame, uri: str, schema: StructType, table: str, mode: s
 
 
 def write_json(uri: str, data: dict) -> None:
-    """dict -> a JSON file at uri (e.g. <output>/_summary.json; Spark ignores `_` files)."""
+    """dict -> a JSON file at uri (e.g. <output>/_summary.json; Spark ignores `_` files), written beside
+    and moved over it: a reader (or a job killed mid-write) sees the old file or the new one, never half."""
+    import os
+    import uuid
+
     import fsspec
 
-    with fsspec.open(fsspec_uri(uri), "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    fs, path = fsspec.core.url_to_fs(fsspec_uri(uri))
+    head, _, name = path.rpartition("/")
+    tmp = f"{head}/.{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp" if head else f".{name}.tmp"
+    with fs.open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    fs.mv(tmp, path)
 
 
 def read_json(uri: str) -> dict:

@@ -408,9 +408,9 @@ def test_takedown_removes_rows_in_place_and_a_rerun_keeps_them_out(spark, runs, 
     _, found = faiss.read_index(str(run_dir / "index" / "image" / "knn.index")).search(queries, len(left))
     assert not gone & set(found.ravel().tolist())
 
-    # only the files that held them changed (and the manifest, and export_removed's new part files)
+    # only the files that held them changed: those reported, their companions, the counts, the journal
     after = file_hashes(run_dir)
-    changed = {p for p in before if after.get(p) != before[p]}
+    changed = {p for p in {*before, *after} if after.get(p) != before.get(p)}
     rewritten = {str(Path(f["file"]).relative_to(run_dir)) for s in (first, second) for f in s["files"]}
     expected = {"manifest.json", *rewritten}
     for r in rewritten:
@@ -420,9 +420,11 @@ def test_takedown_removes_rows_in_place_and_a_rerun_keeps_them_out(spark, runs, 
         elif path.parent.name == "metadata" and path.name.startswith("metadata_"):  # an .npy shard's rows
             shard = path.stem.split("_")[-1]
             expected |= {str(path.parents[1] / n / f"{n}_{shard}.npy") for n in ("img_emb", "text_emb")}
-        elif path.name == "knn.index":
-            expected.add(str(path.with_name("index_infos.json")))
-    assert changed == expected
+    bookkeeping = {p for p in changed if p.startswith(("takedowns/", "export_removed/"))
+                   or Path(p).name in ("tombstones.npy", "index_infos.json")}
+    assert changed - bookkeeping == expected - bookkeeping, sorted(changed ^ expected)
+    assert {str(Path(p).relative_to("index/image")) for p in bookkeeping if p.startswith("index/image/")} == {
+        "tombstones.npy", "index_infos.json"}
     assert any(r.endswith(".tar") for r in rewritten) and len(tars) > 1
     untouched_tars = [t for t in tars if str(Path(t).relative_to(run_dir)) not in rewritten]
     assert untouched_tars and all(after[str(Path(t).relative_to(run_dir))] == before[str(Path(t).relative_to(run_dir))]
@@ -431,15 +433,185 @@ def test_takedown_removes_rows_in_place_and_a_rerun_keeps_them_out(spark, runs, 
     assert removed[by_url["SAMPLE_ID"]] == "takedown:urls" and removed[by_image["SAMPLE_ID"]] == "takedown:images"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert [t["removed"] for t in manifest["takedowns"]] == [1, 1]
+    # the counts the run publishes follow: export's marker and card, the index's marker
+    summary = json.loads((run_dir / "export" / "_summary.json").read_text())
+    assert summary["released"] == len(left) and summary["reasons"]["takedown:urls"] == 1
+    assert summary["webdataset"]["rows"] == len(left)
+    assert summary["removed"] == len(pq.read_table(run_dir / "export_removed"))
+    assert f"| release (`laion/`) | {len(left)} |" in (run_dir / "export" / "README.md").read_text()
+    assert json.loads((run_dir / "index" / "image" / "_summary.json").read_text())["indexed"] == len(left)
+    # the same list again: a no-op that says so
+    again = pipeline_like("takedown", spark, [f"run_dir={run_dir}", f"list={tmp_path / 'urls.txt'}"])
+    assert again["already_applied"] and again["files"] == [] and file_hashes(run_dir) == after
 
-    # a later pipeline run (the same command) takes the lists as export's blocklists: export reruns and
-    # still releases neither row
+    # a later pipeline run (the same command) re-applies both by what they recorded, though one list file is
+    # gone and the other edited: export reruns and still releases neither row. Two new lists with one
+    # name (two request.txt) are two lists, not a failed export
+    (tmp_path / "urls.txt").unlink()
+    (tmp_path / "images.txt").write_text("# nothing any more\n")
+    requests = []
+    for folder, row in (("a", release[2]), ("b", release[3])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "request.txt").write_text(row["URL"] + "\n")
+        requests.append(str(tmp_path / folder / "request.txt"))
     with DemoImageServer() as server:
-        again = pipeline(spark, [*crawl["base_args"](server), f"run_dir={run_dir}", *at(crawl["threshold"] - 0.02),
-                                 f"export.blocklist.url={runs['root'] / 'takedowns.txt'}"])
-    assert "export" in ran(again)
-    assert ids(run_dir / "export" / "laion", "SAMPLE_ID") == left
+        rerun = pipeline(spark, [*crawl["base_args"](server), f"run_dir={run_dir}", *at(crawl["threshold"] - 0.02),
+                                 f"export.blocklist.url={runs['root'] / 'takedowns.txt'},{','.join(requests)}"])
+    assert "export" in ran(rerun)
+    assert ids(run_dir / "export" / "laion", "SAMPLE_ID") == sorted(set(left) - {release[2]["SAMPLE_ID"],
+                                                                               release[3]["SAMPLE_ID"]})
+    removed = {r[S.SAMPLE_ID]: r[S.REASON] for r in pq.read_table(run_dir / "export_removed").to_pylist()}
+    assert removed[release[2]["SAMPLE_ID"]] == "blocklisted:request"
+    assert removed[release[3]["SAMPLE_ID"]] == "blocklisted:request-2"
+    assert removed[by_url["SAMPLE_ID"]].startswith("blocklisted:takedown-0001-urls")
+    assert removed[by_image["SAMPLE_ID"]].startswith("blocklisted:takedown-0002-images")
+    for field in ("image", "text"):
+        assert not gone & set(ids(run_dir / "index" / field / "metadata"))
     assert json.loads((run_dir / "manifest.json").read_text())["takedowns"] == manifest["takedowns"]
+
+
+def post(url: str, body: dict):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+# the tables that keep a taken-down row for their own row accounting (its url, never its image or vectors)
+BOOKKEEPING = ("candidates", "pairs", "images", "dataset", "dataset_rejected", "embeddings", "tags", "export_removed",
+               "index/image_rejected", "index/text_rejected")
+
+
+def test_takedown_leaves_no_copy_on_an_on_disk_index_resumes_and_the_running_service_follows(
+        spark, runs, crawl, tmp_path, monkeypatch):
+    # a copy of the run whose image index is rebuilt with its lists on disk (as every index over 1 GiB);
+    # a service answering from it; one row listed by URL and one image by its SHA-256
+    import numpy as np
+
+    from laion_spark.serve.job import build_server
+    from laion_spark.takedown import rewrite as W
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["run_dir"], run_dir)
+    pipeline_like("index", spark, [f"input={run_dir / 'embeddings'}", f"output={run_dir / 'index' / 'image'}",
+                                   f"index.dataset={run_dir / 'export' / 'laion'}", "index.field=image",
+                                   "index.ondisk=true", "index.candidates=1", "mode=overwrite"])
+    assert (run_dir / "index" / "image" / "knn.ivfdata").is_file()
+    release = sorted(pq.read_table(run_dir / "export" / "laion").to_pylist(), key=lambda r: r["SAMPLE_ID"])
+    by_url, by_image = release[0], release[-1]
+    gone = {by_url["SAMPLE_ID"], by_image["SAMPLE_ID"]}
+    stored = {r[S.SAMPLE_ID]: r[S.IMAGE] for r in pq.read_table(run_dir / "images", columns=[S.SAMPLE_ID, S.IMAGE])
+              .to_pylist() if r[S.SAMPLE_ID] in gone}
+    vectors = {r[S.SAMPLE_ID]: np.asarray(r[S.IMAGE_EMBEDDING], np.float32) for r in
+               pq.read_table(run_dir / "embeddings", columns=[S.SAMPLE_ID, S.IMAGE_EMBEDDING]).to_pylist()
+               if r[S.SAMPLE_ID] in gone}
+    (tmp_path / "urls.txt").write_text(by_url["URL"] + "\n")
+    with DemoImageServer() as images:
+        digest = hashlib.sha256(served_bytes(images, by_image["URL"])).hexdigest()
+    (tmp_path / "hashes.txt").write_text(digest + "\n")
+
+    cfg, _ = cli.prepare("serve", [], [f"input={run_dir / 'index'}", f"serve.images={run_dir / 'images'}",
+                                       "serve.port=0", f"search.cache_dir={tmp_path / 'cache'}"])
+    server = build_server(cfg)
+    server.start()
+    try:
+        def answers(sample_id: int) -> set[int]:
+            found = set()
+            for name in ("image", "text"):
+                body = {"embedding_input": vectors[sample_id].tolist(), "indice_name": name, "num_images": 20,
+                        "num_result_ids": 20, "deduplicate": False, "use_safety_model": False}
+                found |= {r["id"] for r in post(server.url + "/knn-service", body)}
+                meta = post(server.url + "/metadata", {"indice_name": name, "ids": sorted(gone)})
+                found |= {m["id"] for m in meta if m.get("metadata")}
+            return found
+
+        assert gone <= answers(by_url["SAMPLE_ID"]) | answers(by_image["SAMPLE_ID"])
+        assert status_of(f"{server.url}/thumb/image/{by_url['SAMPLE_ID']}") == 200
+
+        # a takedown killed half-way (after its journal and the tombstones) resumes when run again
+        real = W.webdataset_shards
+        monkeypatch.setattr(W, "webdataset_shards", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError, match="killed"):
+            pipeline_like("takedown", spark, [f"run_dir={run_dir}", f"list={tmp_path / 'urls.txt'}"])
+        assert not answers(by_url["SAMPLE_ID"]) & gone - {by_image["SAMPLE_ID"]}  # tombstoned already
+        assert "takedowns" not in json.loads((run_dir / "manifest.json").read_text())
+        monkeypatch.setattr(W, "webdataset_shards", real)
+        first = pipeline_like("takedown", spark, [f"run_dir={run_dir}", f"list={tmp_path / 'urls.txt'}"])
+        second = pipeline_like("takedown", spark, [f"run_dir={run_dir}", f"list={tmp_path / 'hashes.txt'}",
+                                                    "kind=image_sha256"])
+        assert first["resumed"] and first["sample_ids"] == [by_url["SAMPLE_ID"]]
+        assert second["sample_ids"] == [by_image["SAMPLE_ID"]]
+
+        # the running service, never restarted: no answer, metadata or thumbnail of either row
+        assert not (answers(by_url["SAMPLE_ID"]) | answers(by_image["SAMPLE_ID"])) & gone
+        for sample_id in gone:
+            assert status_of(f"{server.url}/thumb/image/{sample_id}") == 404
+        assert status_of(f"{server.url}/thumb/image/{release[1]['SAMPLE_ID']}") == 200
+    finally:
+        server.stop()
+
+    # every file under run_dir, byte by byte: neither image, neither vector, anywhere; the URL only in
+    # the bookkeeping tables' rows; every parquet file read, not only its bytes
+    url = by_url["URL"].encode()
+    needles = [*stored.values(), *(v.tobytes() for v in vectors.values()),
+               *(v.astype(np.float16).tobytes() for v in vectors.values())]
+    removed_rows = pq.read_table(run_dir / "export_removed").to_pylist()
+    assert sum(r[S.SAMPLE_ID] == by_url["SAMPLE_ID"] for r in removed_rows) == 1  # resumed: appended once
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(run_dir))
+        data = path.read_bytes()
+        for needle in needles:
+            assert needle not in data, rel
+        keeps = rel.startswith(tuple(t + "/" for t in BOOKKEEPING)) or rel == "manifest.json"
+        if not keeps:
+            assert url not in data, rel
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+            for row in table.to_pylist():
+                values = list(row.values())
+                for needle in needles:
+                    assert not any(isinstance(v, bytes) and needle in v for v in values), rel
+                sid = row.get("sample_id", row.get("SAMPLE_ID"))
+                if not keeps:
+                    assert sid not in gone, rel
+                    assert not any(isinstance(v, str) and by_url["URL"] in v for v in values), rel
+                elif sid in gone and rel.split("/")[0] in ("images", "dataset", "dataset_rejected"):
+                    assert row.get(S.IMAGE) is None, rel
+                elif sid in gone and rel.startswith("embeddings/"):
+                    assert row[S.IMAGE_EMBEDDING] is None and row[S.TEXT_EMBEDDING] is None, rel
+        assert not any(str(i) in path.name for i in gone) or not rel.startswith("report/"), rel
+    assert not list((tmp_path / "cache").rglob("*metadata.arrow*")) or all(
+        by_url["URL"].encode() not in p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file())
+
+
+def test_a_failed_index_rebuild_leaves_the_good_index_and_release(spark, runs, crawl, tmp_path, monkeypatch):
+    from laion_spark.index import job as index_job
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["run_dir"], run_dir)
+    before = file_hashes(run_dir)
+
+    def broken(spark, cfg):
+        (Path(cfg.output) / "knn.index").parent.mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output) / "knn.index").write_bytes(b"half")
+        raise RuntimeError("the rebuild died")
+
+    monkeypatch.setattr(index_job, "run", broken)
+    with DemoImageServer() as server, pytest.raises(RuntimeError, match="rebuild died"):
+        pipeline(spark, [*crawl["base_args"](server), f"run_dir={run_dir}", *at(crawl["threshold"] - 0.02),
+                         f"export.blocklist.url={runs['root'] / 'takedowns.txt'}", "pipeline.from=index"])
+    after = file_hashes(run_dir)
+    for table in ("index/image", "index/text", "export"):
+        kept = {p: h for p, h in before.items() if p.startswith(table + "/")}
+        assert kept and all(after.get(p) == h for p, h in kept.items()), table
+    assert not (run_dir / "_lock.json").exists()
 
 
 def pipeline_like(stage: str, spark, args: list[str]) -> dict:

@@ -53,16 +53,30 @@ def _name(uri: str) -> str:
     return base
 
 
-def lists_of(section) -> list[BlockList]:
-    """export.blocklist -> its lists in config order; BlocklistError when two files have one name."""
-    out = [BlockList(_name(uri), kind, uri) for kind in KINDS for uri in getattr(section, kind)]
-    seen: dict[str, str] = {}
-    for bl in out:
-        if bl.name in seen:
-            raise BlocklistError(f"blocklists {seen[bl.name]} and {bl.uri} have one name {bl.name!r} (the file's name "
-                                 "without extension names the removal reason); rename one")
-        seen[bl.name] = bl.uri
+def named(lists: list[tuple[str, str]]) -> list[BlockList]:
+    """[(kind, uri)] in config order -> BlockLists, each named after its file; a name that an earlier
+    list already has gets `-2`, `-3`, ... (two `request.txt` files from two requesters are two lists,
+    not a failed export); the same file given twice for one kind is one list."""
+    out: list[BlockList] = []
+    seen: set[str] = set()
+    given: set[tuple[str, str]] = set()
+    for kind, uri in lists:
+        if (kind, uri) in given:
+            continue
+        given.add((kind, uri))
+        base = name = _name(uri)
+        n = 1
+        while name in seen:
+            n += 1
+            name = f"{base}-{n}"
+        seen.add(name)
+        out.append(BlockList(name, kind, uri))
     return out
+
+
+def lists_of(section) -> list[BlockList]:
+    """export.blocklist -> its lists in config order (kind by kind, file by file), named (see `named`)."""
+    return named([(kind, uri) for kind in KINDS for uri in getattr(section, kind)])
 
 
 def _url_keys_udf():
@@ -88,11 +102,15 @@ def _line_keys(lines: DataFrame, kind: str) -> DataFrame:
         parsed = lines.select(_url_keys_udf()(F.col("value")).alias("keys"))
         return parsed.select(F.explode_outer(F.coalesce(F.col("keys"), F.array(F.lit(None).cast("string"))))
                              .alias(KEY), F.col("keys").isNull().alias("bad"))
-    want = HEX_LENGTH[kind.split("_", 1)[1]]
     # the same stripping as Python's str.strip() in parse_line (Spark's trim takes spaces only), BOM too
     line = F.regexp_replace(F.col("value"), r"^[\s\x{FEFF}]+|\s+$", "")
     skip = (line == "") | line.startswith("#")
     entry = F.regexp_replace(F.split(F.split(line, " #", 2)[0], "\t#", 2)[0], r"^\s+|\s+$", "")
+    if kind == "sample_id":  # the key is the id as a decimal string (parse_line: str(int(line)))
+        good = entry.rlike(r"^-?[0-9]{1,19}$") & entry.cast("long").isNotNull()
+        return (lines.where(~skip)
+                .select(F.when(good, entry.cast("long").cast("string")).alias(KEY), (~good).alias("bad")))
+    want = HEX_LENGTH[kind.split("_", 1)[1]]
     good = entry.rlike(f"^[0-9a-fA-F]{{{want}}}$")
     return (lines.where(~skip)
             .select(F.when(good, F.lower(entry)).alias(KEY), (~good).alias("bad")))
@@ -124,6 +142,8 @@ def _normalised_udf():
 
 def row_keys(rows: DataFrame, kind: str) -> DataFrame:
     """Rows (sample_id, url, and for image kinds its digest column) -> (sample_id, key) under that kind."""
+    if kind == "sample_id":
+        return rows.select(S.SAMPLE_ID, F.col(S.SAMPLE_ID).cast("string").alias(KEY))
     if kind in IMAGE_COLUMNS:
         column = IMAGE_COLUMNS[kind]
         if column not in rows.columns:

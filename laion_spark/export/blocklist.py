@@ -1,7 +1,8 @@
 """Hash and URL blocklists (child-safety organisations' lists, takedown requests): files -> match keys.
 
 INPUT  -> a list file's text, its name (for errors) and its kind: url, url_md5, url_sha256, image_md5,
-          image_sha1 or image_sha256; a row's URL (and, on the Spark side, its image bytes' digests)
+          image_sha1, image_sha256 or sample_id (the run's own ids: what a takedown recorded); a row's
+          URL (and, on the Spark side, its image bytes' digests)
 OUTPUT -> `parse_list`: the list's keys, normalised (URLs as written and normalised, digests in lower
           case); `url_keys`: the keys a row's URL is looked up under for a kind; BlocklistError naming
           the file and line of a malformed entry
@@ -23,9 +24,10 @@ import hashlib
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-KINDS = ("url", "url_md5", "url_sha256", "image_md5", "image_sha1", "image_sha256")
+KINDS = ("url", "url_md5", "url_sha256", "image_md5", "image_sha1", "image_sha256", "sample_id")
 HEX_LENGTH = {"md5": 32, "sha1": 40, "sha256": 64}
 _HEX = re.compile(r"[0-9a-fA-F]+")
+_ID = re.compile(r"-?[0-9]{1,19}")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -86,8 +88,12 @@ def parse_line(raw: str, kind: str) -> list[str]:
         if normal is None or urlsplit(normal).scheme not in ("http", "https"):
             raise ValueError(f"not an http(s) URL: {line[:200]!r}")
         return list(dict.fromkeys((line, normal)))
-    algorithm = kind.split("_", 1)[1]
     entry = line.split(" #", 1)[0].split("\t#", 1)[0].strip()
+    if kind == "sample_id":
+        if not _ID.fullmatch(entry) or not -(2**63) <= int(entry) < 2**63:
+            raise ValueError(f"not a sample id (an integer): {entry[:80]!r}")
+        return [str(int(entry))]
+    algorithm = kind.split("_", 1)[1]
     want = HEX_LENGTH[algorithm]
     if len(entry) != want or not _HEX.fullmatch(entry):
         raise ValueError(f"not a hex {algorithm} digest ({want} hex digits): {entry[:80]!r}")

@@ -23,6 +23,34 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+COUNTS_HEADING = "## Counts"
+SUBSETS_HEADING = "### Subsets"
+
+
+def counts_lines(s: dict) -> list[str]:
+    """The summary's counts -> the card's Counts section (from its heading to the line before Subsets)."""
+    lines = ["", COUNTS_HEADING, "", "| table | rows |", "| --- | --- |",
+             f"| dataset (input) | {s['rows_in']} |",
+             f"| release (`laion/`) | {s['released']} |",
+             f"| removed (`{s['removed_output']}`) | {s['removed']} |"]
+    lines += [f"| subset `{name}` (`subsets/{name}/`) | {v['rows']} |" for name, v in s["subsets"].items()]
+    lines += ["", "### Removed, per reason", ""]
+    if s["reasons"]:
+        lines += ["| reason | rows |", "| --- | --- |", *[f"| `{r}` | {n} |" for r, n in s["reasons"].items()]]
+    else:
+        lines.append("Nothing was removed.")
+    return lines
+
+
+def recounted(text: str, summary: dict) -> str:
+    """A card's text + the summary's new counts (after a takedown) -> the card with its Counts section
+    replaced, the rest as it was."""
+    lines = text.split("\n")
+    start = lines.index(COUNTS_HEADING) - 1
+    end = lines.index(SUBSETS_HEADING) - 1
+    return "\n".join(lines[:start] + counts_lines(summary) + lines[end:])
+
+
 def card_text(spark_version: str, cfg, summary: dict) -> str:
     """-> the card's Markdown."""
     from laion_spark.marker import file_hash
@@ -33,19 +61,9 @@ def card_text(spark_version: str, cfg, summary: dict) -> str:
         f"Image-text pairs released by laion-spark {__version__} (`laion-spark export`), in "
         f"{'LAION-5B' if s['columns'] == 'laion5b' else 'LAION-400M'}'s parquet columns. "
         "Every pair keeps its scores; subsets are the rows that meet a condition, and remove nothing from the release.",
-        "", "## Counts", "",
-        "| table | rows |", "| --- | --- |",
-        f"| dataset (input) | {s['rows_in']} |",
-        f"| release (`laion/`) | {s['released']} |",
-        f"| removed (`{s['removed_output']}`) | {s['removed']} |",
     ]
-    lines += [f"| subset `{name}` (`subsets/{name}/`) | {v['rows']} |" for name, v in s["subsets"].items()]
-    lines += ["", "### Removed, per reason", ""]
-    if s["reasons"]:
-        lines += ["| reason | rows |", "| --- | --- |", *[f"| `{r}` | {n} |" for r, n in s["reasons"].items()]]
-    else:
-        lines.append("Nothing was removed.")
-    lines += ["", "### Subsets", ""]
+    lines += counts_lines(s)
+    lines += ["", SUBSETS_HEADING, ""]
     lines += [f"- `{name}`: `{v['where']}`" for name, v in s["subsets"].items()] or ["None configured."]
     if s["blocklists"]:
         lines += ["", "### Blocklists", "", "A row whose URL or image digest is on one of these lists is in no output "

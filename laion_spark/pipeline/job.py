@@ -5,22 +5,30 @@ INPUT  -> JobConfig with input (archives, as extract takes them), output (run_di
           stage's keys, and pipeline.from (rerun from this stage), pipeline.until (stop after it),
           pipeline.previous (earlier run directories whose pairs are not fetched again)
 OUTPUT -> run_dir/<table> per stage (plan.table_uris), each with its completion marker;
-          run_dir/manifest.json (manifest.py), rewritten after every step; the summary dict
+          run_dir/manifest.json (manifest.py), rewritten after every step (atomically, with the
+          takedowns on disk merged in); the summary dict
 
 A step runs the stage as `laion-spark STAGE` does (its prepare, run, row check and marker, cli.run),
 with mode=overwrite: a step that runs replaces what is there, so an interrupted one is redone whole and
-leaves no duplicates. Progress: a log line as each step starts and ends, with its counts and rate.
+leaves no duplicates. The published steps (export, index) are built beside (`<table>.building`) and
+swapped in only once complete: a failed rebuild leaves the good release and index where they were, and
+a running `serve` answers from them until it sees the new ones. The run directory is locked while the
+pipeline runs (runlock.py): a takedown waits for it, and is never undone by its next export. Every
+takedown recorded in run_dir (takedown/journal.py) is one of export's blocklists, by its recorded keys
+and ids, whatever became of its list file. Progress: a log line as each step starts and ends, with its
+counts and rate.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import time
 
 from laion_spark import progress
 from laion_spark.config import ConfigError
-from laion_spark.io import remove, write_json
+from laion_spark.io import exists, remove, write_json
 from laion_spark.pipeline import manifest as M
 from laion_spark.pipeline import plan as P
 
@@ -36,17 +44,70 @@ def prepare(cfg) -> None:
             raise ConfigError(f"{key}={value}: not a pipeline stage; valid: {', '.join(P.ORDER)}")
     if p.rerun_from and p.until and P.ORDER.index(p.rerun_from) > P.ORDER.index(p.until):
         raise ConfigError(f"pipeline.from={p.rerun_from} comes after pipeline.until={p.until}")
+    P.check(cfg)
     if not cfg.input:
         raise ConfigError("input=<archives> is required: laion-spark pipeline input=<WARC/WAT files> run_dir=<dir>")
 
 
+BESIDE = ".building"  # where a published step builds before it is swapped in
+PUBLISHED = {"export": "export.removed_output", "index": "index.rejected_output"}  # and the table beside each
+
+
+def _swap(built: str, final: str) -> None:
+    """Move a finished build over the table it replaces (the old one moved aside, then removed)."""
+    import fsspec
+
+    from laion_spark.io import fsspec_uri
+
+    fs, new = fsspec.core.url_to_fs(fsspec_uri(built))
+    old = fsspec.core.url_to_fs(fsspec_uri(final))[1].rstrip("/")
+    aside = f"{old}.replaced-{int(time.time() * 1000)}"
+    if fs.exists(old):
+        fs.mv(old, aside, recursive=True)
+    fs.mv(new.rstrip("/"), old, recursive=True)
+    if fs.exists(aside):
+        fs.rm(aside, recursive=True)
+
+
+def _retarget(uri: str, built: str, final: str) -> None:
+    """A moved table's markers name where it was built -> the place it lies now."""
+    import fsspec
+
+    from laion_spark.io import fsspec_uri
+    from laion_spark.takedown.rewrite import _replace
+
+    fs, root = fsspec.core.url_to_fs(fsspec_uri(uri))
+    for path in fs.glob(root.rstrip("/") + "/**/_summary.json") + fs.glob(root.rstrip("/") + "/_summary.json"):
+        with fs.open(path, "r") as fh:
+            text = fh.read()
+        if built in text:
+            _replace(fs, path, text.replace(built, final).encode())
+
+
 def _run_step(spark, step: P.Step) -> dict:
+    import dataclasses
+
     from laion_spark import cli
     from laion_spark.stages import get
 
     module = importlib.import_module(get(step.stage).module)
-    module.prepare(step.cfg)
-    return cli.run(step.stage, step.cfg, module, spark, label=f"pipeline {step.name}")
+    if step.stage not in PUBLISHED:
+        module.prepare(step.cfg)
+        return cli.run(step.stage, step.cfg, module, spark, label=f"pipeline {step.name}")
+    section, key = PUBLISHED[step.stage].split(".")
+    final = step.cfg.output.rstrip("/")
+    pairs = [(final + BESIDE, final), (final + BESIDE + "_" + key.split("_")[0], final + "_" + key.split("_")[0])]
+    for built, _ in pairs:
+        remove(built)  # what a killed build left
+    cfg = dataclasses.replace(step.cfg, output=pairs[0][0], **{section: dataclasses.replace(
+        getattr(step.cfg, section), **{key: pairs[1][0]})})
+    module.prepare(cfg)
+    summary = cli.run(step.stage, cfg, module, spark, label=f"pipeline {step.name}")
+    for built, target in pairs:
+        if exists(built):
+            _swap(built, target)
+            _retarget(target, built, target)
+    return json.loads(json.dumps(summary, default=str).replace(pairs[0][0], final))
 
 
 def _line(entry: dict) -> str:
@@ -57,20 +118,57 @@ def _line(entry: dict) -> str:
 
 
 def _with_takedowns(cfg, takedowns: list[dict]):
-    """The lists `laion-spark takedown` applied to this run -> added to export's blocklists, so that a
-    rerun of export (a new threshold, say) cannot release those rows again."""
+    """The takedowns applied to this run -> added to export's blocklists, so that a rerun of export (a new
+    threshold, say) cannot release those rows again: each by what it recorded in run_dir (its keys as
+    digests and its sample ids: journal.py), whatever became of its list file since. A takedown from
+    before the journal (manifest entry only) is re-applied by its list file where it still exists."""
     import dataclasses
 
+    from laion_spark.takedown import journal as J
+
     blocklist = cfg.export.blocklist
+    recorded = J.recorded(cfg.output)
     for t in takedowns:
-        have = getattr(blocklist, t["kind"])
-        if t["list"] not in have:
-            blocklist = dataclasses.replace(blocklist, **{t["kind"]: (*have, t["list"])})
+        if t.get("journal") or t["kind"] not in dataclasses.asdict(blocklist):
+            continue
+        if exists(t["list"]):
+            recorded.append((t["kind"], t["list"]))
+        else:
+            log.warning("pipeline: the takedown of %s (%s) has no journal and its file is gone: its %d rows stay out "
+                        "only while the release is not rebuilt", t["list"], t["at"], t.get("removed", 0))
+    for kind, uri in recorded:
+        have = getattr(blocklist, kind)
+        if uri not in have:
+            blocklist = dataclasses.replace(blocklist, **{kind: (*have, uri)})
     return dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, blocklist=blocklist))
 
 
+def _write_manifest(uri: str, doc: dict) -> None:
+    """The manifest, with the takedowns on disk merged in (one that ran since this run read them is kept,
+    never erased by this write)."""
+    from laion_spark.io import read_json
+
+    try:
+        on_disk = read_json(uri).get("takedowns", []) if exists(uri) else []
+    except (OSError, ValueError):
+        on_disk = []
+    have = {json.dumps(t, sort_keys=True, default=str) for t in doc.get("takedowns", [])}
+    merged = list(doc.get("takedowns", [])) + [t for t in on_disk if json.dumps(t, sort_keys=True, default=str)
+                                               not in have]
+    if merged:
+        doc["takedowns"] = merged
+    write_json(uri, doc)
+
+
 def run(spark, cfg) -> dict:
-    from laion_spark.io import exists, read_json
+    from laion_spark import runlock
+
+    with runlock.held(cfg.output, "pipeline"):
+        return _run(spark, cfg)
+
+
+def _run(spark, cfg) -> dict:
+    from laion_spark.io import read_json
 
     uris = P.table_uris(cfg.output)
     takedowns = read_json(uris["manifest"]).get("takedowns", []) if exists(uris["manifest"]) else []
@@ -83,7 +181,10 @@ def run(spark, cfg) -> dict:
         "versions": M.versions(spark), "checkpoints_and_lists": M.content_keys(all_steps),
         "config": M.config_of(cfg), "steps": [], **({"takedowns": takedowns} if takedowns else {}),
     }
-    write_json(uris["manifest"], doc)
+    _write_manifest(uris["manifest"], doc)
+    stale = uris["dataset"].rstrip("/") + "_emb"
+    if remove(stale):  # filter.npy's copy of every kept row, blocklisted ones too: export/emb replaces it
+        log.info("pipeline: removed %s (the release's vectors are in export/emb)", stale)
     ran, summaries = [], {}
     for i, step in enumerate(todo, 1):
         go, why = P.decide(step, step.name in forced, cfg.output)
@@ -110,16 +211,16 @@ def run(spark, cfg) -> dict:
                 doc["steps"].append({**M.step_entry(step, "failed", why, started, None),
                                      "error": f"{type(exc).__name__}: {str(exc)[:2000]}"})
                 doc.update(status="failed", ended=M.now())
-                write_json(uris["manifest"], doc)
+                _write_manifest(uris["manifest"], doc)
                 raise
             entry = M.step_entry(step, "run", why, started, summary)
             ran.append(step.name)
         summaries[step.name] = summary or {}
         log.info("pipeline [%d/%d] %s", i, len(todo), _line(entry))
         doc["steps"].append(entry)
-        write_json(uris["manifest"], doc)
+        _write_manifest(uris["manifest"], doc)
     doc.update(status="complete", ended=M.now())
-    write_json(uris["manifest"], doc)
+    _write_manifest(uris["manifest"], doc)
     return {"run_dir": cfg.output, "manifest": uris["manifest"], "ran": ran,
             "skipped": [s["step"] for s in doc["steps"] if s["action"] != "run"],
             "steps": doc["steps"], "tables": {k: v for k, v in uris.items() if k != "manifest"}}

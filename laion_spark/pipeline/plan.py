@@ -58,15 +58,17 @@ def steps(cfg) -> list[Step]:
     u = table_uris(cfg.output)
     base = dataclasses.replace(cfg, mode="overwrite")
     r = dataclasses.replace
-    release = u["release"] if (not cfg.export.outputs or "laion" in cfg.export.outputs) else u["dataset"]
+    release = u["release"]  # never the dataset: nothing searchable that export did not release (prepare checks)
     out = [
         Step("extract", "extract", r(base, output=u["candidates"], extract=r(cfg.extract, errors_output=""))),
         Step("dedupe", "dedupe", r(base, input=u["candidates"], output=u["pairs"],
                                    dedupe=r(cfg.dedupe, previous=_previous(cfg)))),
         Step("download", "download", r(base, input=u["pairs"], output=u["images"])),
         Step("embed", "embed", r(base, input=u["images"], output=u["embeddings"])),
+        # no filter.npy in a run: it would copy every kept row's vectors, blocklisted ones too, before
+        # export applies the lists; export/emb holds the released rows' vectors in the same format
         Step("filter", "filter", r(base, input=u["images"], output=u["dataset"], filter=r(
-            cfg.filter, embeddings=u["embeddings"], rejected_output="", npy_output=""))),
+            cfg.filter, embeddings=u["embeddings"], rejected_output="", npy_output="", npy=False))),
         Step("tag", "tag", r(base, input=u["images"], output=u["tags"], tag=r(cfg.tag, embeddings=u["embeddings"]))),
         Step("export", "export", r(base, input=u["dataset"], output=u["export"],
                                    export=r(cfg.export, format="release", tags=u["tags"], embeddings=u["embeddings"],
@@ -78,6 +80,22 @@ def steps(cfg) -> list[Step]:
                                                              rejected_output=""))))
     out.append(Step("report", "report", r(base, input=cfg.output, output=u["report"])))
     return out
+
+
+def check(cfg) -> None:
+    """ConfigError for a pipeline that would publish what export did not release: an index needs the
+    release (export.outputs with laion), and filter.npy's vectors are export's emb in a run."""
+    from laion_spark.config import ConfigError
+
+    outputs = cfg.export.outputs
+    until = cfg.pipeline.until
+    if outputs and "laion" not in outputs and (not until or ORDER.index(until) >= ORDER.index("index")):
+        raise ConfigError(f"export.outputs={','.join(outputs)} leaves out laion, the release the index is built "
+                          "from (an index of the dataset would serve blocklisted and excluded rows); add laion, or "
+                          "stop before the index with pipeline.until=export")
+    if cfg.filter.npy and outputs and "emb" not in outputs:
+        raise ConfigError("filter.npy=true in a pipeline: the release's .npy shards are export's emb output; add emb "
+                          "to export.outputs (filter.npy would also hold rows export removes)")
 
 
 def selected(all_steps: list[Step], rerun_from: str, until: str) -> tuple[list[Step], set[str]]:

@@ -5,9 +5,10 @@ OUTPUT -> the files rewritten in place (written beside, then moved over the old 
           list of the files it rewrote with how many rows each lost; a file that holds none of the ids
           is not opened for writing, so it stays byte for byte as it was
 
-Kinds: parquet folders (the release, subsets, index metadata: any column of sample ids), img2dataset
-webdataset shards (tar + parquet + _stats.json per shard), clip-retrieval .npy shards (metadata parquet
-+ img_emb / text_emb rows in the same order) and faiss indices (remove_ids, merged or sharded).
+Kinds: parquet folders (the release, subsets, index metadata: any column of sample ids; or, with
+null_columns, the rows kept and their image bytes or vectors blanked), img2dataset webdataset shards
+(tar + parquet + _stats.json per shard) and clip-retrieval .npy shards (metadata parquet + img_emb /
+text_emb rows in the same order). Faiss index folders: index_files.py.
 """
 
 from __future__ import annotations
@@ -73,6 +74,13 @@ def _holding(uri: str, ids, column: str):
         return
     wanted = _ids(ids)
     for path in sorted(fs.glob(folder.rstrip("/") + "/*.parquet")):
+        with fs.open(path, "rb") as fh:  # the id column alone first: most files hold none of the ids
+            if column not in pq.ParquetFile(fh).schema_arrow.names:
+                continue
+            fh.seek(0)
+            found = pq.read_table(fh, columns=[column])[column]
+        if not pc.any(pc.fill_null(pc.is_in(found, value_set=wanted), False)).as_py():
+            continue
         with fs.open(path, "rb") as fh:
             table = pq.read_table(fh)
         kept, removed = _without(table, column, wanted)
@@ -85,6 +93,33 @@ def parquet_folder(uri: str, ids, column: str) -> list[dict]:
     done = []
     for fs, path, _, kept, removed in _holding(uri, ids, column):
         _replace(fs, path, _parquet_bytes(kept))
+        done.append({"file": path, "removed": removed})
+    return done
+
+
+def is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def is_vector(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def null_columns(uri: str, ids, column: str, blank=is_binary) -> list[dict]:
+    """A parquet folder -> the files holding ids rewritten with those rows' columns of the given types
+    (image bytes; or vectors) set to null: the rows stay (the stage's row accounting), their image or
+    vector goes. -> [{file, removed: rows blanked}]; a file whose rows are blank already is left alone."""
+    done = []
+    for fs, path, table, _, removed in _holding(uri, ids, column):
+        hit = pc.fill_null(pc.is_in(table[column], value_set=_ids(ids)), False)
+        names = [f.name for f in table.schema if blank(f.type)]
+        if not names or all(pc.all(pc.is_null(pc.filter(table[n], hit))).as_py() for n in names):
+            continue
+        for name in names:
+            i = table.schema.get_field_index(name)
+            blank = pc.if_else(hit, pa.scalar(None, table.schema.field(i).type), table[name])
+            table = table.set_column(i, table.schema.field(i), blank)
+        _replace(fs, path, _parquet_bytes(table))
         done.append({"file": path, "removed": removed})
     return done
 
@@ -154,37 +189,4 @@ def npy_shards(uri: str, ids) -> list[dict]:
             _replace(fs, npy, buf.getvalue())
         _replace(fs, meta_path, _parquet_bytes(table.filter(pa.array(~hit))))
         done.append({"file": meta_path, "removed": int(hit.sum())})
-    return done
-
-
-def faiss_index(uri: str, ids) -> list[dict]:
-    """An index folder (knn.index, or shards/knn_*.index; faiss ids are the sample_ids) -> each index file
-    holding ids without them (remove_ids), its metadata and index_infos.json's count to match."""
-    import faiss
-
-    fs, folder = _fs(uri)
-    folder = folder.rstrip("/")
-    if not fs.exists(folder + "/index_infos.json"):
-        return []
-    with fs.open(folder + "/index_infos.json", "r") as fh:
-        infos = json.load(fh)
-    if (infos.get("layout") or {}).get("ivfdata"):
-        raise TakedownError(f"{uri}: its inverted lists are on disk (knn.ivfdata), which faiss cannot remove from; "
-                            "rebuild it (laion-spark pipeline ... pipeline.from=index)")
-    wanted = np.array(sorted(set(int(i) for i in ids)), dtype=np.int64)
-    files = [folder + "/knn.index"] if fs.exists(folder + "/knn.index") else sorted(
-        fs.glob(folder + "/shards/knn_*.index"))
-    done, total = [], 0
-    for path in files:
-        with fs.open(path, "rb") as fh:
-            index = faiss.deserialize_index(np.frombuffer(fh.read(), dtype=np.uint8))
-        removed = int(index.remove_ids(faiss.IDSelectorBatch(wanted)))
-        if removed:
-            _replace(fs, path, faiss.serialize_index(index).tobytes())
-            done.append({"file": path, "removed": removed})
-            total += removed
-    if total:
-        done += parquet_folder(f"{folder}/metadata", wanted, "sample_id")
-        infos["nb_vectors"] = int(infos.get("nb_vectors", 0)) - total
-        _replace(fs, folder + "/index_infos.json", (json.dumps(infos, indent=2, sort_keys=True) + "\n").encode())
     return done

@@ -1,0 +1,125 @@
+"""After a takedown, the counts the run publishes counted again from the files it left.
+
+INPUT  -> the run's table URIs (pipeline/plan.table_uris), a SparkSession (export_removed's reasons) and
+          the index folders the takedown changed
+OUTPUT -> export/_summary.json's released, removed, reasons, subsets' rows, webdataset and emb counts; the
+          dataset card's Counts section (export/README.md); each index's _summary.json indexed and
+          taken_down counts -> the files rewritten
+
+Counted, not adjusted by a difference: a takedown resumed after a crash writes the same numbers. Row
+counts come from the parquet footers (no data read); the reasons from export_removed, which the
+takedown appended to. The markers keep every other key (their output_hash too), so the stages stay
+complete; their own hash changes, so the steps that read them rebuild on the next pipeline run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+
+from laion_spark.takedown.rewrite import _fs, _replace
+
+
+def rows_in(uri: str, pattern: str = "*.parquet") -> int:
+    """A folder of parquet files -> their rows, from the footers."""
+    fs, folder = _fs(uri)
+    if not fs.exists(folder):
+        return 0
+    total = 0
+    for path in sorted(fs.glob(folder.rstrip("/") + "/" + pattern)):
+        with fs.open(path, "rb") as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
+def _read(fs, path: str) -> dict | None:
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as fh:
+        return json.load(fh)
+
+
+def _write(fs, path: str, data: dict) -> None:
+    _replace(fs, path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def export_marker(spark, u: dict) -> list[dict]:
+    """export/_summary.json and README.md -> recounted (see the module docstring) -> the files written."""
+    from pyspark.sql import functions as F
+
+    from laion_spark import schemas as S
+    from laion_spark.export.card import recounted
+
+    fs, export = _fs(u["export"])
+    export = export.rstrip("/")
+    summary = _read(fs, f"{export}/_summary.json")
+    if summary is None:
+        return []
+    before = json.dumps(summary, sort_keys=True, default=str)
+    summary["released"] = rows_in(u["release"])
+    removed = spark.read.parquet(u["export_removed"])
+    reasons = {r[S.REASON]: r["n"] for r in removed.groupBy(S.REASON).agg(F.count(F.lit(1)).alias("n")).collect()}
+    summary["reasons"] = dict(sorted(reasons.items()))
+    summary["removed"] = sum(reasons.values())
+    for name, sub in (summary.get("subsets") or {}).items():
+        sub["rows"] = rows_in(f"{u['export']}/subsets/{name}")
+    shards = summary.get("webdataset")
+    if shards:
+        stats = []
+        for path in sorted(fs.glob(f"{export}/webdataset/*_stats.json")):
+            with fs.open(path, "r") as fh:
+                stats.append(json.load(fh))
+        for key in ("successes", "skipped", "failed_to_download", "failed_to_resize", "tar_bytes"):
+            shards[key] = sum(s.get(key, 0) for s in stats)
+        shards["rows"] = shards["rows_in"] = sum(s["count"] for s in stats)
+        statuses: dict[str, int] = {}
+        for s in stats:
+            for status, n in s["status_dict"].items():
+                statuses[status] = statuses.get(status, 0) + n
+        shards["statuses"] = dict(sorted(statuses.items()))
+    if summary.get("emb"):
+        summary["emb"]["rows"] = rows_in(f"{u['export']}/emb", "**/metadata/metadata_*.parquet")
+    if json.dumps(summary, sort_keys=True, default=str) == before:
+        return []
+    _write(fs, f"{export}/_summary.json", summary)
+    done = [{"file": f"{export}/_summary.json", "removed": 0}]
+    card = f"{export}/README.md"
+    if fs.exists(card):
+        with fs.open(card, "r") as fh:
+            text = fh.read()
+        try:
+            new = recounted(text, summary)
+        except ValueError:  # a card without the Counts section (edited by hand): left as it is
+            new = text
+        if new != text:
+            _replace(fs, card, new.encode())
+            done.append({"file": card, "removed": 0})
+    return done
+
+
+def index_marker(marker_folder_uri: str, taken_down: int) -> list[dict]:
+    """An index stage's output (index/image: one index, or one per model below it) -> its _summary.json's
+    indexed counted from each model's index_infos.json, taken_down set -> the files written."""
+    fs, folder = _fs(marker_folder_uri)
+    folder = folder.rstrip("/")
+    summary = _read(fs, f"{folder}/_summary.json")
+    if summary is None:
+        return []
+    before = json.dumps(summary, sort_keys=True, default=str)
+    # the folders as they lie now (a copied run's markers name the old place): this one, or one per model
+    counts = {}
+    for path in [folder, *sorted(p.rstrip("/").rsplit("/", 1)[0] for p in fs.glob(f"{folder}/*/index_infos.json"))]:
+        infos = _read(fs, f"{path}/index_infos.json")
+        if infos and "nb_vectors" in infos:
+            counts[path.rsplit("/", 1)[-1]] = int(infos["nb_vectors"])
+    for model in (summary.get("models") or {}).values():
+        name = str(model.get("folder") or "").rstrip("/").rsplit("/", 1)[-1]
+        if name in counts:
+            model["nb_vectors"] = counts[name]
+    summary["indexed"] = sum(counts.values())
+    summary["taken_down"] = taken_down
+    if json.dumps(summary, sort_keys=True, default=str) == before:
+        return []
+    _write(fs, f"{folder}/_summary.json", summary)
+    return [{"file": f"{folder}/_summary.json", "removed": 0}]
