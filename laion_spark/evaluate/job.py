@@ -171,6 +171,30 @@ def results_table(summary: dict) -> str:
     return "\n".join([head, *rows])
 
 
+def remove_from_outputs(evaluate_uri: str, sample_ids) -> list[dict]:
+    """evaluate's output folder + sample_ids -> the baselines' shards (shards/<subset>/, img2dataset's layout)
+    that hold them rewritten without their rows (takedown/rewrite.py), the others untouched byte for byte
+    -> [{"file", "removed"}] per shard rewritten. No Spark. The rest holds no row: results.json and
+    results.md are figures, train/ open_clip_train's logs, and the checkpoints are deleted once measured."""
+    import fsspec
+
+    from laion_spark.io import fsspec_uri
+    from laion_spark.takedown import rewrite as W
+
+    ids = [int(i) for i in sample_ids]
+    if not ids:
+        return []
+    fs, folder = fsspec.core.url_to_fs(fsspec_uri(evaluate_uri.rstrip("/") + "/shards"))
+    if not fs.isdir(folder):
+        return []
+    done: list[dict] = []
+    for sub in sorted(p for p in fs.ls(folder, detail=False) if fs.isdir(p)):
+        # the path fs.ls gives, under the URI's own scheme again (remote stores drop it)
+        name = sub.rstrip("/").rsplit("/", 1)[-1]
+        done += W.webdataset_shards(f"{evaluate_uri.rstrip('/')}/shards/{name}", ids)
+    return done
+
+
 def format_report(summary: dict) -> str:
     r = summary["recipe"]
     return "\n".join([

@@ -6,9 +6,10 @@ OUTPUT -> {name: Subset(shards: local .tar paths, samples, source)} for the name
           all       every downloaded pair of run_dir/images (status success): no CLIP filter
           random    as many of those pairs as `filtered` holds, drawn by a hash of sample_id and
                     evaluate.seed (the same draw every time)
-          The baselines leave out every row that export or a takedown removed for a list (export_removed,
-          reasons blocklisted:* and takedown:*), and every other row with the same URL or image: a
-          taken-down image is not trained on, not even in a baseline.
+          The baselines leave out every row a list of the run matches (export's blocklists and the lists
+          takedowns recorded: run_lists), filtered or not, every row that export or a takedown removed
+          for a list (export_removed, reasons blocklisted:* and takedown:*), and every other row with the
+          same URL or image: a listed image is not trained on, not even in a baseline.
 
 Samples are counted in the tars themselves (a key with a caption and an image), not taken from any
 summary, so `train=` shards from elsewhere are counted the same way. open_clip_train opens local files:
@@ -101,27 +102,78 @@ def local_shards(uri: str, workdir: Path) -> Subset:
     return Subset(local, sum(count_samples(p) for p in local), uri)
 
 
-def baseline_pool(spark, run_dir: str):
-    """run_dir -> the success rows of its images table, less every row removed for a list (and its twins)."""
+def run_lists(run_dir: str) -> list:
+    """run_dir -> every list that applies to its rows (BlockLists, each (kind, uri) once): the lists export
+    applied (its marker's "blocklists", those whose file is still there: the rows of one deleted since are
+    in export_removed) and every list a takedown recorded under the run directory (takedown/journal.py;
+    they stay when the user's own file is gone)."""
+    from laion_spark.export.blocked import BlockList
+    from laion_spark.io import exists
+    from laion_spark.pipeline.plan import read_marker, table_uris
+    from laion_spark.takedown.journal import recorded_lists
+
+    marker = read_marker(table_uris(run_dir)["export"]) or {}
+    lists = []
+    for b in marker.get("blocklists") or []:
+        if exists(b["uri"]):
+            lists.append(BlockList(b["name"], b["kind"], b["uri"]))
+        else:
+            log.warning("export's blocklist %s is gone: only the rows export removed for it (export_removed) are "
+                        "left out", b["uri"])
+    lists += recorded_lists(run_dir)
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for bl in lists:
+        if (bl.kind, bl.uri) not in seen:
+            seen.add((bl.kind, bl.uri))
+            out.append(bl)
+    return out
+
+
+def without_listed(spark, run_dir: str, rows, lists: list | None = None):
+    """Rows of the run (sample_id, url and download's digests md5 / sha1 / sha256) -> the same rows less
+    every row a list of the run matches (`lists`, default run_lists(run_dir): a row the filter rejected
+    never reached export, and is matched here) and every row that shares a sample_id, URL or image
+    (sha256) with a row export or a takedown removed for a list (export_removed, reasons blocklisted:*
+    and takedown:*)."""
     from pyspark.sql import functions as F
 
-    from laion_spark.export.blocked import REASON_PREFIX as BLOCKLISTED
+    from laion_spark.export import blocked as B
+    from laion_spark.export.blocklist import BlocklistError
     from laion_spark.io import exists
     from laion_spark.pipeline.plan import table_uris
     from laion_spark.takedown.job import REASON_PREFIX as TAKEN_DOWN
 
+    lists = run_lists(run_dir) if lists is None else lists
+    if lists:
+        keys = [c for c in (S.SAMPLE_ID, S.URL, "md5", "sha1", "sha256") if c in rows.columns]
+        try:
+            hits = B.blocked(spark, rows.select(*keys), lists)
+        except BlocklistError as exc:
+            raise ConfigError(f"the blocklists of {run_dir}: {exc}") from None
+        rows = rows.join(hits.select(S.SAMPLE_ID), S.SAMPLE_ID, "left_anti")
+    uris = table_uris(run_dir)
+    if exists(uris["export_removed"]):
+        removed = spark.read.parquet(uris["export_removed"])
+        listed = removed.where(F.col(S.REASON).startswith(B.REASON_PREFIX) | F.col(S.REASON).startswith(TAKEN_DOWN))
+        for column in (S.SAMPLE_ID, S.URL, "sha256"):
+            if column in listed.columns and column in rows.columns:
+                gone = listed.select(column).where(F.col(column).isNotNull()).distinct()
+                rows = rows.join(gone, column, "left_anti")
+    return rows
+
+
+def baseline_pool(spark, run_dir: str):
+    """run_dir -> the success rows of its images table, less every row a list reaches (without_listed)."""
+    from pyspark.sql import functions as F
+
+    from laion_spark.io import exists
+    from laion_spark.pipeline.plan import table_uris
+
     uris = table_uris(run_dir)
     if not exists(uris["images"]):
         raise ConfigError(f"run_dir {run_dir} has no images table ({uris['images']}): the baselines are cut from it")
-    pool = spark.read.parquet(uris["images"]).where(F.col(S.STATUS) == S.SUCCESS)
-    if exists(uris["export_removed"]):
-        removed = spark.read.parquet(uris["export_removed"])
-        listed = removed.where(F.col(S.REASON).startswith(BLOCKLISTED) | F.col(S.REASON).startswith(TAKEN_DOWN))
-        for column in (S.SAMPLE_ID, S.URL, "sha256"):
-            if column in listed.columns and column in pool.columns:
-                gone = listed.select(column).where(F.col(column).isNotNull()).distinct()
-                pool = pool.join(gone, column, "left_anti")
-    return pool
+    return without_listed(spark, run_dir, spark.read.parquet(uris["images"]).where(F.col(S.STATUS) == S.SUCCESS))
 
 
 def build(spark, run_dir: str, cfg, folder: str, workdir: Path) -> dict[str, Subset]:

@@ -373,6 +373,16 @@ def _shards_index(local_parts: list[str]):
 
 
 # --------------------------------------------------------------------------------------------- the job
+def _tombstones(uri: str) -> np.ndarray:
+    """An index folder -> the ids a takedown tombstoned there (index folders below it too: one per model)."""
+    fs, folder = _fs(uri)
+    found = [np.zeros(0, np.int64)]
+    for path in fs.glob(folder.rstrip("/") + "/tombstones.npy") + fs.glob(folder.rstrip("/") + "/*/tombstones.npy"):
+        with fs.open(path, "rb") as fh:
+            found.append(np.load(fh))
+    return np.unique(np.concatenate(found)).astype(np.int64)
+
+
 def run(spark, cfg) -> dict:
     from laion_spark.filter.job import check_duplicates, read_embeddings
 
@@ -384,6 +394,12 @@ def run(spark, cfg) -> dict:
         dataset = normalise_names(spark.read.parquet(ix.dataset))
         if S.SAMPLE_ID not in dataset.columns:
             raise ConfigError(f"dataset {ix.dataset} has no sample_id (or SAMPLE_ID) column")
+    # the ids a takedown tombstoned in the folder this build replaces: never indexed again, and still
+    # tombstoned in the new folder (search and serve keep refusing them)
+    tombstones = _tombstones(cfg.output)
+    if len(tombstones):
+        embeddings = embeddings.join(spark.createDataFrame([(int(i),) for i in tombstones], f"{S.SAMPLE_ID} long"),
+                                     S.SAMPLE_ID, "left_anti")
     chosen = selected(embeddings, dataset, None)
     per_model = {r[S.CLIP_MODEL]: r["n"] for r in chosen.groupBy(S.CLIP_MODEL).agg(F.count(F.lit(1)).alias("n"))
                  .collect()}
@@ -411,6 +427,9 @@ def run(spark, cfg) -> dict:
     if cfg.mode == "overwrite" and fs.exists(out_folder):
         fs.rm(out_folder, recursive=True)
     fs.makedirs(out_folder, exist_ok=True)
+    if len(tombstones):
+        with fs.open(f"{out_folder}/tombstones.npy", "wb") as fh:
+            np.save(fh, tombstones)
 
     vec_col = S.IMAGE_EMBEDDING if ix.field == "image" else S.TEXT_EMBEDDING
     summary_models: dict = {}

@@ -84,6 +84,22 @@ def _retarget(uri: str, built: str, final: str) -> None:
             _replace(fs, path, text.replace(built, final).encode())
 
 
+def _carry_tombstones(old: str, new: str) -> None:
+    """A takedown's tombstones in the index being replaced -> into the new one (its rows are not in the
+    release it was built from; the tombstones keep every reader refusing them all the same)."""
+    import fsspec
+
+    from laion_spark.io import fsspec_uri
+
+    fs, src = fsspec.core.url_to_fs(fsspec_uri(old))
+    dst = fsspec.core.url_to_fs(fsspec_uri(new))[1].rstrip("/")
+    src = src.rstrip("/")
+    for path in fs.glob(src + "/tombstones.npy") + fs.glob(src + "/*/tombstones.npy"):
+        target = dst + path[len(src):]
+        if fs.exists(target.rsplit("/", 1)[0]) and not fs.exists(target):
+            fs.copy(path, target)
+
+
 def _run_step(spark, step: P.Step) -> dict:
     import dataclasses
 
@@ -103,6 +119,8 @@ def _run_step(spark, step: P.Step) -> dict:
         getattr(step.cfg, section), **{key: pairs[1][0]})})
     module.prepare(cfg)
     summary = cli.run(step.stage, cfg, module, spark, label=f"pipeline {step.name}")
+    if step.stage == "index":
+        _carry_tombstones(final, pairs[0][0])
     for built, target in pairs:
         if exists(built):
             _swap(built, target)

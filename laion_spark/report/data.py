@@ -6,7 +6,8 @@ OUTPUT -> a dict of plain values: the markers (each stage's counts), the funnel 
           what was removed and why), histograms (similarity per language group, with the filter's
           thresholds; punsafe / pwatermark / aesthetic_score), languages, image sizes and aspect
           ratios, download statuses, top domains, the indices' measured recall and latency, and sample
-          kept and rejected pairs (with their image bytes, for thumbnails)
+          kept and rejected pairs (with their image bytes, for thumbnails): kept ones from the release,
+          and none that a list of the run reaches (sample_pools)
 
 Every number comes from a table or a marker; nothing is estimated. Histograms are counts per bin,
 computed by Spark over every row.
@@ -109,15 +110,35 @@ def _exists(uri: str) -> bool:
     return exists(uri)
 
 
-def _samples(spark, uri: str, where, extra: list[str], n: int) -> list[dict]:
-    df = spark.read.parquet(uri)
-    if S.IMAGE not in df.columns:
+def _samples(rows, where, extra: list[str], n: int) -> list[dict]:
+    if S.IMAGE not in rows.columns:
         return []
-    rows = (df.where(where & F.col(S.IMAGE).isNotNull())
+    rows = (rows.where(where & F.col(S.IMAGE).isNotNull())
             .orderBy(F.xxhash64(F.col(S.SAMPLE_ID)))  # a spread of the table, the same on every run
-            .select(S.SAMPLE_ID, S.URL, S.TEXT, S.IMAGE, *[c for c in extra if c in df.columns])
+            .select(S.SAMPLE_ID, S.URL, S.TEXT, S.IMAGE, *[c for c in extra if c in rows.columns])
             .limit(n).collect())
     return [r.asDict() for r in rows]
+
+
+def sample_pools(spark, run_dir: str) -> dict:
+    """run_dir -> {"kept": rows the release holds (the dataset's rows, only those in export/laion once
+    export wrote it), "rejected": the filter's rejected rows}, each less every row a list of the run
+    reaches (evaluate.subsets.without_listed): a listed image is not published in the report, not even
+    before export or among the rows the filter rejected. A table the run lacks is left out."""
+    from laion_spark.evaluate.subsets import run_lists, without_listed
+
+    u = table_uris(run_dir)
+    lists = run_lists(run_dir)
+    pools = {}
+    if _exists(u["dataset"]):
+        kept = spark.read.parquet(u["dataset"])
+        if _exists(u["release"]):
+            released = spark.read.parquet(u["release"]).select(F.col("SAMPLE_ID").alias(S.SAMPLE_ID))
+            kept = kept.join(released, S.SAMPLE_ID, "left_semi")
+        pools["kept"] = without_listed(spark, run_dir, kept, lists)
+    if _exists(u["dataset_rejected"]):
+        pools["rejected"] = without_listed(spark, run_dir, spark.read.parquet(u["dataset_rejected"]), lists)
+    return pools
 
 
 def input_errors(spark, uri: str, top: int = TOP) -> list[dict]:
@@ -176,9 +197,10 @@ def gather(spark, run_dir: str, samples: int = 8) -> dict:
             out["indices"][f] = {k: infos.get(k) for k in ("index_key", "index_param", "nb_vectors", "dimension",
                                                             "recall_at_1", "recall_at_10", "latency_ms_p50",
                                                             "latency_ms_p99", "size_bytes")}
-    if _exists(u["dataset"]):
-        out["kept"] = _samples(spark, u["dataset"], F.lit(True), [S.SIMILARITY, S.LANGUAGE], samples)
-    if _exists(u["dataset_rejected"]):
-        out["rejected"] = _samples(spark, u["dataset_rejected"], F.col(S.REASON) == "below_threshold",
+    pools = sample_pools(spark, run_dir)
+    if "kept" in pools:
+        out["kept"] = _samples(pools["kept"], F.lit(True), [S.SIMILARITY, S.LANGUAGE], samples)
+    if "rejected" in pools:
+        out["rejected"] = _samples(pools["rejected"], F.col(S.REASON) == "below_threshold",
                                    [S.SIMILARITY, S.LANGUAGE, S.REASON], samples)
     return out

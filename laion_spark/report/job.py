@@ -16,6 +16,12 @@ log = logging.getLogger(__name__)
 
 RESUMES = True  # the report describes a run; it is rewritten whole each time, not an error to redo
 THUMBNAIL = 200
+SAMPLE_KINDS = ("kept", "rejected")
+
+
+def thumbnail_name(kind: str, sample_id: int) -> str:
+    """A sample's kind (kept / rejected) and id -> its thumbnail's path in the report folder."""
+    return f"samples/{kind}_{int(sample_id) & 0xFFFFFFFFFFFFFFFF:016x}.jpg"
 
 
 def default_output(cfg) -> str:
@@ -61,11 +67,11 @@ def run(spark, cfg) -> dict:
             fh.write(png)
         files[name] = f"plots/{name}.png"
     thumbs = {}
-    for kind in ("kept", "rejected"):
+    for kind in SAMPLE_KINDS:
         for row in gathered.get(kind) or []:
             jpeg = _thumbnail(row["image"])
             if jpeg is not None:
-                name = f"samples/{kind}_{row['sample_id'] & 0xFFFFFFFFFFFFFFFF:016x}.jpg"
+                name = thumbnail_name(kind, row["sample_id"])
                 with fs.open(f"{folder}/{name}", "wb") as fh:
                     fh.write(jpeg)
                 thumbs[f"{kind}:{row['sample_id']}"] = name
@@ -75,6 +81,41 @@ def run(spark, cfg) -> dict:
     log.info("report: %s/index.html (%d plots, %d thumbnails)", cfg.output, len(files), len(thumbs))
     return {"report": cfg.output.rstrip("/") + "/index.html", "funnel": funnel, "plots": sorted(files),
             "thumbnails": len(thumbs)}
+
+
+def remove_samples(report_uri: str, sample_ids) -> list[dict]:
+    """A written report folder + sample_ids -> their thumbnails (samples/*.jpg) deleted and index.html
+    rewritten without their cards (caption and image), the other files untouched byte for byte ->
+    [{"file", "removed"}] per file changed (a thumbnail deleted: removed 1; the page: the cards it lost).
+    No Spark. The plots and the funnel are counts over every row: they show no row of their own."""
+    import fsspec
+
+    from laion_spark.io import fsspec_uri
+    from laion_spark.report import page
+    from laion_spark.takedown.rewrite import _replace
+
+    ids = {int(i) for i in sample_ids}
+    fs, folder = fsspec.core.url_to_fs(fsspec_uri(report_uri))
+    folder = folder.rstrip("/")
+    done: list[dict] = []
+    if not ids or not fs.isdir(folder):
+        return done
+    for sample_id in sorted(ids):
+        for kind in SAMPLE_KINDS:
+            path = f"{folder}/{thumbnail_name(kind, sample_id)}"
+            if fs.exists(path):
+                fs.rm(path)
+                done.append({"file": path, "removed": 1})
+    index = f"{folder}/index.html"
+    if fs.exists(index):
+        with fs.open(index, "r", encoding="utf-8") as fh:
+            html = fh.read()
+        thumbs = {thumbnail_name(kind, i) for i in ids for kind in SAMPLE_KINDS}
+        rewritten, removed = page.without_samples(html, ids, thumbs)
+        if removed:
+            _replace(fs, index, rewritten.encode("utf-8"))
+            done.append({"file": index, "removed": removed})
+    return done
 
 
 def format_report(summary: dict) -> str:

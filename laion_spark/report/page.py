@@ -8,6 +8,7 @@ OUTPUT -> the HTML text: the funnel as a table (each count in a cell with data-t
 
 from __future__ import annotations
 
+import re
 from html import escape
 
 CSS = """
@@ -106,9 +107,33 @@ def _cards(rows: list[dict], thumbs: dict, kind: str) -> str:
             extra += f" &middot; {escape(str(r['language']))}"
         src = thumbs.get(f"{kind}:{r['sample_id']}")
         image = f'<img src="{escape(src)}" alt="">' if src else '<p class="muted">(no image)</p>'
-        cards.append(f'<div class="card" data-kind="{kind}">{image}<div>{escape(str(r.get("text") or ""))}</div>'
-                     f'<div class="muted">{extra}</div></div>')
+        cards.append(f'<div class="card" data-kind="{kind}" data-sample="{int(r["sample_id"])}">{image}'
+                     f'<div>{escape(str(r.get("text") or ""))}</div><div class="muted">{extra}</div></div>')
     return f'<div class="grid">{"".join(cards)}</div>'
+
+
+# one card as _cards writes it (its text is escaped: no "<" inside); data-sample is absent from pages
+# written before it was added, whose cards are known by their thumbnail
+_CARD = re.compile(r'<div class="card" data-kind="[a-z]+"(?: data-sample="(?P<id>-?[0-9]+)")?>'
+                   r'(?:<img src="(?P<src>[^"]*)" alt="">|<p class="muted">\(no image\)</p>)'
+                   r'<div>[^<]*</div><div class="muted">[^<]*</div></div>')
+_EMPTY_GRID = '<div class="grid"></div>'
+
+
+def without_samples(html: str, sample_ids: set[int], thumbnails: set[str]) -> tuple[str, int]:
+    """A page render wrote + sample ids + their thumbnails' file names -> the page without their cards
+    (an emptied grid says None.), and how many cards went."""
+    removed = 0
+
+    def card(m: re.Match) -> str:
+        nonlocal removed
+        ours = (m["id"] is not None and int(m["id"]) in sample_ids) or (m["src"] is not None
+                                                                       and m["src"] in thumbnails)
+        removed += ours
+        return "" if ours else m[0]
+
+    out = _CARD.sub(card, html)
+    return (out.replace(_EMPTY_GRID, '<p class="muted">None.</p>') if removed else html), removed
 
 
 def render(data: dict, plots: dict, thumbs: dict) -> str:
