@@ -1,24 +1,35 @@
-"""Where a searched index lives on this machine.
+"""Where a searched index lives on this machine, and which version of it that is.
 
 INPUT  -> an index URI (a local folder, s3://, gs://, dbfs:/, /Volumes/...) and search.cache_dir
-OUTPUT -> the local folder faiss opens (the folder itself when local; else a copy in the cache,
-          reused while the remote index_infos.json is the same), and a cache folder of its own for
-          the metadata lookup files
+OUTPUT -> `read_state`: the index's version as its bytes say it (index_infos.json, tombstones.npy);
+          the local folder faiss opens (the folder itself when local; else a copy in the cache, reused
+          while that version is the same), and a cache folder of its own for the metadata lookup files
 
 Why a copy: faiss memory-maps local files only; an index larger than RAM is searched from local
 disk, not read into memory from an object store.
+
+Why a cache folder per version, and the older ones of the same URI removed: a takedown writes
+tombstones.npy and a new index_infos.json; a copy or lookup files of the version before still hold the
+removed rows, which must not stay on this disk (a process still mapping them keeps its mapping).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import logging
 import os
+import shutil
 
 from laion_spark.io import fsspec_uri
 
+log = logging.getLogger(__name__)
+
 INFOS = "index_infos.json"
-FILES = ("knn.index", "knn.ivfdata", INFOS)
+# sorted, unique int64 sample_ids (np.save) that no answer may hold, whatever the index files still do:
+# a takedown writes it first, then rewrites (or later rebuilds) the index files
+TOMBSTONES = "tombstones.npy"
 # Databricks' FUSE mounts of remote storage (dbfs:/ is read at /dbfs/, Unity Catalog volumes at /Volumes/):
 # local paths to fsspec, but each page faiss touches through a memory map would be a request to the store
 REMOTE_MOUNTS = ("/dbfs/", "/Volumes/")
@@ -44,29 +55,59 @@ def is_local(uri: str) -> bool:
     return not any((path + "/").startswith(m) for m in REMOTE_MOUNTS)
 
 
+def read_state(uri: str) -> tuple[bytes, bytes | None]:
+    """Index folder URI -> (its index_infos.json's bytes, its tombstones.npy's bytes or None): what a
+    Searcher compares to know whether the index changed. Infos are read first: a takedown writes the
+    tombstones before the infos, so tombstones read after are never older than the infos read."""
+    fs, path = _fs(uri)
+    base = path.rstrip("/")
+    try:
+        with fs.open(f"{base}/{INFOS}", "rb") as fh:
+            infos = fh.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} is not an index folder: it has no {INFOS} (the index stage writes one)") \
+            from None
+    try:
+        with fs.open(f"{base}/{TOMBSTONES}", "rb") as fh:
+            tombstones = fh.read()
+    except FileNotFoundError:
+        tombstones = None
+    return infos, tombstones
+
+
 def read_infos(uri: str) -> dict:
     """Index folder URI -> its index_infos.json (FileNotFoundError naming what is missing)."""
-    fs, path = _fs(uri)
-    target = f"{path.rstrip('/')}/{INFOS}"
-    if not fs.exists(target):
-        raise FileNotFoundError(f"{uri} is not an index folder: it has no {INFOS} (the index stage writes one)")
-    with fs.open(target, "r") as fh:
-        return json.load(fh)
+    return json.loads(read_state(uri)[0])
 
 
-def cache_folder(uri: str, infos: dict, cache_dir: str = "") -> str:
-    """-> this index's own folder in the cache, named by its URI and its index_infos.json's content
-    (a rebuilt index at the same URI gets a new folder, never stale lookup files)."""
-    key = hashlib.sha256((fsspec_uri(uri).rstrip("/") + "\n" + json.dumps(infos, sort_keys=True)).encode())
-    folder = os.path.join(cache_dir or default_cache_dir(), key.hexdigest()[:20])
+def _uri_key(uri: str) -> str:
+    return hashlib.sha256(fsspec_uri(uri).rstrip("/").encode()).hexdigest()[:16]
+
+
+def cache_folder(uri: str, infos: dict, cache_dir: str = "", tombstones: bytes | None = None) -> str:
+    """-> this index version's own folder in the cache, `<hash of URI>-<hash of infos + tombstones>`; the
+    folders of other versions of the same URI are removed (they hold rows a takedown removed since)."""
+    root = cache_dir or default_cache_dir()
+    version = hashlib.sha256(json.dumps(infos, sort_keys=True).encode() + b"\n" + (tombstones or b""))
+    own = _uri_key(uri)
+    folder = os.path.join(root, f"{own}-{version.hexdigest()[:16]}")
     os.makedirs(folder, exist_ok=True)
+    for old in glob.glob(os.path.join(glob.escape(root), own + "-*")):
+        if old != folder:
+            try:
+                shutil.rmtree(old)
+            except FileNotFoundError:  # another process removed it first
+                pass
+            except OSError as exc:
+                log.warning("search: could not remove %s, the cache of an older version of %s: %s", old, uri, exc)
     return folder
 
 
-def local_index_folder(uri: str, infos: dict, cache: str) -> str:
+def local_index_folder(uri: str, infos: dict, cache: str, tombstones: bytes | None = None) -> str:
     """-> a local folder holding the index files (uri itself when local; else, remote or on a FUSE mount
     of remote storage, copied into cache/index, once: a finished copy is marked by its own
-    index_infos.json, written last)."""
+    index_infos.json, written last). The metadata is not copied: the lookup files are built from the
+    source (metadata.py)."""
     fs, path = _fs(uri)
     if is_local(uri):
         return path
@@ -75,13 +116,15 @@ def local_index_folder(uri: str, infos: dict, cache: str) -> str:
         return local
     os.makedirs(local, exist_ok=True)
     base = path.rstrip("/")
-    for name in FILES[:-1]:
-        if fs.exists(f"{base}/{name}"):
-            fs.get(f"{base}/{name}", os.path.join(local, name))
+    # *.ivfdata: the on-disk lists, under the name knn.index gives them (a takedown may rename them)
+    for remote in [f"{base}/knn.index", *fs.glob(f"{base}/*.ivfdata")]:
+        if fs.exists(remote) and not remote.rsplit("/", 1)[-1].startswith("."):  # not a file being written
+            fs.get(remote, os.path.join(local, remote.rstrip("/").rsplit("/", 1)[-1]))
     if fs.exists(f"{base}/shards"):
         fs.get(f"{base}/shards/", os.path.join(local, "shards") + "/", recursive=True)
-    if fs.exists(f"{base}/metadata"):
-        fs.get(f"{base}/metadata/", os.path.join(local, "metadata") + "/", recursive=True)
+    if tombstones is not None:  # the bytes this version was read with, not a newer file
+        with open(os.path.join(local, TOMBSTONES), "wb") as fh:
+            fh.write(tombstones)
     with open(os.path.join(local, INFOS), "w") as fh:
         json.dump(infos, fh)
     return local

@@ -1,35 +1,55 @@
 """Metadata rows by sample_id, without a scan.
 
-INPUT  -> the index's metadata/ parquet folder (sorted by sample_id) and a cache folder
+INPUT  -> the index's metadata/ parquet folder (any fsspec URI; sorted by sample_id), a cache folder and
+          the index's tombstones (sample_ids no answer may hold)
 OUTPUT -> `Metadata.rows(ids)`: one dict per id (None where the index has no such row)
 
 The parquet is turned once into two cache files: `sample_ids.npy`, the sorted id column, memory-mapped
 (np.load(mmap_mode="r")), and `metadata.arrow`, the rows in the same order as an Arrow IPC file,
 memory-mapped too. A lookup is a binary search (np.searchsorted) in the first and a take() of those
-rows from the second: the cost of k rows, whatever the table's size.
+rows from the second: the cost of k rows, whatever the table's size. Tombstoned rows are left out of
+both files: a takedown's rows must not be copied to this disk again, even while the source parquet still
+holds them (it is rewritten after the tombstones are written).
 """
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
+
+from laion_spark.io import fsspec_uri
 
 SAMPLE_ID = "sample_id"
 _DONE = "_done"
 
 
-def _build(parquet_folder: str, cache: str) -> None:
+def _read(parquet_folder: str):
+    import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = sorted(glob.glob(os.path.join(parquet_folder, "*.parquet")))
+    fs, path = fsspec.core.url_to_fs(fsspec_uri(parquet_folder))
+    # not the hidden ones (Spark's _temporary, a takedown's `.name` written beside the file it replaces)
+    files = sorted(f for f in fs.glob(f"{path.rstrip('/')}/*.parquet")
+                   if not f.rstrip("/").rsplit("/", 1)[-1].startswith((".", "_")))
     if not files:
         raise FileNotFoundError(f"{parquet_folder} holds no parquet files (the index stage writes metadata/ there)")
-    tables = [pq.read_table(f) for f in files]
-    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    tables = []
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            tables.append(pq.read_table(fh))
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def _build(parquet_folder: str, cache: str, tombstones: np.ndarray | None = None) -> None:
+    import pyarrow as pa
+
+    table = _read(parquet_folder)
     ids = table.column(SAMPLE_ID).to_numpy()
+    if tombstones is not None and len(tombstones):
+        table = table.filter(pa.array(~np.isin(ids, tombstones)))
+        ids = table.column(SAMPLE_ID).to_numpy()
     if len(ids) > 1 and not np.all(ids[1:] >= ids[:-1]):  # range-partitioned files read in name order: sorted
         table = table.sort_by(SAMPLE_ID)
         ids = table.column(SAMPLE_ID).to_numpy()
@@ -48,13 +68,14 @@ def _build(parquet_folder: str, cache: str) -> None:
 
 
 class Metadata:
-    """The metadata of one index, memory-mapped from the cache (built there on first use)."""
+    """The metadata of one index, memory-mapped from the cache (built there on first use). The cache folder
+    is one index version's own (local.cache_folder): its tombstones are those of that version."""
 
-    def __init__(self, parquet_folder: str, cache: str):
+    def __init__(self, parquet_folder: str, cache: str, tombstones: np.ndarray | None = None):
         import pyarrow as pa
 
         if not os.path.exists(os.path.join(cache, _DONE)):
-            _build(parquet_folder, cache)
+            _build(parquet_folder, cache, tombstones)
         self.ids = np.load(os.path.join(cache, "sample_ids.npy"), mmap_mode="r")
         self.table = pa.ipc.open_file(pa.memory_map(os.path.join(cache, "metadata.arrow"))).read_all()
         self.columns = [c for c in self.table.column_names if c != SAMPLE_ID]

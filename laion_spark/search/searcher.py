@@ -1,19 +1,27 @@
 """Search one index from Python: a text, an image or an embedding -> the top-k rows with their metadata.
 
 INPUT  -> an index folder URI (the index stage's output: knn.index [+ knn.ivfdata] or shards/, metadata/,
-          index_infos.json), a query, k and the filters
+          index_infos.json, tombstones.npy where a takedown wrote one), a query, k and the filters
 OUTPUT -> `Searcher.query(...)`: rows best first, each {sample_id, similarity (the cosine between the
           query and the result, as faiss' codes give it), url, text, ... the metadata columns}; the
-          metadata's own image-text cosine is `pair_similarity` there
+          metadata's own image-text cosine is `pair_similarity` there; `Searcher.changed()`: whether the
+          index at its URI is no longer the version opened (a server then opens it again)
 
 The index opens memory-mapped (IO_FLAG_MMAP, or the on-disk lists in knn.ivfdata), so an index larger
 than RAM is searched from disk; a remote one is copied to the cache first (local.py). The CLIP that
 encodes a text or image query is the one index_infos.json names (`model`): search needs no other flag.
+
+Tombstones: a takedown writes tombstones.npy (the removed sample_ids) before it rewrites the index files,
+which for on-disk lists means a rebuild that can take long. Whatever the files still hold, no result and
+no metadata lookup gives a tombstoned id: an IVF searched without reconstruction skips them inside faiss
+(an IDSelector), every other search asks for as many more results as there are tombstones and drops them.
 """
 
 from __future__ import annotations
 
 import glob
+import io
+import json
 import logging
 import os
 
@@ -42,7 +50,40 @@ def _open_index(folder: str, infos: dict):
     path = os.path.join(folder, "knn.index")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{folder} has neither knn.index nor shards/knn_*.index")
+    if glob.glob(os.path.join(glob.escape(folder), "*.ivfdata")) and not os.path.exists(
+            os.path.join(folder, "knn.ivfdata")):
+        import faiss
+
+        # on-disk lists under the name knn.index gives them (a takedown's rewrite may rename the file)
+        return faiss.read_index(path, faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
     return B.read_index(path, mmap=True)
+
+
+def read_tombstones(data: bytes | None) -> np.ndarray:
+    """tombstones.npy's bytes (None: no file) -> the sorted, unique int64 sample_ids it holds."""
+    if data is None:
+        return np.empty(0, dtype=np.int64)
+    ids = np.load(io.BytesIO(data), allow_pickle=False)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise ValueError(f"{local.TOMBSTONES} holds {ids.dtype} of shape {ids.shape}, not a list of sample_ids")
+    return np.unique(ids.astype(np.int64))
+
+
+def _skipping(index, tombstones: np.ndarray):
+    """-> (faiss search parameters that leave the tombstoned ids out inside an IVF's search, the selectors
+    they point to, kept alive with them), or None where the index is no single faiss IVF or has no
+    tombstones (the results are filtered after the search)."""
+    import faiss
+
+    if not len(tombstones) or isinstance(index, B.ShardSet):
+        return None
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    batch = faiss.IDSelectorBatch(tombstones)
+    selector = faiss.IDSelectorNot(batch)
+    # explicit parameters replace the index's own: the tuned nprobe goes along
+    return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe, max_codes=ivf.max_codes), (batch, selector)
 
 
 class Searcher:
@@ -52,18 +93,39 @@ class Searcher:
         from laion_spark.index.tune import apply
 
         self.uri = index_uri
-        self.infos = local.read_infos(index_uri)
+        self.cache_dir = cache_dir
+        self._state = local.read_state(index_uri)  # the version opened: what changed() compares
+        infos, tombstones = self._state
+        self.infos = json.loads(infos)
+        self.tombstones = read_tombstones(tombstones)
         self.name = os.path.basename(index_uri.rstrip("/")) or index_uri
         self.field = self.infos.get("field", "image")
         self.dimension = int(self.infos["dimension"])
         self.device = device
-        cache = local.cache_folder(index_uri, self.infos, cache_dir)
-        self.folder = local.local_index_folder(index_uri, self.infos, cache)
+        cache = local.cache_folder(index_uri, self.infos, cache_dir, tombstones)
+        self.folder = local.local_index_folder(index_uri, self.infos, cache, tombstones)
         self.index = _open_index(self.folder, self.infos)
         if self.infos.get("index_param"):
             apply(self.index, self.infos["index_param"])
-        self.meta = Metadata(os.path.join(self.folder, "metadata"), os.path.join(cache, "metadata"))
+        self._skip = _skipping(self.index, self.tombstones)
+        self.meta = Metadata(f"{index_uri.rstrip('/')}/metadata", os.path.join(cache, "metadata"), self.tombstones)
         self._model = None
+
+    def changed(self) -> bool:
+        """-> whether the index at the URI is no longer the version opened (its index_infos.json or
+        tombstones.npy differ: a takedown, a rebuild). Reads those two small files; raises what reading
+        them raises (a folder gone: FileNotFoundError)."""
+        return local.read_state(self.uri) != self._state
+
+    def reopen(self) -> Searcher:
+        """-> a new Searcher of the index now at the URI (the model, cached per process, is not loaded again)."""
+        return Searcher(self.uri, self.cache_dir, self.device)
+
+    def _alive(self, ids: np.ndarray) -> np.ndarray:
+        """int64 ids -> a mask: True where the id is not tombstoned."""
+        if not len(self.tombstones):
+            return np.ones(len(ids), dtype=bool)
+        return ~np.isin(ids, self.tombstones)
 
     # ------------------------------------------------------------------ encoding a query
     def _loaded(self):
@@ -144,7 +206,9 @@ class Searcher:
         q = self._vector(vector)[None, :]
         total = int(self.index.ntotal)
         filtering = deduplicate or unique_urls or max_punsafe is not None or max_pwatermark is not None
-        depth = min(total, k if not filtering else max(4 * k, k + 16))
+        # the tombstoned rows are dropped after the search, unless faiss skips them (no reconstruction there)
+        dropped_after = len(self.tombstones) if self._skip is None or deduplicate else 0
+        depth = min(total, (k if not filtering else max(4 * k, k + 16)) + dropped_after)
         while True:
             rows, vectors = self._search(q, depth, with_vectors=deduplicate)
             kept, dropped = apply_filters(rows, vectors, deduplicate, dedup_threshold, unique_urls, max_punsafe,
@@ -169,9 +233,11 @@ class Searcher:
                             self.name, exc)
                 scores, ids = self.index.search(q, depth)
                 vectors = None
+        elif self._skip is not None:
+            scores, ids = self.index.search(q, depth, params=self._skip[0])
         else:
             scores, ids = self.index.search(q, depth)
-        real = ids[0] != B.NO_ID
+        real = (ids[0] != B.NO_ID) & self._alive(ids[0])
         ids, scores = ids[0][real], scores[0][real]
         if vectors is not None:
             vectors = vectors[real]
@@ -186,12 +252,14 @@ class Searcher:
         return rows, vectors
 
     def metadata(self, sample_ids) -> list[dict | None]:
-        """sample_ids -> their metadata rows (None where the index has no such id); similarity as pair_similarity."""
+        """sample_ids -> their metadata rows (None where the index has no such id, or a takedown removed it);
+        similarity as pair_similarity."""
         out = []
-        for row in self.meta.rows(sample_ids):
+        alive = self._alive(np.asarray(sample_ids, dtype=np.int64).reshape(-1))
+        for row, keep in zip(self.meta.rows(sample_ids), alive.tolist(), strict=True):
             if row is not None and SIMILARITY in row:
                 row[PAIR_SIMILARITY] = row.pop(SIMILARITY)
-            out.append(row)
+            out.append(row if keep else None)
         return out
 
 

@@ -11,10 +11,15 @@ OUTPUT -> GET  /                  the search page (page.py), /app.js, /app.css
                                   X-Ignored-Fields the fields clip-retrieval does not have either
           POST /metadata          {"indice_name", "ids"} -> [{"id", "metadata"}]
           GET  /thumb/<indice>/<sample_id>   the stored image bytes of a row of that index
-          every refusal: a 4xx with {"error": message}; never a dropped connection
+          every refusal: a 4xx with {"error": message}; never a dropped connection; a 503 (Retry-After)
+          while an index (or the images table) changed on disk and cannot be opened again yet
 
 `SearchService.respond(method, path, headers, body)` is the whole service without sockets; the handler
 only reads the request and writes the Response. A bug answers 500 with its message and is logged.
+
+Why each answer first asks live.py for its index: a takedown writes tombstones.npy and rewrites index
+files under a running server; the next answer (within a second) comes from the new version or is a 503,
+never from the files as they were.
 
 Why a Host check: bound to loopback (the default), the server refuses requests whose Host is no
 loopback name, so a web page the user visits cannot reach it through DNS rebinding (a name of the
@@ -37,6 +42,8 @@ from urllib.parse import quote, unquote
 
 from laion_spark.serve import api, page
 from laion_spark.serve.api import ApiError, Settings
+from laion_spark.serve.live import CHECK_SECONDS, IndexUnavailable, LiveIndices
+from laion_spark.serve.thumbs import ImagesUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +90,15 @@ def _is_loopback_host(host: str) -> bool:
 class SearchService:
     """Everything the handlers share: indices, settings, image store, fetcher, request counts (thread-safe)."""
 
-    def __init__(self, indices: dict, settings: Settings, images=None, fetcher=None, loopback_only: bool = True):
+    def __init__(self, indices: dict, settings: Settings, images=None, fetcher=None, loopback_only: bool = True,
+                 check_interval: float = CHECK_SECONDS):
         """indices: {name: Searcher}; images: an ImageStore or None (thumbnails are then the result URLs);
         fetcher: a download Fetcher for image_url queries (None: image_url is refused); loopback_only: refuse
-        requests whose Host is not a loopback name (the server is bound to loopback)."""
+        requests whose Host is not a loopback name (the server is bound to loopback); check_interval: how
+        often (seconds, at most) each index's files are looked at for a change."""
         if not indices:
             raise ValueError("no index to serve")
-        self.indices = indices
+        self.live = LiveIndices(indices, check_interval)
         self.settings = settings
         self.images = images
         self.fetcher = fetcher
@@ -106,6 +115,8 @@ class SearchService:
             response = self._dispatch(method, route, headers, body)
         except ApiError as exc:
             response = error_response(exc.status, exc.message)
+        except (IndexUnavailable, ImagesUnavailable) as exc:  # changed files not open yet: no stale answer
+            response = error_response(503, str(exc), {"Retry-After": "1"})
         except Exception as exc:  # a bug: the client gets a message, the log the traceback
             log.exception("serve: %s %s failed", method, route)
             response = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
@@ -145,6 +156,12 @@ class SearchService:
             return self._knn(data)
         return self._metadata(data)
 
+    @property
+    def indices(self) -> dict:
+        """{name: the Searcher last opened}: what names and describes each index (field, model, infos). An
+        answer comes from self.live.get(name) instead, which follows the files."""
+        return self.live.last_opened()
+
     # ------------------------------------------------------------------ routes
     def config(self) -> dict:
         s = self.settings
@@ -163,6 +180,7 @@ class SearchService:
 
         started = time.perf_counter()
         q = api.parse_knn(data, self.indices, self.settings)
+        searcher = self.live.get(q.index)
         image = self._fetch(q.image_url) if q.image_url is not None else None
         thumbnail = None
         if self.images is not None:
@@ -171,7 +189,7 @@ class SearchService:
             def thumbnail(sample_id: int) -> str:
                 return f"{prefix}{sample_id}"
         try:
-            results = api.run_knn(self.indices[q.index], q, self.settings, image, thumbnail)
+            results = api.run_knn(searcher, q, self.settings, image, thumbnail)
         except SearchError as exc:
             raise ApiError(400, str(exc)) from None
         headers = {"X-Index": q.index}
@@ -210,18 +228,18 @@ class SearchService:
 
     def _metadata(self, data) -> Response:
         name, ids = api.parse_metadata(data, self.indices, self.settings)
-        return json_response(200, api.metadata_response(self.indices[name], ids))
+        return json_response(200, api.metadata_response(self.live.get(name), ids))
 
     def _thumb(self, indice: str, sample_id: int) -> Response:
-        if indice not in self.indices:
-            raise ApiError(404, f"unknown index {indice!r}; served: {', '.join(self.indices)}")
+        if indice not in self.live:
+            raise ApiError(404, f"unknown index {indice!r}; served: {', '.join(self.live)}")
         if self.images is None:
             raise ApiError(404, "this server has no images table (serve.images=): the page shows the result URLs")
         if not -2**63 <= sample_id < 2**63:
             raise ApiError(404, f"no sample_id {sample_id}")
-        # only rows the index holds: the images table also has the rows a filter or a blocklist removed,
-        # which must not become reachable by guessing ids
-        if self.indices[indice].metadata([sample_id])[0] is None:
+        # only rows the index holds now: the images table also has the rows a filter or a blocklist removed,
+        # which must not become reachable by guessing ids, and a takedown's rows until it is rewritten
+        if self.live.get(indice).metadata([sample_id])[0] is None:
             raise ApiError(404, f"index {indice!r} has no sample_id {sample_id}")
         found = self.images.get(sample_id)
         if found is None:
