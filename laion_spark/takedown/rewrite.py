@@ -52,7 +52,10 @@ def _replace(fs, path: str, data: bytes) -> None:
 
 def _parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="snappy")
+    # timestamps as Spark writes them (INT96, its default): pyarrow's INT64 nanoseconds are a type Spark
+    # refuses to read beside the other part files of the table
+    int96 = any(pa.types.is_timestamp(f.type) for f in table.schema)
+    pq.write_table(table, buf, compression="snappy", use_deprecated_int96_timestamps=int96)
     return buf.getvalue()
 
 
