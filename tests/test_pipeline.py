@@ -399,7 +399,9 @@ def test_takedown_removes_rows_in_place_and_a_rerun_keeps_them_out(spark, runs, 
         vectors.update(zip(pq.read_table(meta).column("sample_id").to_pylist(), img, strict=True))
     assert sorted(vectors) == left
     embedded = {r[S.SAMPLE_ID]: np.asarray(r[S.IMAGE_EMBEDDING], np.float16) for r in
-                pq.read_table(run_dir / "embeddings", columns=[S.SAMPLE_ID, S.IMAGE_EMBEDDING]).to_pylist()}
+                pq.read_table(runs["run_dir"] / "embeddings", columns=[S.SAMPLE_ID, S.IMAGE_EMBEDDING]).to_pylist()}
+    assert all(r[S.IMAGE_EMBEDDING] is None for r in pq.read_table(run_dir / "embeddings").to_pylist()
+               if r[S.SAMPLE_ID] in gone)  # the run's own table keeps the rows, not their vectors
     assert all(np.array_equal(vectors[i], embedded[i]) for i in left)  # each kept row still beside its vector
     for field in ("image", "text"):
         index = faiss.read_index(str(run_dir / "index" / field / "knn.index"))
