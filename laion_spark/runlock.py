@@ -20,6 +20,7 @@ import os
 import socket
 import time
 
+from laion_spark.config import ConfigError
 from laion_spark.io import fsspec_uri
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 LOCK = "_lock.json"
 
 
-class RunLocked(RuntimeError):
-    """Another process holds the run directory."""
+class RunLocked(ConfigError):
+    """Another process holds the run directory (the CLI prints the message, exit code 2)."""
 
 
 def _alive(pid: int) -> bool:
@@ -70,6 +71,26 @@ def _create(fs, path: str, me: dict) -> bool:
     return _mine(_read(fs, path), me)
 
 
+def _refusal(run_dir: str, path: str, holder: dict) -> RunLocked:
+    return RunLocked(f"{run_dir} is in use: `laion-spark {holder.get('who', '?')}` (pid {holder.get('pid')} on "
+                     f"{holder.get('host')}, since {holder.get('since')}) holds {path}. Wait for it to end; if that "
+                     "process is gone, remove the file")
+
+
+def check(run_dir: str) -> None:
+    """RunLocked when another live process holds run_dir (prepare's early check; held() decides)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(fsspec_uri(run_dir))
+    path = root.rstrip("/") + "/" + LOCK
+    holder = _read(fs, path)
+    if not holder or (holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()):
+        return
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+        return  # a dead process's lock: held() takes it over
+    raise _refusal(run_dir, path, holder)
+
+
 @contextlib.contextmanager
 def held(run_dir: str, who: str):
     """Hold run_dir's lock while the body runs (re-entrant within one process)."""
@@ -93,9 +114,7 @@ def held(run_dir: str, who: str):
             if not _create(fs, path, me):
                 raise RunLocked(f"{run_dir} is being changed by another process; try again when it ends")
         else:
-            raise RunLocked(f"{run_dir} is in use: `laion-spark {holder.get('who', '?')}` (pid {holder.get('pid')} on "
-                            f"{holder.get('host')}, since {holder.get('since')}) holds {path}. Wait for it to end; "
-                            "if that process is gone, remove the file")
+            raise _refusal(run_dir, path, holder)
     try:
         yield me
     finally:

@@ -32,7 +32,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path):
     assert not (tmp_path / runlock.LOCK).exists()
 
 
-def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over(tmp_path):
+def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over(tmp_path, capsys):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / runlock.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout),
                                                      "who": "pipeline", "since": "then"}))
@@ -43,6 +43,14 @@ def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over(tmp_path):
                                                      "since": "then"}))
     with pytest.raises(runlock.RunLocked, match="another-host"):
         runlock.held(str(tmp_path), "takedown").__enter__()
+    # the CLI refuses before any Spark work, with the holder named and exit code 2
+    (tmp_path / "list.txt").write_text("https://example.org/a.jpg\n")
+    for d in ("export/laion", "dataset"):
+        (tmp_path / d).mkdir(parents=True)
+    code = cli.main(["takedown", f"run_dir={tmp_path}", f"list={tmp_path / 'list.txt'}"])
+    assert code == 2 and "is in use: `laion-spark pipeline` (pid 1 on another-host" in capsys.readouterr().err
+    with pytest.raises(runlock.RunLocked, match="another-host"):
+        cli.prepare("pipeline", [], [f"input={tmp_path}/a.warc.gz", f"run_dir={tmp_path}"])
 
 
 @pytest.mark.parametrize("args", [["export.outputs=webdataset"], ["export.outputs=webdataset,emb", "until=index"],

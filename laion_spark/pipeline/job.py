@@ -45,6 +45,10 @@ def prepare(cfg) -> None:
     if p.rerun_from and p.until and P.ORDER.index(p.rerun_from) > P.ORDER.index(p.until):
         raise ConfigError(f"pipeline.from={p.rerun_from} comes after pipeline.until={p.until}")
     P.check(cfg)
+    if cfg.output:
+        from laion_spark import runlock
+
+        runlock.check(cfg.output)  # a takedown (or another pipeline) is changing this run directory
     if not cfg.input:
         raise ConfigError("input=<archives> is required: laion-spark pipeline input=<WARC/WAT files> run_dir=<dir>")
 

@@ -39,6 +39,7 @@ RESUMES = True  # it changes a finished run in place; no output folder of its ow
 def prepare(cfg) -> None:
     """Every check before anything is rewritten: the list, the run's tables, and every index folder the
     takedown must reach (a layout it could not finish is refused here, not half-way)."""
+    from laion_spark import runlock
     from laion_spark.export.blocklist import KINDS
     from laion_spark.io import exists
     from laion_spark.pipeline.plan import table_uris
@@ -56,6 +57,7 @@ def prepare(cfg) -> None:
     for name in ("release", "dataset"):
         if not exists(u[name]):
             raise ConfigError(f"{cfg.input} has no {name} ({u[name]}): takedown works on a run's export")
+    runlock.check(cfg.input)  # a pipeline running there would undo it
     for folder in I.folders(cfg.input):
         try:
             I.check(folder)
