@@ -8,7 +8,9 @@ Why: a takedown while the pipeline runs would be undone by the pipeline's next e
 next manifest write. The lock is created exclusively on local disks (O_EXCL); on object stores, which
 have no exclusive create, it is written and read back (two writers racing in the same second can both
 win there, which the manifest's merge of takedowns still covers). A lock left by a process that died on
-this host (its pid gone) is taken over with a warning; one from another host is refused until removed.
+this host (its pid gone, or this very pid without this process having written it: a restarted container)
+is taken over with a warning; one from another host is refused until removed (a lease that expires is
+what a fleet of ephemeral hosts would need; not built).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 
 from laion_spark.config import ConfigError
 from laion_spark.io import fsspec_uri
@@ -26,6 +29,7 @@ from laion_spark.io import fsspec_uri
 log = logging.getLogger(__name__)
 
 LOCK = "_lock.json"
+_HELD: dict[str, str] = {}  # lock path -> the token this process wrote there (re-entry is known here, not guessed)
 
 
 class RunLocked(ConfigError):
@@ -51,7 +55,17 @@ def _read(fs, path: str) -> dict | None:
 
 
 def _mine(holder: dict | None, me: dict) -> bool:
-    return bool(holder) and holder.get("host") == me["host"] and holder.get("pid") == me["pid"]
+    return bool(holder) and holder.get("token") == me["token"]
+
+
+def _stale(holder: dict) -> bool:
+    """A lock written on this host by a process that is gone: its pid is dead, or it is this process's
+    pid without this process having written it (a restarted container reuses hostname and pid)."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    if holder["pid"] == os.getpid():
+        return holder.get("token") not in _HELD.values()
+    return not _alive(holder["pid"])
 
 
 def _create(fs, path: str, me: dict) -> bool:
@@ -84,10 +98,8 @@ def check(run_dir: str) -> None:
     fs, root = fsspec.core.url_to_fs(fsspec_uri(run_dir))
     path = root.rstrip("/") + "/" + LOCK
     holder = _read(fs, path)
-    if not holder or (holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()):
-        return
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-        return  # a dead process's lock: held() takes it over
+    if not holder or holder.get("token") in _HELD.values() or _stale(holder):
+        return  # free, held by this process, or a dead process's lock that held() takes over
     raise _refusal(run_dir, path, holder)
 
 
@@ -99,15 +111,15 @@ def held(run_dir: str, who: str):
     fs, root = fsspec.core.url_to_fs(fsspec_uri(run_dir))
     fs.makedirs(root, exist_ok=True)
     path = root.rstrip("/") + "/" + LOCK
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "who": who,
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "who": who, "token": uuid.uuid4().hex,
           "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     holder = _read(fs, path)
-    if _mine(holder, me):  # the pipeline's own steps (or a takedown it runs) inside its lock
+    if path in _HELD and holder and holder.get("token") == _HELD[path]:  # a stage the pipeline runs, inside its lock
         yield holder
         return
     if not _create(fs, path, me):
         holder = _read(fs, path) or {}
-        if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+        if _stale(holder):
             log.warning("%s: taking over the lock of %s (pid %s on this host, no longer running) since %s", run_dir,
                         holder.get("who"), holder.get("pid"), holder.get("since"))
             fs.rm(path)
@@ -115,8 +127,10 @@ def held(run_dir: str, who: str):
                 raise RunLocked(f"{run_dir} is being changed by another process; try again when it ends")
         else:
             raise _refusal(run_dir, path, holder)
+    _HELD[path] = me["token"]
     try:
         yield me
     finally:
+        _HELD.pop(path, None)
         if _mine(_read(fs, path), me):
             fs.rm(path)

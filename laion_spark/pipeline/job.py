@@ -49,11 +49,18 @@ def prepare(cfg) -> None:
         from laion_spark import runlock
 
         runlock.check(cfg.output)  # a takedown (or another pipeline) is changing this run directory
+        from laion_spark.takedown import journal as J
+
+        unfinished = [e["dir"] for e in J.entries(cfg.output) if e.get("status") != "complete"]
+        if unfinished:
+            raise ConfigError(f"a takedown on {cfg.output} did not finish ({', '.join(unfinished)}): run the same "
+                              "`laion-spark takedown run_dir=... list=...` again to complete it, then the pipeline")
     if not cfg.input:
         raise ConfigError("input=<archives> is required: laion-spark pipeline input=<WARC/WAT files> run_dir=<dir>")
 
 
 BESIDE = ".building"  # where a published step builds before it is swapped in
+REPLACED = ".replaced-"  # where the table it replaces waits while the new one moves in
 PUBLISHED = {"export": "export.removed_output", "index": "index.rejected_output"}  # and the table beside each
 
 
@@ -65,11 +72,33 @@ def _swap(built: str, final: str) -> None:
 
     fs, new = fsspec.core.url_to_fs(fsspec_uri(built))
     old = fsspec.core.url_to_fs(fsspec_uri(final))[1].rstrip("/")
-    aside = f"{old}.replaced-{int(time.time() * 1000)}"
+    aside = f"{old}{REPLACED}{int(time.time() * 1000)}"
     if fs.exists(old):
         fs.mv(old, aside, recursive=True)
-    fs.mv(new.rstrip("/"), old, recursive=True)
+    try:
+        fs.mv(new.rstrip("/"), old, recursive=True)
+    except BaseException:
+        if fs.exists(aside) and not fs.exists(old):  # the good table back where it was
+            fs.mv(aside, old, recursive=True)
+        raise
     if fs.exists(aside):
+        fs.rm(aside, recursive=True)
+
+
+def _restore_aside(final: str) -> None:
+    """A swap killed between its two moves left the old table aside and none in place -> put it back;
+    asides of finished swaps (their removal killed) -> removed."""
+    import fsspec
+
+    from laion_spark.io import fsspec_uri
+
+    fs, path = fsspec.core.url_to_fs(fsspec_uri(final))
+    path = path.rstrip("/")
+    asides = sorted(fs.glob(f"{path}{REPLACED}*"))
+    if asides and not fs.exists(path):
+        log.warning("pipeline: %s was moved aside by a swap that did not finish; restored", final)
+        fs.mv(asides.pop(), path, recursive=True)
+    for aside in asides:
         fs.rm(aside, recursive=True)
 
 
@@ -81,7 +110,8 @@ def _retarget(uri: str, built: str, final: str) -> None:
     from laion_spark.takedown.rewrite import _replace
 
     fs, root = fsspec.core.url_to_fs(fsspec_uri(uri))
-    for path in fs.glob(root.rstrip("/") + "/**/_summary.json") + fs.glob(root.rstrip("/") + "/_summary.json"):
+    paths = fs.glob(root.rstrip("/") + "/**/_summary.json") + fs.glob(root.rstrip("/") + "/_summary.json")
+    for path in [*paths, *fs.glob(root.rstrip("/") + "/README.md")]:  # the dataset card names the tables
         with fs.open(path, "r") as fh:
             text = fh.read()
         if built in text:
@@ -117,7 +147,8 @@ def _run_step(spark, step: P.Step) -> dict:
     section, key = PUBLISHED[step.stage].split(".")
     final = step.cfg.output.rstrip("/")
     pairs = [(final + BESIDE, final), (final + BESIDE + "_" + key.split("_")[0], final + "_" + key.split("_")[0])]
-    for built, _ in pairs:
+    for built, target in pairs:
+        _restore_aside(target)
         remove(built)  # what a killed build left
     cfg = dataclasses.replace(step.cfg, output=pairs[0][0], **{section: dataclasses.replace(
         getattr(step.cfg, section), **{key: pairs[1][0]})})
@@ -163,6 +194,32 @@ def _with_takedowns(cfg, takedowns: list[dict]):
         if uri not in have:
             blocklist = dataclasses.replace(blocklist, **{kind: (*have, uri)})
     return dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, blocklist=blocklist))
+
+
+# the run's own tables a rerun of these stages writes again, with image bytes or vectors in them
+_REFILLED = {"download": ("images",), "embed": ("embeddings",), "filter": ("dataset", "dataset_rejected")}
+
+
+def _blank_taken_down(step: P.Step) -> None:
+    """A rerun download, embed or filter wrote the taken-down rows' image bytes or vectors again (their
+    URLs are still in pairs) -> blanked as the takedown left them; export's recorded lists keep them out
+    of the release."""
+    from laion_spark.takedown import journal as J
+    from laion_spark.takedown import rewrite as W
+
+    if step.stage not in _REFILLED:
+        return
+    run_dir = step.cfg.output.rstrip("/").rsplit("/", 1)[0]
+    ids = J.removed_ids(run_dir)
+    if not ids:
+        return
+    uris = P.table_uris(run_dir)
+    for table in _REFILLED[step.stage]:
+        blank = W.is_vector if table == "embeddings" else W.is_binary
+        done = W.null_columns(uris[table], ids, "sample_id", blank=blank)
+        if done:
+            log.info("pipeline: %s: the image bytes or vectors of %d taken-down rows blanked again", table,
+                     sum(d["removed"] for d in done))
 
 
 def _write_manifest(uri: str, doc: dict) -> None:
@@ -235,6 +292,7 @@ def _run(spark, cfg) -> dict:
                 doc.update(status="failed", ended=M.now())
                 _write_manifest(uris["manifest"], doc)
                 raise
+            _blank_taken_down(step)
             entry = M.step_entry(step, "run", why, started, summary)
             ran.append(step.name)
         summaries[step.name] = summary or {}

@@ -40,7 +40,8 @@ def folders(run_dir: str) -> list[str]:
         return []
     prefix = run_dir.rstrip("/") + "/index"
     base = root.rstrip("/")
-    found = sorted(p.rstrip("/")[: -len(INFOS) - 1] for p in fs.glob(base + "/**/" + INFOS))
+    found = sorted(p.rstrip("/")[: -len(INFOS) - 1] for p in fs.glob(base + "/**/" + INFOS)
+                   if ".building" not in p and ".replaced-" not in p)  # a pipeline's leftovers: removed, not edited
     if fs.exists(f"{base}/{INFOS}"):
         found = sorted({base, *found})
     return [prefix + p[len(base):] for p in found]
@@ -137,7 +138,8 @@ def _remove_ondisk(index, wanted: np.ndarray) -> int:
         if not n:
             continue
         ids = faiss.rev_swig_ptr(inv.get_ids(lst), n).copy()
-        hit = np.isin(ids, wanted)
+        # -1: a slot this code zeroed in a takedown killed before knn.index (the list sizes) was written
+        hit = np.isin(ids, wanted) | (ids == -1)
         if not hit.any():
             continue
         codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * code_size).copy().reshape(n, code_size)

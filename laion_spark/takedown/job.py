@@ -115,6 +115,23 @@ def _matches(spark, u: dict, listed) -> list[int]:
     return sorted({r[S.SAMPLE_ID] for r in hits.select(S.SAMPLE_ID).collect()})
 
 
+def _clear_leftovers(run_dir: str) -> None:
+    """What a killed pipeline left beside its tables (builds, old tables moved aside): copies of rows no
+    takedown would reach; the pipeline, locked out while this runs, removes or redoes them anyway."""
+    import fsspec
+
+    from laion_spark.io import fsspec_uri
+    from laion_spark.pipeline.job import BESIDE, REPLACED
+
+    fs, root = fsspec.core.url_to_fs(fsspec_uri(run_dir))
+    root = root.rstrip("/")
+    for pattern in (f"{root}/*{BESIDE}*", f"{root}/index/*{BESIDE}*", f"{root}/*{REPLACED}*",
+                    f"{root}/index/*{REPLACED}*"):
+        for path in fs.glob(pattern):
+            log.warning("takedown: removing %s, left by an interrupted pipeline", path)
+            fs.rm(path, recursive=True)
+
+
 def _apply(spark, run_dir: str, u: dict, ids: list[int], reason: str) -> tuple[list[dict], int]:
     """Steps 2 - 4 of the module docstring -> (files rewritten, released rows removed)."""
     import fsspec
@@ -127,6 +144,7 @@ def _apply(spark, run_dir: str, u: dict, ids: list[int], reason: str) -> tuple[l
     from laion_spark.takedown import recount as C
     from laion_spark.takedown import rewrite as W
 
+    _clear_leftovers(run_dir)
     folders = I.folders(run_dir)
     for folder in folders:  # first: the rows are unanswerable from here on
         I.tombstone(folder, ids)
@@ -137,7 +155,8 @@ def _apply(spark, run_dir: str, u: dict, ids: list[int], reason: str) -> tuple[l
     files += W.parquet_folder(u["release"], ids, "SAMPLE_ID")
     fs, subsets = fsspec.core.url_to_fs(fsspec_uri(u["export"] + "/subsets"))
     for sub in sorted(fs.ls(subsets, detail=False)) if fs.exists(subsets) else []:
-        files += W.parquet_folder(sub, ids, "SAMPLE_ID")
+        # by the run's own URI again: fs.ls drops the scheme of a remote store
+        files += W.parquet_folder(f"{u['export']}/subsets/{sub.rstrip('/').rsplit('/', 1)[-1]}", ids, "SAMPLE_ID")
     files += W.webdataset_shards(u["export"] + "/webdataset", ids)
     files += W.npy_shards(u["export"] + "/emb", ids)
     files += W.npy_shards(u["dataset"].rstrip("/") + "_emb", ids)  # filter.npy=true's copy of the dataset
@@ -149,8 +168,9 @@ def _apply(spark, run_dir: str, u: dict, ids: list[int], reason: str) -> tuple[l
         files += W.null_columns(u[name], ids, S.SAMPLE_ID)
     files += W.null_columns(u["embeddings"], ids, S.SAMPLE_ID, blank=W.is_vector)
     files += C.export_marker(spark, u)
-    for field in sorted({f.split("/index/", 1)[1].split("/", 1)[0] for f in folders}):
-        files += C.index_marker(f"{run_dir.rstrip('/')}/index/{field}", len(ids))
+    prefix = run_dir.rstrip("/") + "/index/"
+    for field in sorted({f[len(prefix):].split("/", 1)[0] for f in folders if f.startswith(prefix)}):
+        files += C.index_marker(prefix + field)
     return files, released
 
 

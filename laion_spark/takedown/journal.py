@@ -2,9 +2,10 @@
 
 INPUT  -> a run directory, a list (BlockList: name, kind, file) and the sample_ids it matched
 OUTPUT -> run_dir/takedowns/<NNNN>-<name>/ holding
-            takedown-<NNNN>-<name>/  the list's keys as Spark text part files: digests only (a URL list is kept as the
-                          SHA-256 of each URL as written and normalised, kind url_sha256), so the run keeps
-                          no copy of the listed URLs and the keys outlive the user's file
+            takedown-<NNNN>-<name>.txt      the list's keys, one a line, digests only (a URL list is kept
+                                            as the SHA-256 of each URL as written and normalised, kind
+                                            url_sha256): the run keeps no copy of the listed URLs, and the
+                                            keys outlive the user's file
             takedown-<NNNN>-<name>-ids.txt  the run's rows the list matched, one id a line
             entry.json    written after both: list, kind, its content hash, reason, status (started ->
                           complete), and when complete the files rewritten and the counts
@@ -42,12 +43,16 @@ def folder(run_dir: str) -> str:
     return run_dir.rstrip("/") + "/" + FOLDER
 
 
-def keys_uri(entry: dict) -> str:
+def _stem(entry: dict) -> str:
     return f"{entry['dir']}/takedown-{entry['dir'].rsplit('/', 1)[-1]}"
 
 
+def keys_uri(entry: dict) -> str:
+    return _stem(entry) + ".txt"
+
+
 def ids_uri(entry: dict) -> str:
-    return keys_uri(entry) + "-ids.txt"
+    return _stem(entry) + "-ids.txt"
 
 
 def _slug(name: str) -> str:
@@ -115,7 +120,18 @@ def start(spark, run_dir: str, listed, list_sha256: str, ids: list[int], at: str
     kind = RECORDED_KIND.get(listed.kind, listed.kind)
     if kind == "url_sha256":
         keys = keys.select(F.sha2(F.col(B.KEY), 256).alias(B.KEY)).distinct()
-    keys.coalesce(1).write.mode("overwrite").text(keys_uri(here))
+    # one file, not Spark's folder: export hashes a list file by its content (a moved run stays complete)
+    parts = f"{here['dir']}/.keys-parts"
+    keys.coalesce(1).write.mode("overwrite").text(parts)
+    keys_fs, keys_path = _fs(keys_uri(here))
+    part_fs, part_dir = _fs(parts)
+    written = sorted(part_fs.glob(part_dir.rstrip("/") + "/part-*"))
+    if written:
+        part_fs.mv(written[0], keys_path)
+    else:
+        with keys_fs.open(keys_path, "w") as fh:
+            fh.write("")
+    part_fs.rm(part_dir, recursive=True)
     ids_fs, ids_path = _fs(ids_uri(here))
     with ids_fs.open(ids_path, "w") as fh:
         fh.write("".join(f"{i}\n" for i in ids))

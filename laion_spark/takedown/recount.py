@@ -98,9 +98,9 @@ def export_marker(spark, u: dict) -> list[dict]:
     return done
 
 
-def index_marker(marker_folder_uri: str, taken_down: int) -> list[dict]:
+def index_marker(marker_folder_uri: str) -> list[dict]:
     """An index stage's output (index/image: one index, or one per model below it) -> its _summary.json's
-    indexed counted from each model's index_infos.json, taken_down set -> the files written."""
+    indexed counted from each model's index_infos.json, taken_down from their tombstones -> files written."""
     fs, folder = _fs(marker_folder_uri)
     folder = folder.rstrip("/")
     summary = _read(fs, f"{folder}/_summary.json")
@@ -108,17 +108,18 @@ def index_marker(marker_folder_uri: str, taken_down: int) -> list[dict]:
         return []
     before = json.dumps(summary, sort_keys=True, default=str)
     # the folders as they lie now (a copied run's markers name the old place): this one, or one per model
-    counts = {}
+    counts, tombstoned = {}, 0
     for path in [folder, *sorted(p.rstrip("/").rsplit("/", 1)[0] for p in fs.glob(f"{folder}/*/index_infos.json"))]:
         infos = _read(fs, f"{path}/index_infos.json")
         if infos and "nb_vectors" in infos:
             counts[path.rsplit("/", 1)[-1]] = int(infos["nb_vectors"])
+            tombstoned += int(infos.get("tombstones", 0))
     for model in (summary.get("models") or {}).values():
         name = str(model.get("folder") or "").rstrip("/").rsplit("/", 1)[-1]
         if name in counts:
             model["nb_vectors"] = counts[name]
     summary["indexed"] = sum(counts.values())
-    summary["taken_down"] = taken_down
+    summary["taken_down"] = tombstoned
     if json.dumps(summary, sort_keys=True, default=str) == before:
         return []
     _write(fs, f"{folder}/_summary.json", summary)

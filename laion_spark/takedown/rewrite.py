@@ -120,11 +120,25 @@ def null_columns(uri: str, ids, column: str, blank=is_binary) -> list[dict]:
             continue
         for name in names:
             i = table.schema.get_field_index(name)
-            blank = pc.if_else(hit, pa.scalar(None, table.schema.field(i).type), table[name])
-            table = table.set_column(i, table.schema.field(i), blank)
+            blanked = pc.if_else(hit, pa.scalar(None, table.schema.field(i).type), table[name])
+            table = table.set_column(i, table.schema.field(i), blanked)
         _replace(fs, path, _parquet_bytes(table))
         done.append({"file": path, "removed": removed})
     return done
+
+
+def _restat(stats: dict, kept: pa.Table, tar_bytes: int) -> None:
+    """A shard's _stats.json -> counted again over the rows it keeps (export/webdataset.py's rules)."""
+    from collections import Counter
+
+    from laion_spark.export.webdataset import IMAGE_FAILURES
+
+    statuses = Counter(kept["status"].to_pylist() if "status" in kept.column_names else ["success"] * kept.num_rows)
+    resize = sum(n for status, n in statuses.items() if status in IMAGE_FAILURES)
+    stats["successes"] = max(0, statuses.get("success", 0) - int(stats.get("skipped", 0)))
+    stats.update(count=kept.num_rows, failed_to_resize=resize, tar_bytes=tar_bytes,
+                 failed_to_download=kept.num_rows - statuses.get("success", 0) - resize,
+                 status_dict=dict(sorted(statuses.items())))
 
 
 def webdataset_shards(uri: str, ids) -> list[dict]:
@@ -136,6 +150,7 @@ def webdataset_shards(uri: str, ids) -> list[dict]:
         keys = set(gone["key"].to_pylist())
         stem = path[: -len(".parquet")]
         tar_bytes = 0
+        out = None
         if fs.exists(stem + ".tar"):
             out = io.BytesIO()
             with fs.open(stem + ".tar", "rb") as fh, tarfile.open(fileobj=fh) as src, \
@@ -145,21 +160,18 @@ def webdataset_shards(uri: str, ids) -> list[dict]:
                         continue
                     dst.addfile(member, src.extractfile(member) if member.isfile() else None)
             tar_bytes = len(out.getvalue())
-            _replace(fs, stem + ".tar", out.getvalue())
-        _replace(fs, path, _parquet_bytes(kept))
+        # stats and tar before the parquet, which is what says the shard still holds the ids: a takedown
+        # killed in between finds the shard again and writes the same files (the stats are counted from
+        # the kept rows, not adjusted)
         stats_path = stem + "_stats.json"
         if fs.exists(stats_path):
             with fs.open(stats_path, "r") as fh:
                 stats = json.load(fh)
-            statuses = gone["status"].to_pylist() if "status" in gone.column_names else ["success"] * removed
-            stats["count"] -= removed
-            for status in statuses:
-                stats["status_dict"][status] = stats["status_dict"].get(status, 0) - 1
-                if stats["status_dict"][status] <= 0:
-                    del stats["status_dict"][status]
-            stats["successes"] -= sum(s == "success" for s in statuses)
-            stats["tar_bytes"] = tar_bytes
+            _restat(stats, kept, tar_bytes)
             _replace(fs, stats_path, (json.dumps(stats, indent=4) + "\n").encode())
+        if out is not None:
+            _replace(fs, stem + ".tar", out.getvalue())
+        _replace(fs, path, _parquet_bytes(kept))
         done.append({"file": stem + ".tar", "removed": removed})
     return done
 
@@ -185,6 +197,8 @@ def npy_shards(uri: str, ids) -> list[dict]:
                 continue
             with fs.open(npy, "rb") as fh:
                 matrix = np.load(fh)
+            if len(matrix) == int((~hit).sum()) and len(matrix) != table.num_rows:
+                continue  # cut already by a takedown killed before its metadata: the metadata goes last
             if len(matrix) != table.num_rows:
                 raise TakedownError(f"{npy} has {len(matrix)} rows but {meta_path} {table.num_rows}")
             buf = io.BytesIO()
