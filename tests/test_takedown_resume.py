@@ -87,3 +87,30 @@ def test_a_pipeline_does_not_run_over_an_unfinished_takedown(tmp_path):
         cli.prepare("pipeline", [], [f"input={tmp_path}/a.warc.gz", f"run_dir={tmp_path / 'run'}"])
     (entry / "entry.json").write_text(json.dumps({"status": "complete", "kind": "url", "list_sha256": "x"}))
     cli.prepare("pipeline", [], [f"input={tmp_path}/a.warc.gz", f"run_dir={tmp_path / 'run'}"])
+
+
+def test_a_rerun_download_or_embed_gets_the_taken_down_rows_blanked_again(tmp_path):
+    # the journal of a completed takedown of rows 2 and 5; then download and embed rewrote their tables
+    # with the rows' bytes and vectors again (their URLs are still in pairs)
+    from laion_spark.pipeline import plan as P
+    from laion_spark.pipeline.job import _blank_taken_down
+
+    run = tmp_path / "run"
+    entry = run / "takedowns" / "0001-request"
+    entry.mkdir(parents=True)
+    (entry / "entry.json").write_text(json.dumps({"status": "complete", "kind": "url", "keys_kind": "url_sha256",
+                                                  "list_sha256": "x"}))
+    (entry / "takedown-0001-request-ids.txt").write_text("2\n5\n")
+    rows = list(range(1, 7))
+    (run / "images").mkdir()
+    pq.write_table(pa.table({"sample_id": pa.array(rows, pa.int64()), "image": [b"img%d" % i for i in rows]}),
+                   run / "images" / "part-0.parquet")
+    (run / "embeddings").mkdir()
+    pq.write_table(pa.table({"sample_id": pa.array(rows, pa.int64()),
+                             "image_embedding": [[float(i)] * 4 for i in rows]}), run / "embeddings" / "part-0.parquet")
+    for stage, table in (("download", "images"), ("embed", "embeddings")):
+        _blank_taken_down(P.Step(stage, stage, type("Cfg", (), {"output": str(run / table)})()))
+    images = {r["sample_id"]: r["image"] for r in pq.read_table(run / "images").to_pylist()}
+    vectors = {r["sample_id"]: r["image_embedding"] for r in pq.read_table(run / "embeddings").to_pylist()}
+    assert [i for i in rows if images[i] is None] == [2, 5] and images[1] == b"img1"
+    assert [i for i in rows if vectors[i] is None] == [2, 5] and vectors[6] == [6.0] * 4
