@@ -6,8 +6,8 @@ opened read-write (which swaps entries in place and leaves the freed slots as th
 
 INPUT  -> sizes on the command line; random vectors (the cost depends on the list sizes and code size,
           not on the values)
-OUTPUT -> per method: seconds, vectors scanned per second, peak RSS growth of this process, how many
-          removed ids are still readable in knn.ivfdata; the ratio; both checked to remove every id
+OUTPUT -> per method: seconds, vectors scanned per second, how many removed ids are still readable in
+          knn.ivfdata; the ratio; both checked to remove every id
 
 The ondisk method is laion_spark/takedown/index_files.py (tombstones, then each list holding an id
 rewritten in place with its freed tail zeroed, then knn.index written beside and moved over). No Spark.
@@ -18,16 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import tempfile
 import time
 
 import numpy as np
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def sample_ids(rows: np.ndarray) -> np.ndarray:
@@ -132,25 +127,21 @@ def main() -> None:
         from laion_spark.takedown.rewrite import _fs
 
         _fs(folder)  # imports (fsspec, pyspark through laion_spark.io) before the clock starts
-        rss0 = rss_mib()
         t0 = time.time()
         removed_base = faiss_in_place(baseline_copy, gone)
         base_s = time.time() - t0
-        base_rss = rss_mib() - rss0
 
-        rss1 = rss_mib()
         t1 = time.time()
         I.tombstone(folder, gone)
         files = I.remove(folder, gone)
         ours_s = time.time() - t1
-        ours_rss = rss_mib() - rss1
         removed_ours = files[0]["removed"] if files else 0
         assert removed_ours == removed_base == len(gone), (removed_ours, removed_base)
         n = args.vectors
-        print(f"faiss remove_ids in place: {base_s:.2f} s, {n / base_s:,.0f} vectors/s, peak RSS +{base_rss:,.0f} MiB; "
+        print(f"faiss remove_ids in place: {base_s:.2f} s, {n / base_s:,.0f} vectors/s; "
               f"removed ids still in knn.ivfdata: {left_in_file(baseline_copy, gone)} of {len(gone)}")
         print(f"laion-spark (tombstones, lists in place, tails zeroed, header): {ours_s:.2f} s, {n / ours_s:,.0f} "
-              f"vectors/s, peak RSS +{ours_rss:,.0f} MiB (growth past the baseline's peak); removed ids still in "
+              f"vectors/s; removed ids still in "
               f"knn.ivfdata: {left_in_file(folder, gone)} of {len(gone)}")
         print(f"ratio (baseline time / ours): {base_s / ours_s:.2f}x; removed {removed_ours} of {len(gone)} "
               f"({args.remove} random, {args.last} last in their list)")

@@ -10,7 +10,6 @@ vectors (the exact ranking, IndexFlatIP over them) and its own rows.
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import os
@@ -33,6 +32,7 @@ from laion_spark.serve.api import Settings
 from laion_spark.serve.app import SearchServer, SearchService
 from laion_spark.serve.job import build_server
 from laion_spark.serve.thumbs import ImageStore
+from tests.test_serve import request  # the same HTTP helper as the serve tests
 
 N, D = 300, 16
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -158,22 +158,6 @@ def serving(run_index: Path, cache: Path, images: Path | None = None, interval: 
         yield server
     finally:
         server.stop()
-
-
-def request(server, method: str, path: str, body=None):
-    """-> (status, headers, decoded JSON or raw bytes)."""
-    host, port = server.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=60)
-    try:
-        conn.request(method, path, body=None if body is None else json.dumps(body).encode(),
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        payload = resp.read()
-        kind = resp.getheader("Content-Type", "")
-        return resp.status, dict(resp.getheaders()), json.loads(payload) if kind.startswith("application/json") \
-            else payload
-    finally:
-        conn.close()
 
 
 def knn(server, vector, k: int = 5, **more):

@@ -142,7 +142,7 @@ def without_listed(spark, run_dir: str, rows, lists: list | None = None):
     from laion_spark.export.blocklist import BlocklistError
     from laion_spark.io import exists
     from laion_spark.pipeline.plan import table_uris
-    from laion_spark.takedown.job import REASON_PREFIX as TAKEN_DOWN
+    from laion_spark.takedown.journal import REASON_PREFIX as TAKEN_DOWN
 
     lists = run_lists(run_dir) if lists is None else lists
     if lists:

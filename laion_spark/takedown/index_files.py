@@ -40,8 +40,10 @@ def folders(run_dir: str) -> list[str]:
         return []
     prefix = run_dir.rstrip("/") + "/index"
     base = root.rstrip("/")
+    from laion_spark.pipeline.job import BESIDE, REPLACED
+
     found = sorted(p.rstrip("/")[: -len(INFOS) - 1] for p in fs.glob(base + "/**/" + INFOS)
-                   if ".building" not in p and ".replaced-" not in p)  # a pipeline's leftovers: removed, not edited
+                   if BESIDE not in p and REPLACED not in p)  # a pipeline's leftovers: removed, not edited
     if fs.exists(f"{base}/{INFOS}"):
         found = sorted({base, *found})
     return [prefix + p[len(base):] for p in found]

@@ -29,7 +29,6 @@ from pyspark.sql import functions as F
 
 from laion_spark import schemas as S
 from laion_spark.config import ConfigError
-from laion_spark.takedown.journal import REASON_PREFIX  # noqa: F401 - re-exported (evaluate, tests)
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +101,8 @@ def _matches(spark, u: dict, listed) -> list[int]:
     from laion_spark.index.transform import normalise_names
     from laion_spark.io import exists
 
-    tables = [u[n] for n in ("images", "dataset") if exists(u[n])]
-    rows = None
-    for uri in tables:
-        table = normalise_names(spark.read.parquet(uri))
-        keys = table.select(*[c for c in (S.SAMPLE_ID, S.URL, "md5", "sha1", "sha256") if c in table.columns])
-        rows = keys if rows is None else rows.unionByName(keys, allowMissingColumns=True)
+    table = normalise_names(spark.read.parquet(u["images"] if exists(u["images"]) else u["dataset"]))
+    rows = table.select(*[c for c in (S.SAMPLE_ID, S.URL, "md5", "sha1", "sha256") if c in table.columns])
     try:
         hits = B.blocked(spark, rows, [listed])
     except BlocklistError as exc:
