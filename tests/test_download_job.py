@@ -1,10 +1,15 @@
-"""The download job's start-up checks: the contact warning (no Spark needed)."""
+"""The download job: its start-up checks (the contact warning), the User-Agent a loopback server receives
+from a real run, the report's host pauses."""
 
 import logging
+import threading
+
+import pytest
 
 from laion_spark import __version__, cli
-from laion_spark.config import DownloadConfig
 from laion_spark.download.fetch import user_agent
+from tests.http_faults import FaultServer
+from tests.images import encode, textured
 
 
 def _prepare(tmp_path, *overrides):
@@ -31,8 +36,37 @@ def test_a_contact_silences_the_warning_and_goes_into_the_user_agent(tmp_path, c
     assert user_agent(cfg.download) == f"Mozilla/5.0 (compatible; laion-spark/{__version__}; contact: ops@example.org)"
 
 
-def test_the_default_user_agent_names_laion_spark_and_its_version():
-    assert DownloadConfig().user_agent == f"Mozilla/5.0 (compatible; laion-spark/{__version__})"
+@pytest.mark.parametrize("overrides, expected", [
+    ([], f"Mozilla/5.0 (compatible; laion-spark/{__version__})"),
+    (["download.contact=ops@example.org"],
+     f"Mozilla/5.0 (compatible; laion-spark/{__version__}; contact: ops@example.org)"),
+], ids=["default", "with-contact"])
+def test_a_server_receives_the_user_agent_naming_laion_spark_and_its_version(spark, tmp_path, overrides, expected):
+    # what a site owner sees: the header of every request of a real download run (robots.txt included)
+    jpeg = encode(textured((300, 200), seed=1), "JPEG", quality=90)
+    seen, lock = [], threading.Lock()
+
+    def answer(body, content_type):
+        def handler(h):
+            with lock:
+                seen.append((h.path, h.headers.get_all("User-Agent")))
+            h.reply(200, body, content_type)
+        return handler
+
+    out = tmp_path / "images"
+    with FaultServer("127.0.0.1") as srv:
+        srv.add_handler("/robots.txt", answer(b"User-agent: *\nAllow: /\n", "text/plain"))
+        for i in range(3):
+            srv.add_handler(f"/p{i}.jpg", answer(jpeg, "image/jpeg"))
+        rows = [(i, srv.url(f"/p{i}.jpg"), f"photo {i}") for i in range(3)]
+        spark.createDataFrame(rows, "sample_id long, url string, text string").write.parquet(str(tmp_path / "pairs"))
+        cfg, module = _prepare(tmp_path, "download.allowed_networks=127.0.0.1/32", "download.robots_txt=true",
+                               "download.retries=0", *overrides)
+        cli.run("download", cfg, module, spark)
+    statuses = {r.url: r.status for r in spark.read.parquet(str(out)).collect()}
+    assert statuses == {url: "success" for _, url, _ in rows}
+    assert {path for path, _ in seen} == {"/robots.txt", "/p0.jpg", "/p1.jpg", "/p2.jpg"}
+    assert {tuple(agents) for _, agents in seen} == {(expected,)}  # one header, the same on every request
 
 
 def test_the_report_names_the_host_pauses():

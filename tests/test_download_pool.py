@@ -21,7 +21,6 @@ class Recorder:
         self.peak = collections.Counter()
         self.total_now = 0
         self.total_peak = 0
-        self.finished_at = {}
 
     def __call__(self, item):
         host, n = item
@@ -34,7 +33,6 @@ class Recorder:
         with self.lock:
             self.now[host] -= 1
             self.total_now -= 1
-            self.finished_at[item] = time.monotonic()
         return item
 
 
@@ -62,18 +60,46 @@ def test_every_item_comes_back_once_and_the_host_cap_holds():
 
 
 def test_a_slow_host_does_not_stall_the_others():
-    # one host answers in 0.3 s, 20 others at once: with per_host=1 and 4 threads the fast hosts
-    # must all finish long before the slow host's 5 items (1.5 s serial)
-    rec = Recorder(lambda host: 0.3 if host == "slow" else 0.005)
-    items = [("slow", ("slow", i)) for i in range(5)] + [(f"f{i}", (f"f{i}", i)) for i in range(20)]
-    pool = HostPool(rec, threads=4, per_host=1, max_pending=100)
-    start = time.monotonic()
+    # The slow host's items each hold its one slot (per_host=1) until every fast item is done: with 4
+    # threads, the other 3 must finish the 20 fast hosts' items meanwhile. A pool that let a slow item
+    # stall the rest (a thread blocked behind the host's cap, the cap broken, fewer threads in use)
+    # leaves fast items unstarted, so the release never comes and the wait runs out instead.
+    fast = [(f"f{i}", (f"f{i}", i)) for i in range(20)]
+    items = [("slow", ("slow", i)) for i in range(5)] + fast
+    lock = threading.Lock()
+    events = []  # ("start" | "end", host, n), in the order they happened
+    now, peak = collections.Counter(), collections.Counter()
+    fast_all_done = threading.Event()
+    held_until_fast_done = []  # per slow item: did its wait end because every fast item was done
+
+    def fn(item):
+        host, n = item
+        with lock:
+            events.append(("start", host, n))
+            now[host] += 1
+            peak[host] = max(peak[host], now[host])
+        if host == "slow":
+            released = fast_all_done.wait(timeout=10)  # the timeout: only a broken pool gets there
+            fast_all_done.set()  # a broken pool: fail after one wait, not five
+            held_until_fast_done.append(released)
+        with lock:
+            now[host] -= 1
+            events.append(("end", host, n))
+            if sum(1 for e in events if e[0] == "end" and e[1] != "slow") == len(fast):
+                fast_all_done.set()
+        return item
+
+    pool = HostPool(fn, threads=4, per_host=1, max_pending=100)
     out = run_pool(pool, items)
-    assert len(out) == 25
-    fast_done = max(t for (h, _), t in rec.finished_at.items() if h != "slow") - start
-    slow_done = max(t for (h, _), t in rec.finished_at.items() if h == "slow") - start
-    assert rec.peak["slow"] == 1
-    assert fast_done < 0.6 < slow_done
+    assert sorted(out, key=lambda x: (x[0] != "slow", x[1])) == [item for _, item in items]
+    assert held_until_fast_done == [True] * 5
+    ends = [(h, n) for kind, h, n in events if kind == "end"]
+    first_slow_end = ends.index(next(e for e in ends if e[0] == "slow"))
+    assert sorted(ends[:first_slow_end]) == sorted(item for _, item in fast)  # every fast item, before any slow one
+    assert peak["slow"] == 1  # the slow host never had two slots
+    slow = [(kind, n) for kind, h, n in events if h == "slow"]
+    assert slow == [(kind, n) for n in range(5) for kind in ("start", "end")]  # one at a time, in order
+    assert not any(t.is_alive() for t in pool._threads)
 
 
 def test_max_pending_bounds_what_is_queued():

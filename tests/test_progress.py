@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 
 import pytest
@@ -60,9 +61,42 @@ def test_progress_lines_while_a_job_runs(spark, caplog, monkeypatch):
     assert any(m["left"] for m in seen)
 
 
-def test_no_lines_when_turned_off(spark, caplog, monkeypatch):
-    monkeypatch.setenv(progress.ENV, "0")
+def _job_of_a_few_seconds(spark):
+    """8 tasks of 0.3 s on local[2]: 1.2 s at least, some 6 polls of a 0.2 s progress interval."""
+    from pyspark.sql import functions as F
+
+    @F.udf("long")
+    def slow(x):
+        time.sleep(0.3)
+        return x
+
+    return sorted(r.x for r in spark.range(0, 8, 1, 8).select(slow("id").alias("x")).collect())
+
+
+def _run_shown(spark, caplog, monkeypatch, value: str, label: str):
+    """One run of the same job under progress.shown(spark, label) with LAION_SPARK_PROGRESS=value
+    -> (the progress logger's (message, time) pairs, the names of the threads alive inside the block)."""
+    monkeypatch.setattr(progress, "_announced", set())  # as in a new process: the UI line not yet shown
+    monkeypatch.setenv(progress.ENV, value)
+    caplog.clear()
+    with progress.shown(spark, label):  # no `every`: the environment variable decides
+        threads = {t.name for t in threading.enumerate()}
+        assert _job_of_a_few_seconds(spark) == list(range(8))
+    return [(r.getMessage(), r.created) for r in caplog.records if r.name == "laion_spark.progress"], threads
+
+
+def test_the_environment_variable_turns_lines_on_and_off(spark, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="laion_spark.progress")
-    with progress.shown(spark, "quiet"):
-        spark.range(10).count()
-    assert not [r for r in caplog.records if "quiet" in r.getMessage()]
+    # the twin run: the same job with a 0.2 s interval logs progress lines, so the job is long enough
+    loud, threads = _run_shown(spark, caplog, monkeypatch, "0.2", "loud")
+    assert "progress-loud" in threads
+    assert loud[0][0].startswith("Spark UI: off"), loud
+    seen = [LINE.match(m) for m, _ in loud[1:]]
+    assert len(seen) >= 2 and all(seen) and {m["label"] for m in seen} == {"loud"}, loud
+    # lines come at the variable's pace, not the default's (the job may outlast 15 s on a loaded machine)
+    at = [t for _, t in loud[1:]]
+    assert min(b - a for a, b in zip(at, at[1:], strict=False)) < progress.DEFAULT_SECONDS / 3
+    # 0: the same job logs nothing at all (no UI line either) and starts no progress thread
+    quiet, threads = _run_shown(spark, caplog, monkeypatch, "0", "quiet")
+    assert quiet == []
+    assert not any(name.startswith("progress-") for name in threads)

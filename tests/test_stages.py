@@ -1,10 +1,12 @@
 """The stage registry (laion_spark/stages.py) is the one list: the CLI, config sections, jobs/ and the
-usage lines follow it, and it can describe the stages still to come (no output, a run directory)."""
+usage lines follow it; the stages without an output table (search) and on a run directory (report) are
+checked through the CLI against their documented usage."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -111,22 +113,66 @@ def test_stages_module_answers_spark_submit():
     assert subprocess.run([sys.executable, "-m", "laion_spark.stages", "has", "nosuch"]).returncode == 1
 
 
-def test_shapes_of_the_stages_to_come(monkeypatch, tmp_path):
-    # search (no output) and report (a run directory) as the next issues will add them
-    search = stages.Stage("search", "laion_spark.demo.job", "index -> results", section="demo",
-                          inputs=(stages.Table("input", "index"),))
-    report = stages.Stage("report", "laion_spark.demo.job", "run_dir -> report", section="demo",
-                          outputs=(stages.Table("output", "run_dir"),))
-    monkeypatch.setitem(stages.STAGES, "search", search)
-    monkeypatch.setitem(stages.STAGES, "report", report)
-    assert search.main_output is None and search.required_keys == ("input",)
-    assert search.usage() == "laion-spark search input=<index> [key=value ...]"
-    assert report.required_keys == ("output",)
-    with pytest.raises(ConfigError, match="input is required: laion-spark search input=<index>"):
-        cli.prepare("search", [], [])
-    # a stage without output needs no output key and leaves no marker
-    cfg, module = cli.prepare("search", [], [f"input={tmp_path}"])
-    assert cfg.output == ""
+# written from search/job.py's and report/job.py's docstrings (search: an index folder -> results, no table
+# written; report: `run_dir=` -> <run_dir>/report by default), not read from the registry
+SEARCH_USAGE = "laion-spark search input=<index> [key=value ...]"
+REPORT_USAGE = "laion-spark report run_dir=<run_dir> [output=<report>] [key=value ...]"
+
+
+@pytest.mark.parametrize("stage, args, message", [
+    ("search", [], f"input is required: {SEARCH_USAGE}"),
+    ("search", ["input={missing}", "query=x"], "input not found: {missing}"),
+    ("search", ["input={tmp}"], "give one of query=TEXT or image=FILE"),
+    ("search", ["input={tmp}", "query=x", "image={tmp}/x.png"], "give one of query=TEXT or image=FILE"),
+    ("report", [], f"run_dir is required: {REPORT_USAGE}"),
+    ("report", ["output={tmp}/r"], f"run_dir is required: {REPORT_USAGE}"),
+    ("report", ["run_dir={missing}"], "run_dir not found: {missing}"),
+], ids=["search-nothing", "search-missing-index", "search-no-query", "search-query-and-image", "report-nothing",
+        "report-output-only", "report-missing-run-dir"])
+def test_search_and_report_refuse_what_they_cannot_run(tmp_path, stage, args, message):
+    where = {"tmp": tmp_path, "missing": tmp_path / "missing"}
+    with pytest.raises(ConfigError) as err:
+        cli.prepare(stage, [], [a.format(**where) for a in args])
+    assert message.format(**where) in str(err.value)
+
+
+@pytest.mark.parametrize("stage, usage, key", [("search", SEARCH_USAGE, "search.query="),
+                                               ("report", REPORT_USAGE, "report.samples=")], ids=["search", "report"])
+def test_search_and_report_help_shows_their_usage(stage, usage, key):
+    res = _cli(stage, "--help")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == f"usage: {usage}"
+    assert key in res.stdout and "download.threads" not in res.stdout
+
+
+def test_search_needs_no_output_and_leaves_its_index_as_it_was(tmp_path, monkeypatch):
+    # a folder that looks like a finished index (its marker) but holds none: search fails, and neither
+    # clears that marker (mode=overwrite clears a stage's own outputs' markers) nor writes _FAILED.json
+    index = tmp_path / "index"
+    index.mkdir()
+    marker_text = json.dumps({"stage": "index", "rows_out": 3})
+    (index / "_summary.json").write_text(marker_text)
+    cfg, module = cli.prepare("search", [], [f"input={index}", "query=a red circle", "k=3", "mode=overwrite"])
+    assert (cfg.output, cfg.search.query, cfg.search.k) == ("", "a red circle", 3)
+    def no_session():
+        raise AssertionError("search started a Spark session")
+
+    monkeypatch.setattr("laion_spark.session.get_spark", no_session)  # a tripwire: search runs without Spark
+    with pytest.raises(FileNotFoundError, match="holds no index"):
+        cli.run("search", cfg, module)
+    assert [p.name for p in index.iterdir()] == ["_summary.json"]
+    assert (index / "_summary.json").read_text() == marker_text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_report_reads_a_run_directory_and_writes_into_it_again(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "report").mkdir(parents=True)  # a report written before: rewritten, not an error
+    cfg, module = cli.prepare("report", [], [f"run_dir={run_dir}"])
+    assert (cfg.input, cfg.output) == (str(run_dir), f"{run_dir}/report")
+    assert module.__name__ == "laion_spark.report.job"
+    cfg, _ = cli.prepare("report", [], [f"run_dir={run_dir}", f"output={tmp_path / 'elsewhere'}"])
+    assert (cfg.input, cfg.output) == (str(run_dir), str(tmp_path / "elsewhere"))
 
 
 def test_output_hash_ignores_how_a_stage_runs_but_not_what_it_writes(tmp_path):
