@@ -40,16 +40,18 @@ setup(
         "cluster": ["venv-pack>=0.2"],
         # embed (and the toy CLIP): torch is gigabytes, so the stages before embed do without it
         "embed": ["torch>=2.1", "torchvision>=0.16", "open_clip_torch>=2.24", "timm>=1.0"],
-        "index": ["faiss-cpu>=1.8"],  # index, search and serve
+        "index": ["faiss-cpu>=1.8", "uvicorn>=0.30,<1"],  # index, search and serve (serve's HTTP server)
         "report": ["matplotlib>=3.8"],  # the run's report (PNG plots)
         # the pipeline and the demo run every stage: embed's, index's and report's packages together
         # evaluate: open_clip's own trainer (the open_clip_train package, shipped since 2.26.1) reads webdataset
         "evaluate": ["torch>=2.1", "torchvision>=0.16", "open_clip_torch>=2.26.1", "timm>=1.0", "webdataset>=0.2.5"],
         "all": ["torch>=2.1", "torchvision>=0.16", "open_clip_torch>=2.26.1", "timm>=1.0", "faiss-cpu>=1.8",
+                "uvicorn>=0.30,<1",
                 "matplotlib>=3.8", "webdataset>=0.2.5"],
         "s3": ["s3fs"],  # s3:// inputs (Common Crawl's bucket from inside AWS)
         "gcs": ["gcsfs"],
-        "test": ["pytest", "ruff", "html5lib", "lxml", "webdataset"],
+        "lz4": ["lz4>=4.0"],  # LZ4 WARC files (one frame per record, as FastWARC writes them)
+        "test": ["pytest", "ruff", "html5lib", "lxml", "webdataset", "lz4"],
     },
     entry_points={"console_scripts": ["laion-spark=laion_spark.cli:main"]},
 )

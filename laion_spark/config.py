@@ -56,7 +56,9 @@ class ExtractConfig:
     html_content_types: tuple = _opt(
         ("text/html", "application/xhtml+xml"), "HTTP Content-Types parsed as HTML"
     )
-    max_html_bytes: int = _opt(8 * 1024 * 1024, "HTML payloads larger than this are cut before parsing", minimum=1024)
+    max_html_bytes: int = _opt(
+        8 * 1024 * 1024, "HTML payloads (and WAT JSON records) larger than this are cut before parsing; the "
+        "rest of the record is never held: a worker's memory is bounded by this, not by the input", minimum=1024)
     paths_prefix: str = _opt(
         "https://data.commoncrawl.org/", "prefix for the relative paths inside a *.paths(.gz) input"
     )
@@ -71,6 +73,10 @@ class ExtractConfig:
     )
     arrow_batch_rows: int = _opt(10000, "rows per Arrow batch emitted by the extract UDF", minimum=1, output=False)
     errors_output: str = _opt("", "URI of the extract_errors table (default: <output>_errors)", output=False)
+    retry_from: str = _opt(
+        "", "URI of an earlier candidates table: keep the rows of the files it read to their end, extract "
+        "again only the files it could not open or read to the end (and input files it lacks)", output=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -288,6 +294,18 @@ class ServeConfig:
     allow_image_url: bool = _opt(False, "fetch a request's image_url (through download's address guard and "
                                  "limits); off: a search page must not become a way into its network",
                                  output=False)
+    allowed_origins: tuple = _opt((), "origins (scheme://host[:port]) besides the server's own whose pages may use "
+                                  "it, such as a reverse proxy's public origin; a request from any other Origin "
+                                  "is refused", output=False)
+    max_body_bytes: int = _opt(8 * 2**20, "largest request body (a base64 image is 4/3 of its bytes); larger: 413 "
+                               "before it is read", minimum=1024, output=False)
+    max_query_pixels: int = _opt(16_777_216, "largest query image, in pixels from its header (a decoded pixel takes "
+                                 "3-4 bytes); larger: 413 before it is decoded", minimum=1, output=False)
+    threads: int = _opt(4, "requests worked on at once (searches, image decodes, thumbnails)", minimum=1,
+                        output=False)
+    max_requests: int = _opt(16, "requests taken at once: reading their body, waiting for a thread or worked on; "
+                             "one more gets 503 with Retry-After (memory for bodies <= this x max_body_bytes)",
+                             minimum=1, output=False)
 
 
 @dataclass(frozen=True)
@@ -381,8 +399,13 @@ class IndexConfig:
     target_recall: float = _opt(0.95, "recall@10 the search parameters are tuned to reach", minimum=0)
     max_query_ms: float = _opt(10.0, "p99 time of one query the tuning may spend to reach target_recall",
                                minimum=0.001)
-    eval_queries: int = _opt(1000, "vectors sampled from the input to measure recall (each searched without "
-                             "itself)", minimum=1)
+    eval_queries: int = _opt(1000, "held-out vectors sampled from the input that the reported recall (with its 95% "
+                             "interval) is measured on: never used to choose the plan or nprobe (each searched "
+                             "without itself; at most half the rows)", minimum=1)
+    tune_queries: int = _opt(1000, "other sampled vectors the plan and nprobe are chosen on (disjoint from the "
+                             "held-out ones)", minimum=1)
+    load_clients: int = _opt(8, "concurrent clients (threads) the latency under load is measured with; 0: not "
+                             "measured", minimum=0)
     max_train_vectors: int = _opt(1_000_000, "most vectors in the random training sample (at least 39 per list "
                                   "are taken whatever this says)", minimum=1)
     seed: int = _opt(0, "seed of the training and evaluation samples", minimum=0)

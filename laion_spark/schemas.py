@@ -48,8 +48,9 @@ CANDIDATES = StructType(
         StructField(LICENSE, StringType(), True),
         StructField(CRAWL_TIME, TimestampType(), True),
         StructField(SOURCE_URI, StringType(), False),
-        StructField(SOURCE_OFFSET, LongType(), False),
-        StructField(SOURCE_LENGTH, LongType(), False),
+        # null where no byte range holds the record alone (a file gzipped whole, past its first record)
+        StructField(SOURCE_OFFSET, LongType(), True),
+        StructField(SOURCE_LENGTH, LongType(), True),
     ]
 )
 

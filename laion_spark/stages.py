@@ -81,7 +81,8 @@ def _stage(name, summary, inputs=(), outputs=(), section=None, requires=(), key_
 
 _REGISTRY = (
     _stage("extract", "web archives (WARC / ARC / WAT, globs, *.paths.gz) -> candidates",
-           inputs=[Table("input", "archives", ours=False)],
+           inputs=[Table("input", "archives", ours=False),
+                   Table("extract.retry_from", "candidates", required=False)],
            outputs=[Table("output", "candidates"),
                     Table("extract.errors_output", "candidates_errors", required=False, suffix="_errors")]),
     _stage("dedupe", "candidates -> pairs (sample_id; exact duplicates, earlier runs and a blocklist removed)",

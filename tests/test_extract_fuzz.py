@@ -27,7 +27,7 @@ from laion_spark import cli
 from laion_spark import schemas as S
 from laion_spark.config import ExtractConfig
 from laion_spark.extract import job
-from laion_spark.extract.process import CRAWL_TIME_MAX, CRAWL_TIME_MIN, process_file
+from laion_spark.extract.process import CRAWL_TIME_MAX, CRAWL_TIME_MIN, FILE_FAILED, FILE_INCOMPLETE, process_file
 from laion_spark.extract.transform import _rows_to_batch
 
 SEED = 20240518
@@ -184,7 +184,7 @@ def test_row_logic_never_raises_and_counts_its_rows(row_results) -> None:
         assert counts.get("record_errors", 0) == by_kind["error"], path
         assert {r.source_uri for r in rows} == {path}
         # a whole-file failure after the open is a reader or guard bug, never the input's doing
-        whole = [r.error for r in rows if r.kind == "error" and r.error.startswith(("file failed", "unexpected"))]
+        whole = [r.error for r in rows if r.kind == "error" and r.error.startswith((FILE_FAILED, FILE_INCOMPLETE))]
         assert not whole, (path, whole)
         for r in rows:
             assert r.crawl_time is None or CRAWL_TIME_MIN <= r.crawl_time <= CRAWL_TIME_MAX, (path, r)

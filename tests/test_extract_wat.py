@@ -7,6 +7,7 @@ import json
 import pytest
 from corpora import require
 
+from laion_spark.extract.license import page_license
 from laion_spark.extract.records import ArchiveRecord, iter_archive
 from laion_spark.extract.wat import WatPage, wat_page_links
 
@@ -50,16 +51,20 @@ def test_images_base_and_rel_license() -> None:
         target_uri="https://example.org/page",
         base_href="https://cdn.example.org/",
         images=[("a.jpg", "A cat"), ("b.png", None)],
-        # the first licence link in document order, as parse_page does for the same HTML
-        license_href="https://creativecommons.org/licenses/by/4.0/",
+        # the links that may name the licence, in document order (license.page_license picks)
+        license_links=[("https://creativecommons.org/licenses/by/4.0/", None), ("/licence.html", "license")],
         content_type="text/html; charset=utf-8",
     )
+    # the first licence link in document order, as parse_page does for the same HTML
+    assert page_license(page.license_links, page.target_uri, page.base_href) == (
+        "https://creativecommons.org/licenses/by/4.0/")
 
 
 def test_creative_commons_link_without_rel() -> None:
     block = _wat({"Links": [{"path": "A@/href", "url": "http://creativecommons.org/publicdomain/zero/1.0/"}]})
     page = wat_page_links(block)
-    assert page is not None and page.license_href == "http://creativecommons.org/publicdomain/zero/1.0/"
+    assert page is not None and page_license(page.license_links, "http://example.org/", None) == (
+        "http://creativecommons.org/publicdomain/zero/1.0/")
     assert page.base_href is None and page.images == []
 
 

@@ -220,3 +220,65 @@ def test_without_images_the_thumbnails_are_the_urls_and_each_filter_is_a_toggle(
     shown_matches(want)
     assert any(w["punsafe"] > 0.5 for w in want)  # safe mode off: unsafe rows are back
     assert "results from" in browser.find_element(By.ID, "status").text
+
+
+@pytest.fixture()
+def other_page():
+    """A loopback web server of another origin (another port: what a page the user visits elsewhere is to
+    the service) holding one page, built by the test from the HTML it is given -> set_html, its URL."""
+    import http.server
+    import threading
+
+    html = {"page": b""}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(html["page"])))
+            self.end_headers()
+            self.wfile.write(html["page"])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield (lambda text: html.update(page=text.encode())), f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_page_of_another_origin_cannot_make_the_browser_search_or_load_a_thumbnail(browser, page_server,
+                                                                                       toy_index, other_page):
+    import json
+
+    set_html, url = other_page
+    name = Path(toy_index["index"]).name
+    sid = next(iter(toy_index["png"]))
+    service = page_server.service
+    counts = lambda: {k: service.counts[k] for k in (("/knn-service", 200), ("/knn-service", 403),  # noqa: E731
+                                                     ("/thumb", 200), ("/thumb", 403))}
+    before = counts()
+    # what a page needs no permission for: a POST of text/plain (no-cors: its answer stays unread, its cost
+    # is the service's) and an <img> of a thumbnail (whose size or failure the page can see)
+    set_html(f"""<!doctype html><html><body><img id="thumb"><script>
+      const img = document.getElementById("thumb");
+      const done = [];
+      img.onload = () => done.push("img loaded");
+      img.onerror = () => done.push("img refused");
+      img.src = {json.dumps(f"{page_server.url}thumb/{name}/{sid}")};
+      fetch({json.dumps(page_server.url + "knn-service")}, {{method: "POST", mode: "no-cors",
+            headers: {{"Content-Type": "text/plain"}}, body: JSON.stringify({{text: "a red circle"}})}})
+        .then(() => done.push("sent"), e => done.push("failed " + e));
+      setInterval(() => {{ if (done.length === 2) document.title = done.sort().join(", "); }}, 20);
+    </script></body></html>""")
+    browser.get(url)
+    wait_for(browser, lambda d: d.title != "")
+    assert browser.title == "img refused, sent"
+    after = counts()
+    assert after[("/knn-service", 403)] == before[("/knn-service", 403)] + 1  # it reached the server: refused
+    assert after[("/knn-service", 200)] == before[("/knn-service", 200)]  # and nothing was searched
+    assert after[("/thumb", 403)] == before[("/thumb", 403)] + 1
+    assert after[("/thumb", 200)] == before[("/thumb", 200)]

@@ -21,9 +21,10 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urljoin
 
 from selectolax.lexbor import LexborHTMLParser
+
+from laion_spark.extract.license import LICENSE_LINKS_CSS, page_license
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,6 @@ _CHARSET_PARAM = re.compile(rb"""charset\s*=\s*["']?\s*([^\s"';,>]+)""", re.IGNO
 _LABEL = re.compile(r"[a-z0-9._:()-]+")
 _PRESCAN_BYTES = 4096
 
-_CC_HREF = re.compile(r"^(?:https?:)?//(?:[a-z0-9-]+\.)*creativecommons\.org/(?:licenses|publicdomain)/", re.IGNORECASE)
 _LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-url")
 _LAZY_SRCSET_ATTRS = ("srcset", "data-srcset", "data-lazy-srcset")
 
@@ -292,27 +292,11 @@ def _lazy_src(attrs: dict) -> str:
     return ""
 
 
-_LICENSE_CANDIDATES = ", ".join(
-    f"{tag}[href][rel], {tag}[href*='creativecommons.org' i]" for tag in ("a", "link", "area")
-)
-
-
 def _find_license(tree: LexborHTMLParser, page_url: str, base_href: str | None) -> str | None:
     # only links with a rel or a creativecommons.org href can qualify: let lexbor pick them (in
-    # document order) instead of walking every link of the page in Python
-    for node in tree.css(_LICENSE_CANDIDATES):
-        attrs = node.attributes
-        href = (attrs.get("href") or "").strip()
-        if not href or href.startswith("#"):  # an in-page anchor names no licence document
-            continue
-        rel = (attrs.get("rel") or "").lower().split()
-        if "license" in rel or _CC_HREF.match(href):
-            try:
-                base = urljoin(page_url, base_href.strip()) if base_href else page_url
-                return urljoin(base, href).split("#", 1)[0]
-            except ValueError:  # e.g. a broken IPv6 literal: try the next link
-                continue
-    return None
+    # document order) instead of walking every link of the page in Python; license.py decides
+    links = ((node.attributes.get("href") or "", node.attributes.get("rel")) for node in tree.css(LICENSE_LINKS_CSS))
+    return page_license(links, page_url, base_href)
 
 
 def _needs_decode(body: bytes, content_type: str | None) -> bool:

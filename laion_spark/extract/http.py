@@ -21,7 +21,7 @@ from laion_spark.config import ExtractConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HttpResponse", "parse_http_response"]
+__all__ = ["HttpResponse", "http_head_length", "parse_http_response"]
 
 _HEADER_END = re.compile(rb"\r?\n\r*\n")
 _STATUS = re.compile(rb"HTTP/\d(?:\.\d)?\s+(\d{3})")
@@ -94,6 +94,13 @@ def _decompress(body: bytes, coding: str, cap: int) -> bytes | None:
     except Exception as exc:  # noqa: BLE001  (any decoder failure means: keep the raw body)
         logger.debug("content-encoding %s not undone: %s", coding, exc)
     return None
+
+
+def http_head_length(block: bytes) -> int | None:
+    """The first bytes of an HTTP response -> the length of its status line and headers with the blank
+    line after them (where the body starts); None when there is no blank line in them."""
+    m = _HEADER_END.search(block)
+    return m.end() if m is not None else None
 
 
 def parse_http_response(block: bytes, max_body: int = ExtractConfig.max_html_bytes) -> HttpResponse:

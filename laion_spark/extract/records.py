@@ -32,6 +32,14 @@ Tolerance, by design (each anomaly gives a RecordError, the records around it ar
   a RecordError, then reading resumes at the next gzip member header found in the compressed bytes;
 * an I/O error from the stream ends the file with a RecordError.
 
+Memory, with a ``block_limit`` (what extract passes): bounded by what the limit keeps of a block, never
+by the block. The first 64 KiB of each block are peeked at, the limit says how many bytes to keep, and
+the rest is decoded and dropped as it comes (drained), searched on the way for the next record header
+in case the Content-Length proves wrong (the bytes from a header found are held, at most 64 MiB: a
+Content-Length that overshoots a real header by more than that loses the records in between, with an
+error). Besides what the limit keeps: one chunk of compressed input (1 MiB) and of output (4 MiB).
+Without a block_limit, each block is held whole, as the record's ``block``.
+
 ARC records become ``record_type`` 'warcinfo' (the ``filedesc://`` record), 'response' (content that
 is an HTTP message) or 'resource' (anything else, e.g. ``dns:`` records); their ``content_type`` is
 the ARC header's content-type field and ``block`` the record content (the raw HTTP response).
@@ -42,10 +50,10 @@ from __future__ import annotations
 import logging
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import BinaryIO, TypeAlias
 
 try:  # ISA-L inflate is about twice as fast as zlib here (bench/readers.py); optional, same API
     from isal import isal_zlib as _inflate
@@ -54,7 +62,10 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ArchiveRecord", "RecordError", "iter_archive"]
+__all__ = ["ArchiveRecord", "BlockLimit", "RecordError", "iter_archive"]
+
+# (record type, Content-Type of the record, first bytes of its block) -> how many block bytes to keep
+BlockLimit: TypeAlias = Callable[[str, str, bytes], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +80,21 @@ class ArchiveRecord:
     content_type: str
     block: bytes
     inner_offset: int = 0
+    # the block's length in the file; ``block`` holds its first bytes only when a block_limit cut it
+    block_length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RecordError:
-    """A record, a stretch of the file, or the rest of the file that could not be read."""
+    """A record, a stretch of the file, or the rest of the file that could not be read.
+
+    ``ends_file``: the file could not be read past this point (an I/O failure once the stream's own
+    retries ran out, or a reader failure): what follows in the file was never seen.
+    """
 
     offset: int | None
     error: str
+    ends_file: bool = False
 
 
 _RAW_READ = 1 << 20  # compressed bytes read from the stream at a time
@@ -88,7 +106,6 @@ _COMPACT = 1 << 20
 
 _HEADER_END = re.compile(rb"\n\r*\n")
 _WARC_LINE = re.compile(rb"WARC/\d+\.\d+\r*\n")
-_WARC_SEARCH = re.compile(rb"(?:^|\n)WARC/\d+\.\d+\r*\n")
 _ARC_SEARCH = re.compile(rb"\n(?=[A-Za-z][A-Za-z0-9+.\-]*:)")
 _SKIPPABLE = b"\r\n\x00"  # separators and NUL padding between records
 _GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -149,7 +166,9 @@ class _Stream:
             data = self.raw.read(_RAW_READ)
         except Exception as exc:  # noqa: BLE001  (any I/O failure ends the file as an error row, never a crash)
             self.raw_eof = True
-            self.errors.append(RecordError(self.cbase + len(self.cbuf), f"I/O error while reading: {exc}"))
+            self.errors.append(
+                RecordError(self.cbase + len(self.cbuf), f"I/O error while reading: {exc}", ends_file=True)
+            )
             return
         if not data:
             self.raw_eof = True
@@ -396,11 +415,25 @@ class _Stream:
             if len(keep) != len(self.members):
                 self.members = keep
 
+    def discard(self, upto: int, anchor: int) -> None:
+        """Forget the decoded bytes before ``upto`` (absolute), so that a drained block is never held whole.
+
+        The member map keeps the member that holds ``anchor`` (the current record's start: its
+        compressed offset comes from it) and those that end after ``upto``.
+        """
+        n = upto - self.base
+        if n < _COMPACT:  # deleting in steps of at least 1 MiB keeps the copies few
+            return
+        del self.buf[:n]
+        self.base = upto
+        self.rpos = max(self.rpos - n, 0)
+        self.members = [m for m in self.members if m[1] > upto or m[0] <= anchor < m[1]]
+
     def member_starts(self, start: int) -> list[int]:
-        """Decompressed offsets of the member starts after ``start`` that are already decoded."""
+        """Decompressed offsets of the member starts after ``start`` that are decoded and still held."""
         if self.codec == "plain":
             return []
-        out = [m[0] for m in self.members if m[0] > start]
+        out = [m[0] for m in self.members if m[0] > start and m[0] >= self.base]
         if self.dec is not None and start < self.m_ustart < self.end:
             out.append(self.m_ustart)
         return out
@@ -486,9 +519,15 @@ def _parse_arc_header(line: bytes) -> tuple[str, str, str, int] | None:
 
 
 class _Reader:
-    def __init__(self, stream: BinaryIO, want_types: set[str] | None) -> None:
+    def __init__(self, stream: BinaryIO, want_types: set[str] | None, block_limit: BlockLimit | None) -> None:
         self.s = _Stream(stream)
         self.want = want_types
+        self.limit = block_limit
+        self.drain = block_limit is not None  # bytes read past what a record keeps are dropped at once
+        self.anchor = 0  # where the record being read starts (its offset is computed from there)
+        # (where the kept head ends, bytes the limit keeps): a Content-Length that is too short makes
+        # the block longer than the head copied, and the search for its end holds the bytes after it
+        self.hold: tuple[int, int] | None = None
         self.arc: bool | None = None  # decided by the first record
 
     def errors(self) -> Iterator[RecordError]:
@@ -531,33 +570,72 @@ class _Reader:
                 yield from self._junk()
 
     # -- helpers on the decompressed buffer
-    def _find_next_header(self, start: int, limit: int = _RESYNC_LIMIT) -> int | None:
-        """Absolute position of the next record header at or after start (line start); None if none."""
+    def _find_next_header(self, start: int, until: int | None = None) -> tuple[int | None, bool]:
+        """Read on from ``start`` (absolute), looking for the first record header after it.
+
+        until=None: up to the first header found -> (its position, False); (None, False) when there is
+        none within _RESYNC_LIMIT bytes of ``start`` or before the end of the data.
+        until=N (a block's declared end; only when draining): up to N whatever is found -> (the first
+        header found after ``start`` in the bytes dropped on the way, whether the data reaches N).
+        The bytes from that header on are kept so that a resync can start there, at most
+        _RESYNC_LIMIT of them: a header that far before the declared end is taken for payload and
+        the search goes on after it. When draining, every other byte read is dropped as soon as it
+        has been searched; bytes still held are not searched here (a resync searches them).
+        """
         s = self.s
-        pattern = _ARC_SEARCH if self.arc else _WARC_SEARCH
-        frm = start - s.base
+        found, scanned, ended = None, start, False
         while True:
-            # a gzip member start is a record start in per-record files, even without a newline before it
-            for u in s.member_starts(start):
-                if self._header_at(u - s.base):
-                    return u
-            if self.arc:
-                for m in pattern.finditer(s.buf, frm):
-                    j = m.start() + 1
-                    nl = s.buf.find(b"\n", j, j + _MAX_HEADER)
-                    if nl < 0:
-                        break  # incomplete line: read more
-                    if _parse_arc_header(bytes(s.buf[j:nl])) is not None:
-                        return s.base + j
-            else:
-                for m in pattern.finditer(s.buf, max(frm - 1, 0)):
-                    j = m.start() + (1 if s.buf[m.start()] == 0x0A else 0)
-                    if j >= frm:
-                        return s.base + j
-            scanned_to = max(len(s.buf) - _MAX_HEADER, frm)
-            if s.end - start > limit or not s._more():
+            if until is not None and (s.end >= until or ended):
+                # what is still held is searched again if the block does not end at `until`
+                return found, s.end >= until
+            # a header line may straddle what is decoded so far: search up to _MAX_HEADER short of it
+            to = s.end if ended else s.end - _MAX_HEADER
+            if found is None and to > scanned:
+                found = self._header_in(start, scanned, to)
+                scanned = to
+            if until is None:
+                if found is not None or ended or s.end - start > _RESYNC_LIMIT:
+                    return found, False
+            elif found is not None and s.end - found > _RESYNC_LIMIT:
+                scanned, found = max(found + 1, s.end - _RESYNC_LIMIT), None
+                continue
+            if self.drain:
+                floor = found - 4 if found is not None else scanned - 16
+                if until is None and self.hold is not None:
+                    floor = min(floor, self.hold[0])
+                s.discard(floor, self.anchor)
+            ended = not s._more()
+
+    def _header_in(self, start: int, frm: int, to: int) -> int | None:
+        """The first record header starting in the decoded bytes [frm, to) after ``start`` (absolute).
+
+        A gzip member start that begins with a header comes first: it is a record start in
+        per-record files, even without a newline before it. Else the first header line: ``WARC/x.y``
+        at a line start, or a complete, well-formed ARC header line.
+        """
+        s = self.s
+        frm = max(frm, s.base)
+        for u in s.member_starts(start):
+            if frm <= u < to and self._header_at(u - s.base):
+                return u
+        buf, lo, hi = s.buf, frm - s.base, to - s.base
+        if self.arc:
+            for m in _ARC_SEARCH.finditer(buf, lo):
+                if m.start() >= hi:
+                    return None
+                j = m.start() + 1
+                nl = buf.find(b"\n", j, j + _MAX_HEADER)
+                if nl >= 0 and _parse_arc_header(bytes(buf[j:nl])) is not None:
+                    return s.base + j
+            return None
+        i = lo
+        while True:  # bytes.find, not a regex: a drained block of hundreds of MiB is searched at memchr speed
+            j = buf.find(b"WARC/", i, hi + 5)
+            if j < 0 or j >= hi:
                 return None
-            frm = scanned_to
+            if (j == 0 or buf[j - 1] == 0x0A) and _WARC_LINE.match(buf, j):
+                return s.base + j
+            i = j + 1
 
     def _header_at(self, i: int) -> bool:
         s = self.s
@@ -580,7 +658,8 @@ class _Reader:
         start = s.pos
         coff = s.span(start, start + 1)[0]
         preview = bytes(s.buf[s.rpos : s.rpos + 40])
-        nxt = self._find_next_header(start + 1)
+        self.anchor, self.hold = start, None
+        nxt, _ = self._find_next_header(start + 1)
         if nxt is None:
             # nothing readable up to the end of the segment: skip it all
             while s._more():
@@ -620,30 +699,48 @@ class _Reader:
             ok = _WARC_LINE.match(s.buf, i) is not None
         return ok, s.base + i
 
-    def _emit(
-        self, rtype: str, uri: str | None, date: datetime | None, ctype: str,
-        span: tuple[int, int, int], block_start: int, block_end: int,
-    ) -> ArchiveRecord | None:
-        s = self.s
-        if self.want is not None and rtype not in self.want:
+    def _head(self, rtype: str, ctype: str, block_start: int, declared: int | None) -> bytes | None:
+        """With a block_limit: the first bytes of the block that the limit keeps (None without one).
+
+        The limit sees the record type, its Content-Type and up to _MAX_HEADER first bytes of the
+        block (enough for an HTTP header); what it does not keep is drained by _block_bounds.
+        """
+        if self.limit is None:
             return None
-        offset, length, inner = span
-        block = bytes(s.buf[block_start - s.base : block_end - s.base])
-        return ArchiveRecord(rtype, uri, date, offset, length, ctype, block, inner)
+        s = self.s
+        peek_n = _MAX_HEADER if declared is None else min(_MAX_HEADER, declared)
+        s.fill(block_start + peek_n - s.pos)
+        lo = block_start - s.base
+        peek = bytes(s.buf[lo : lo + peek_n])
+        keep = max(0, int(self.limit(rtype, ctype, peek)))
+        # without a length the block ends at the next header, searched for up to _RESYNC_LIMIT bytes on
+        want = min(keep, _RESYNC_LIMIT if declared is None else declared)
+        if want <= len(peek):
+            head = peek[:want]
+        else:
+            s.fill(block_start + want - s.pos)
+            head = bytes(s.buf[lo : lo + want])
+        # a head shorter than the limit (a Content-Length that may be too short) may need the bytes after it
+        self.hold = (block_start + len(head), keep) if keep > len(head) else None
+        return head
 
     def _block_bounds(self, block_start: int, declared: int | None, what: str) -> tuple[int, int, list[str]]:
         """Decide where the block really ends: (block_end, next_pos, error messages)."""
         s = self.s
         errors: list[str] = []
+        found = None
         if declared is not None:
             block_end = block_start + declared
-            have = s.fill(block_end - s.pos)
+            if self.drain:
+                found, have = self._find_next_header(block_start, block_end)
+            else:
+                have = s.fill(block_end - s.pos)
             if have:
                 ok, nxt = self._after_block(block_end)
                 if ok:
                     return block_end, nxt, errors
         # wrong or missing length: the block runs up to the next header (or the end of the data)
-        nxt = self._find_next_header(block_start)
+        nxt = found if found is not None else self._find_next_header(block_start)[0]
         if nxt is None:
             end = s.end
             # the data ends inside the record: keep what is there
@@ -652,7 +749,7 @@ class _Reader:
                 return end, end, errors
             nxt = end
         cut = nxt - s.base
-        lo = block_start - s.base
+        lo = max(block_start - s.base, 0)
         k = 0
         while cut > lo and k < 4 and s.buf[cut - 1] in b"\r\n":  # the separator is not part of the block
             cut -= 1
@@ -666,6 +763,19 @@ class _Reader:
                 f"{block_end - block_start} bytes"
             )
         return block_end, nxt, errors
+
+    def _block(self, head: bytes | None, block_start: int, block_end: int) -> bytes:
+        """The block as the record carries it: the kept head (cut at the block's end), or the whole block."""
+        s = self.s
+        if head is None:
+            return bytes(s.buf[block_start - s.base : block_end - s.base])
+        if self.hold is None:
+            return head[: block_end - block_start]
+        held, keep = self.hold
+        end = min(block_end, block_start + keep)
+        if end <= held or held < s.base:
+            return head[: block_end - block_start]
+        return head + bytes(s.buf[held - s.base : end - s.base])  # the block ran past its Content-Length
 
     def _warc(self) -> Iterator[ArchiveRecord | RecordError]:
         s = self.s
@@ -696,20 +806,21 @@ class _Reader:
                 name = key.strip().lower()
                 fields.setdefault(name, value.strip())
         rtype = fields.get(b"warc-type", b"").decode("latin-1").lower() or "unknown"
+        ctype = fields.get(b"content-type", b"").decode("latin-1")
         declared = _parse_length(fields.get(b"content-length", b""))
+        wanted = self.want is None or rtype in self.want
+        self.anchor, self.hold = start, None
+        head = self._head(rtype, ctype, block_start, declared) if wanted else b""
         block_end, nxt, errors = self._block_bounds(block_start, declared, f"{rtype} record")
         span = s.span(start, nxt)
-        if self.want is None or rtype in self.want:
+        if wanted:
             uri = fields.get(b"warc-target-uri")
-            rec = self._emit(
+            yield ArchiveRecord(
                 rtype,
                 _clean_uri(uri.decode("utf-8", "replace")) if uri is not None else None,
                 _parse_date(fields.get(b"warc-date", b"").decode("latin-1")),
-                fields.get(b"content-type", b"").decode("latin-1"),
-                span, block_start, block_end,
+                *span[:2], ctype, self._block(head, block_start, block_end), span[2], block_end - block_start,
             )
-            if rec is not None:
-                yield rec
         for msg in errors:
             yield RecordError(span[0], msg)
         s.rpos = nxt - s.base
@@ -720,32 +831,41 @@ class _Reader:
         nl = s.buf.find(b"\n", s.rpos)
         url, date, ctype, declared = _parse_arc_header(bytes(s.buf[s.rpos : nl]))
         block_start = s.base + nl + 1
-        block_end, nxt, errors = self._block_bounds(block_start, declared, "ARC record")
-        span = s.span(start, nxt)
+        s.fill(block_start + min(declared, 5) - s.pos)
+        lo = block_start - s.base
         if url.startswith("filedesc:"):
             rtype = "warcinfo"
-        elif s.buf[block_start - s.base : block_start - s.base + 5] == b"HTTP/":
+        elif s.buf[lo : lo + min(declared, 5)] == b"HTTP/":
             rtype = "response"
         else:
             rtype = "resource"
-        rec = self._emit(rtype, url or None, _parse_date(date), ctype, span, block_start, block_end)
-        if rec is not None:
-            yield rec
+        wanted = self.want is None or rtype in self.want
+        self.anchor, self.hold = start, None
+        head = self._head(rtype, ctype, block_start, declared) if wanted else b""
+        block_end, nxt, errors = self._block_bounds(block_start, declared, "ARC record")
+        span = s.span(start, nxt)
+        if wanted:
+            yield ArchiveRecord(rtype, url or None, _parse_date(date), *span[:2], ctype,
+                                self._block(head, block_start, block_end), span[2], block_end - block_start)
         for msg in errors:
             yield RecordError(span[0], msg)
         s.rpos = nxt - s.base
 
 
 def iter_archive(
-    stream: BinaryIO, source_uri: str, want_types: set[str] | None = None
+    stream: BinaryIO, source_uri: str, want_types: set[str] | None = None, block_limit: BlockLimit | None = None,
 ) -> Iterator[ArchiveRecord | RecordError]:
     """Yield the records of one WARC/ARC file, and RecordErrors for what cannot be read.
 
     ``want_types`` (lower-case record types) skips the other records without copying their blocks:
-    they are not yielded at all. ``source_uri`` only labels log messages. Never raises on bad
-    input; see the module docstring for offsets and the tolerance rules.
+    they are not yielded at all. ``block_limit(record_type, content_type, first_bytes) -> n``
+    keeps the first n bytes of each block (``first_bytes``: up to 64 KiB of it, enough for an HTTP
+    header) and drains the rest, so that memory is bounded by what the limit keeps, never by the
+    input; ``ArchiveRecord.block_length`` still gives the whole block's length. Without it every
+    block is held whole. ``source_uri`` only labels log messages. Never raises on bad input; see
+    the module docstring for offsets and the tolerance rules.
     """
-    reader = _Reader(stream, want_types)
+    reader = _Reader(stream, want_types, block_limit)
     n_err = 0
     try:
         for item in reader.records():
@@ -755,6 +875,6 @@ def iter_archive(
         yield from reader.errors()
     except Exception as exc:  # a reader bug must not kill the Spark task: one error row instead
         logger.exception("unexpected failure reading %s", source_uri)
-        yield RecordError(reader.s.pos, f"unexpected reader failure: {type(exc).__name__}: {exc}")
+        yield RecordError(reader.s.pos, f"unexpected reader failure: {type(exc).__name__}: {exc}", ends_file=True)
     if n_err:
         logger.info("%s: %d record errors", source_uri, n_err)

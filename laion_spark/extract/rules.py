@@ -15,9 +15,11 @@ import html
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-from laion_spark.extract.html import PageImages
+if TYPE_CHECKING:  # html.py imports license.py, which imports this module: no import cycle at run time
+    from laion_spark.extract.html import PageImages
 
 # Checked in this order; the first that applies is the one counted.
 DROP_REASONS = ("empty_src", "invalid_url", "bad_scheme", "url_too_long", "denied_extension", "alt_too_short")
@@ -49,10 +51,16 @@ def clean_alt(alt: str, max_chars: int) -> str:
     return " ".join(alt.split())[:max_chars].rstrip()
 
 
+def clean_url(value: str) -> str:
+    """A URL attribute value as the URL standard reads it: C0 controls and spaces stripped at both
+    ends, tabs and newlines dropped anywhere."""
+    return value.strip(_URL_EDGE).translate(_URL_TAB_NEWLINE)
+
+
 def resolve_base(page_url: str, base_href: str | None) -> str:
     """The URL that a page's relative links resolve against: `<base href>` resolved on the page URL."""
     if base_href is not None:
-        base_href = base_href.strip(_URL_EDGE).translate(_URL_TAB_NEWLINE)
+        base_href = clean_url(base_href)
         if base_href:
             return urljoin(page_url, base_href)
     return page_url
@@ -64,7 +72,7 @@ def resolve_url(src: str, page_url: str, base_href: str | None, base: str | None
     `base` (from resolve_base) saves resolving the page's base again for each image.
     Raises ValueError for a URL urllib cannot split (e.g. a broken IPv6 literal).
     """
-    src = src.strip(_URL_EDGE).translate(_URL_TAB_NEWLINE)
+    src = clean_url(src)
     if base is None:
         base = resolve_base(page_url, base_href)
     scheme, netloc, path, query, _ = urlsplit(urljoin(base, src))

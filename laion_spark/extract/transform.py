@@ -4,7 +4,8 @@ INPUT  -> a DataFrame with a string column `source_uri` (one archive file a row)
           column `task` (files with the same task are read by one Spark task), and an ExtractConfig
 OUTPUT -> `ExtractOutput(raw, candidates, errors, stats)`: `raw` is the one mapInArrow pass that
           streams every file record by record; the three tables are selections of it, so a job
-          that persists `raw` parses each file once
+          that persists `raw` parses each file once. `stats` is one row per file: source_uri,
+          counts (JSON) and error (why the file could not be opened or read to its end, else null)
 
 The rows go to Arrow directly (mapInArrow), not through a pandas frame: the frame and its conversion
 cost 7% of the row logic's time on the corpora, the Arrow columns 2% (bench/README.md, issue 13).
@@ -94,5 +95,5 @@ def extract_candidates(paths_df: DataFrame, cfg, num_partitions: int | None = No
         *[F.col(f.name).cast(f.dataType).alias(f.name) for f in S.CANDIDATES.fields]
     )
     errors = raw.filter(F.col("kind") == "error").select(*[f.name for f in S.EXTRACT_ERRORS.fields])
-    stats = raw.filter(F.col("kind") == "stats").select(S.SOURCE_URI, "counts")
+    stats = raw.filter(F.col("kind") == "stats").select(S.SOURCE_URI, "counts", S.ERROR)
     return ExtractOutput(raw, candidates, errors, stats)

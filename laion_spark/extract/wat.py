@@ -1,4 +1,4 @@
-"""Common Crawl WAT metadata record block (JSON) -> WatPage (page URL, base href, <img> links, licence).
+"""Common Crawl WAT metadata record block (JSON) -> WatPage (page URL, base href, <img> links, licence links).
 
 INPUT:  the block of a WAT ``metadata`` record: the JSON ``Envelope`` written by ia-web-commons
         (the format cc2dataset reads): ``Envelope.WARC-Header-Metadata.WARC-Target-URI`` and
@@ -7,7 +7,8 @@ INPUT:  the block of a WAT ``metadata`` record: the JSON ``Envelope`` written by
         with ``rel``).
 OUTPUT: WatPage, or None when the record does not describe an HTML response (request/warcinfo
         metadata, non-HTML payloads). Malformed JSON raises ValueError (the caller makes it an
-        error row).
+        error row). Which link is the page's licence is license.py's answer, as for a WARC page:
+        ``license_links`` are the links it may choose from, as written, in document order.
 """
 
 from __future__ import annotations
@@ -15,29 +16,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-__all__ = ["WatPage", "wat_page_links"]
+from laion_spark.extract.license import may_name_license
 
-_CC_LICENSE_PREFIXES = (
-    "creativecommons.org/licenses",
-    "creativecommons.org/publicdomain",
-)
+__all__ = ["WatPage", "wat_page_links"]
 
 
 @dataclass(frozen=True, slots=True)
 class WatPage:
-    """What the crawler saw in one HTML page: its URL, <base href>, images (src, alt) and licence."""
+    """What the crawler saw in one HTML page: its URL, <base href>, images (src, alt) and the (href, rel)
+    of the <a>/<link>/<area> links that may name its licence (license.page_license picks)."""
 
     target_uri: str | None
     base_href: str | None
     images: list[tuple[str, str | None]] = field(default_factory=list)
-    license_href: str | None = None
+    license_links: list[tuple[str, str | None]] = field(default_factory=list)
     content_type: str | None = None
-
-
-def _is_cc_license(url: str) -> bool:
-    # scheme and "www." vary (http, https, //); the host + path prefix is what identifies CC licences
-    lowered = url.lower()
-    return any(prefix in lowered for prefix in _CC_LICENSE_PREFIXES)
 
 
 def _get(obj: object, *keys: str) -> object:
@@ -67,7 +60,7 @@ def wat_page_links(block: bytes) -> WatPage | None:
     base_href = base if isinstance(base, str) and base.strip() else None
     content_type = _get(response, "Headers", "Content-Type")
     images: list[tuple[str, str | None]] = []
-    license_href: str | None = None
+    license_links: list[tuple[str, str | None]] = []
     links = html.get("Links")
     head_links = _get(html, "Head", "Link")
     # <link> tags sit in Head.Link, before the body's Links: document order, as the HTML path
@@ -82,16 +75,15 @@ def wat_page_links(block: bytes) -> WatPage | None:
         if path == "IMG@/src":
             alt = link.get("alt")
             images.append((url, alt if isinstance(alt, str) else None))
-        elif license_href is None and path in ("A@/href", "LINK@/href", "AREA@/href"):
-            if url.strip().startswith("#"):  # an in-page anchor names no licence document
-                continue
+        elif path in ("A@/href", "LINK@/href", "AREA@/href"):
             rel = link.get("rel")
-            if (isinstance(rel, str) and "license" in rel.lower().split()) or _is_cc_license(url):
-                license_href = url
+            rel = rel if isinstance(rel, str) else None
+            if may_name_license(url, rel):
+                license_links.append((url, rel))
     return WatPage(
         target_uri=target_uri,
         base_href=base_href,
         images=images,
-        license_href=license_href,
+        license_links=license_links,
         content_type=content_type if isinstance(content_type, str) else None,
     )

@@ -12,20 +12,41 @@ from __future__ import annotations
 
 import numpy as np
 
+BLOCK_ROWS = 256  # rows compared at once: one block against the rows kept before it, then within itself
+
 
 def near_duplicates(vectors: np.ndarray, threshold: float) -> np.ndarray:
     """Ranked embeddings (n x d) -> a keep mask: a row is dropped when its cosine with a better kept row
-    is above threshold."""
+    is above threshold (the greedy rule: rows are taken best first, each kept unless a kept row is near it).
+
+    Why blocks: a row-at-a-time loop takes a Python step and a copy of every row kept so far for each
+    row, at a search's depth of up to 16,000 rows. Here each block of rows meets the rows kept before it
+    in one matrix product, and the greedy order inside a block runs over the few rows that have a near
+    neighbour later in that block; the rows kept sit in one buffer filled once. The comparisons are the
+    same (each row against the kept rows before it, cosine > threshold), so the rows kept are too.
+    """
     v = np.asarray(vectors, dtype=np.float32)
+    n = len(v)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     v = v / np.where(norms > 0, norms, 1)
-    keep = np.ones(len(v), dtype=bool)
-    kept: list[int] = []
-    for i in range(len(v)):
-        if kept and float(np.max(v[kept] @ v[i])) > threshold:
-            keep[i] = False
-        else:
-            kept.append(i)
+    keep = np.zeros(n, dtype=bool)
+    kept = np.empty_like(v)  # the rows kept so far, in rank order: kept[:m]
+    m = 0
+    for start in range(0, n, BLOCK_ROWS):
+        block = v[start:start + BLOCK_ROWS]
+        alive = np.ones(len(block), dtype=bool)
+        if m:
+            alive &= ~((kept[:m] @ block.T) > threshold).any(axis=0)
+        near = np.triu((block @ block.T) > threshold, k=1)  # near[i, j]: j is after i in the block and near it
+        for i in np.flatnonzero(near.any(axis=1)).tolist():  # rows with no later neighbour drop nothing
+            if alive[i]:
+                alive &= ~near[i]
+        keep[start:start + len(block)] = alive
+        taken = block[alive]
+        kept[m:m + len(taken)] = taken
+        m += len(taken)
     return keep
 
 

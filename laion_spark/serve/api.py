@@ -57,6 +57,7 @@ class Settings:
     safety_threshold: float = LAION_UNSAFE  # use_safety_model=true drops punsafe above this
     max_pwatermark: float | None = None  # always applied where set (no clip-retrieval field for it)
     allow_image_url: bool = False
+    max_query_pixels: int = 16_777_216  # a query image with more (from its header) is refused undecoded
 
     @classmethod
     def from_config(cls, cfg) -> Settings:
@@ -66,7 +67,7 @@ class Settings:
                    dedup_threshold=s.dedup_threshold, unique_urls=s.unique_urls,
                    safety_threshold=s.max_punsafe if s.max_punsafe >= 0 else LAION_UNSAFE,
                    max_pwatermark=s.max_pwatermark if s.max_pwatermark >= 0 else None,
-                   allow_image_url=v.allow_image_url)
+                   allow_image_url=v.allow_image_url, max_query_pixels=v.max_query_pixels)
 
 
 @dataclass(frozen=True)

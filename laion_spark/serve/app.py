@@ -1,8 +1,8 @@
-"""The HTTP service: requests -> clip-retrieval's JSON API, the web page and its thumbnails.
+"""The search service: requests -> clip-retrieval's JSON API, the web page and its thumbnails.
 
-INPUT  -> HTTP requests to a SearchServer (stdlib ThreadingHTTPServer) over the served indices
-          {name: Searcher}, Settings, an optional ImageStore (images=) and, with serve.allow_image_url,
-          the download stage's Fetcher (its address guard, deadline and size cap) for image_url queries
+INPUT  -> requests (method, target, headers, body) over the served indices {name: Searcher}, Settings, an
+          optional ImageStore (images=) and, with serve.allow_image_url, the download stage's Fetcher (its
+          address guard, deadline and size cap) for image_url queries; server.py brings them from HTTP
 OUTPUT -> GET  /                  the search page (page.py), /app.js, /app.css
           GET  /indices-list      ["name", ...]
           GET  /config.json       what the page needs (indices with their field and model, thumbnails, max_k)
@@ -14,16 +14,28 @@ OUTPUT -> GET  /                  the search page (page.py), /app.js, /app.css
           every refusal: a 4xx with {"error": message}; never a dropped connection; a 503 (Retry-After)
           while an index (or the images table) changed on disk and cannot be opened again yet
 
-`SearchService.respond(method, path, headers, body)` is the whole service without sockets; the handler
-only reads the request and writes the Response. A bug answers 500 with its message and is logged.
+`SearchService.respond(method, path, headers, body)` is the whole service without sockets;
+`SearchService.refuse(method, path, headers)` is the part of it the request's head decides, which the
+transport asks before it reads a body. A bug answers 500 with its message and is logged.
 
 Why each answer first asks live.py for its index: a takedown writes tombstones.npy and rewrites index
 files under a running server; the next answer (within a second) comes from the new version or is a 503,
 never from the files as they were.
 
-Why a Host check: bound to loopback (the default), the server refuses requests whose Host is no
-loopback name, so a web page the user visits cannot reach it through DNS rebinding (a name of the
-attacker's that resolves to 127.0.0.1, which the browser then treats as the attacker's own origin).
+Who may ask, decided on the head:
+- Host: bound to loopback (the default), the server refuses requests whose Host is no loopback name, so
+  a web page the user visits cannot reach it through DNS rebinding (a name of the attacker's that
+  resolves to 127.0.0.1, which the browser then treats as the attacker's own origin).
+- Origin: any page the user visits may POST to 127.0.0.1 (a form, or fetch with text/plain: a "simple"
+  request, sent without asking the server first), and its answer, though unreadable to that page, costs
+  the service an image decode or, with image_url, a fetch. A browser names the page's origin in Origin
+  on every POST, so a request whose Origin is not the server's own (the scheme://host:port its Host says,
+  or one of serve.allowed_origins, a reverse proxy's) is refused. Clients that are no browser (curl,
+  clip-retrieval's ClipClient, which posts JSON as text without a Content-Type) send no Origin and pass,
+  so the Content-Type is not what decides.
+- Sec-Fetch-Site: a page's <img> or <script> of another site sends no Origin, but a browser says
+  cross-site (or same-site, another port of localhost) in Sec-Fetch-Site; such a request is refused
+  unless it is the user following a link (Sec-Fetch-Mode: navigate).
 """
 
 from __future__ import annotations
@@ -32,17 +44,16 @@ import ipaddress
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from laion_spark.serve import api, page
 from laion_spark.serve.api import ApiError, Settings
 from laion_spark.serve.live import CHECK_SECONDS, IndexUnavailable, LiveIndices
+from laion_spark.serve.pixels import check_pixels
 from laion_spark.serve.thumbs import ImagesUnavailable
 
 log = logging.getLogger(__name__)
@@ -73,6 +84,21 @@ def error_response(status: int, message: str, headers: dict | None = None) -> Re
     return json_response(status, {"error": message, "status": status}, headers)
 
 
+def normalise_origin(text: str) -> str:
+    """A serve.allowed_origins entry -> its scheme://host[:port], lower-cased; ValueError for anything else
+    (a path, a scheme other than http or https, no host)."""
+    value = str(text).strip().lower().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query or parts.fragment \
+            or "@" in parts.netloc:
+        raise ValueError(f"{text!r} is not an origin: give scheme://host[:port], such as https://search.example.org")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _route(path: str) -> str:
+    return path.split("?", 1)[0].split("#", 1)[0]
+
+
 def _is_loopback_host(host: str) -> bool:
     name = host.strip().lower()
     if name.startswith("["):  # [::1]:port
@@ -91,11 +117,12 @@ class SearchService:
     """Everything the handlers share: indices, settings, image store, fetcher, request counts (thread-safe)."""
 
     def __init__(self, indices: dict, settings: Settings, images=None, fetcher=None, loopback_only: bool = True,
-                 check_interval: float = CHECK_SECONDS):
+                 check_interval: float = CHECK_SECONDS, allowed_origins=()):
         """indices: {name: Searcher}; images: an ImageStore or None (thumbnails are then the result URLs);
         fetcher: a download Fetcher for image_url queries (None: image_url is refused); loopback_only: refuse
         requests whose Host is not a loopback name (the server is bound to loopback); check_interval: how
-        often (seconds, at most) each index's files are looked at for a change."""
+        often (seconds, at most) each index's files are looked at for a change; allowed_origins: origins
+        besides the server's own whose pages may use it (a reverse proxy's; their hosts pass the Host check)."""
         if not indices:
             raise ValueError("no index to serve")
         self.live = LiveIndices(indices, check_interval)
@@ -103,6 +130,8 @@ class SearchService:
         self.images = images
         self.fetcher = fetcher
         self.loopback_only = loopback_only
+        self.allowed_origins = frozenset(normalise_origin(o) for o in allowed_origins)
+        self._allowed_hosts = frozenset(o.split("://", 1)[1] for o in self.allowed_origins)
         self.counts: Counter = Counter()  # (route, status) -> requests
         self._lock = threading.Lock()
         self._reported: set[str] = set()
@@ -110,7 +139,7 @@ class SearchService:
     # ------------------------------------------------------------------ dispatch
     def respond(self, method: str, path: str, headers, body: bytes | None) -> Response:
         """One request -> its Response (never raises)."""
-        route = path.split("?", 1)[0].split("#", 1)[0]
+        route = _route(path)
         try:
             response = self._dispatch(method, route, headers, body)
         except ApiError as exc:
@@ -120,24 +149,81 @@ class SearchService:
         except Exception as exc:  # a bug: the client gets a message, the log the traceback
             log.exception("serve: %s %s failed", method, route)
             response = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
-        name = route if route in ROUTES else ("/thumb" if route.startswith("/thumb/") else "other")
-        with self._lock:
-            self.counts[(name, response.status)] += 1
+        self.record(route, response.status)
         return response
 
-    def _dispatch(self, method: str, route: str, headers, body: bytes | None) -> Response:
-        host = headers.get("Host") if headers is not None else None
-        if self.loopback_only and host is not None and not _is_loopback_host(host):
+    def refuse(self, method: str, path: str, headers) -> Response | None:
+        """A request's head -> the refusal it gets whatever its body says (who asks, no such route, a method
+        the route does not take), counted; None when the body is worth reading."""
+        route = _route(path)
+        try:
+            self._check_caller(headers)
+            allowed = self._allowed(route)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.message)
+        else:
+            if method in allowed:
+                return None
+            response = _method_not_allowed(method, route, allowed)
+        self.record(route, response.status)
+        return response
+
+    def record(self, path: str, status: int) -> None:
+        """Count one answer under its route (the job's summary): respond() and refuse() count theirs, the
+        transport the refusals it makes itself (411, 413, 503)."""
+        route = _route(path)
+        name = route if route in ROUTES else ("/thumb" if route.startswith("/thumb/") else "other")
+        with self._lock:
+            self.counts[(name, status)] += 1
+
+    def _check_caller(self, headers) -> None:
+        """Host, Origin and Sec-Fetch-Site -> ApiError(403) when the request is one this server must not
+        answer (see the module's docstring)."""
+        if headers is None:
+            return
+        host = headers.get("Host")
+        if self.loopback_only and host is not None and not _is_loopback_host(host) \
+                and host.strip().lower() not in self._allowed_hosts:
             raise ApiError(403, f"Host {host!r} is not a loopback name; this server answers only requests to "
                            "itself (127.0.0.1, localhost)")
-        thumb = _THUMB.match(route)
-        allowed = ("GET",) if thumb or route.startswith("/thumb/") else ROUTES.get(route)
+        origin = headers.get("Origin")
+        if origin is not None:
+            if not self._own_origin(origin, host):
+                raise ApiError(403, f"Origin {origin!r} is not this server's own (http://{host or '?'}): a page "
+                               "of another site may not use it; behind a reverse proxy, give the proxy's origin "
+                               "in serve.allowed_origins")
+            return
+        site = (headers.get("Sec-Fetch-Site") or "").strip().lower()
+        if site in ("cross-site", "same-site") and (headers.get("Sec-Fetch-Mode") or "").strip().lower() != "navigate":
+            raise ApiError(403, f"a request from a page of another site (Sec-Fetch-Site: {site}) is refused; open "
+                           "this server's own page instead")
+
+    def _own_origin(self, origin: str, host: str | None) -> bool:
+        """A request's Origin + Host -> whether the page that sent it is this server's (or an allowed one)."""
+        try:
+            value = normalise_origin(origin)
+        except ValueError:  # "null" (a sandboxed frame, a file: page) or anything else: not ours
+            return False
+        if value in self.allowed_origins:
+            return True
+        return host is not None and value.split("://", 1)[1] == host.strip().lower()
+
+    def _allowed(self, route: str) -> tuple[str, ...]:
+        """A route -> the methods it takes; ApiError(404) when there is no such route."""
+        if route.startswith("/thumb/"):
+            return ("GET",)
+        allowed = ROUTES.get(route)
         if allowed is None:
             raise ApiError(404, f"no such path {route!r}; paths: {', '.join(ROUTES)}, /thumb/<indice>/<sample_id>")
+        return allowed
+
+    def _dispatch(self, method: str, route: str, headers, body: bytes | None) -> Response:
+        self._check_caller(headers)
+        allowed = self._allowed(route)
         if method not in allowed:
-            return error_response(405, f"{method} is not allowed on {route}; use {', '.join(allowed)}",
-                                  {"Allow": ", ".join(allowed)})
+            return _method_not_allowed(method, route, allowed)
         if route.startswith("/thumb/"):
+            thumb = _THUMB.match(route)
             if not thumb:
                 raise ApiError(404, f"no such thumbnail {route!r}: /thumb/<indice>/<sample_id>")
             return self._thumb(unquote(thumb[1]), int(thumb[2]))
@@ -182,6 +268,8 @@ class SearchService:
         q = api.parse_knn(data, self.indices, self.settings)
         searcher = self.live.get(q.index)
         image = self._fetch(q.image_url) if q.image_url is not None else None
+        if image is not None or q.image is not None:
+            check_pixels(image if image is not None else q.image, self.settings.max_query_pixels)
         thumbnail = None
         if self.images is not None:
             prefix = f"/thumb/{quote(q.index, safe='')}/"
@@ -248,6 +336,11 @@ class SearchService:
         return Response(200, data, mime, {"Cache-Control": "private, max-age=86400"})
 
 
+def _method_not_allowed(method: str, route: str, allowed: tuple[str, ...]) -> Response:
+    return error_response(405, f"{method} is not allowed on {route}; use {', '.join(allowed)}",
+                          {"Allow": ", ".join(allowed)})
+
+
 def _json_body(body: bytes | None):
     if not body:
         raise ApiError(400, "the request has no body; send a JSON object")
@@ -257,99 +350,10 @@ def _json_body(body: bytes | None):
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "laion-spark-serve"
-    # a client that stops sending mid-request (or idles on a keep-alive connection) frees its thread
-    timeout = 60
+def __getattr__(name: str):
+    """SearchServer, the HTTP transport, lives in server.py (imported on first use: it brings uvicorn)."""
+    if name == "SearchServer":
+        from laion_spark.serve.server import SearchServer
 
-    def do_GET(self):
-        self._serve(None)
-
-    def do_POST(self):
-        length = self.headers.get("Content-Length")
-        if length is None or not length.strip().isdigit():
-            self.close_connection = True  # what follows on this connection cannot be framed
-            self._write(error_response(411, "send the JSON body with a Content-Length header"))
-            return
-        n = int(length)
-        if n > self.server.max_body_bytes:
-            self.close_connection = True  # the body is not read: the connection cannot be reused
-            self._write(error_response(413, f"the body is {n} bytes; this server takes at most "
-                                            f"{self.server.max_body_bytes}"))
-            return
-        self._serve(self.rfile.read(n))
-
-    def _serve(self, body: bytes | None) -> None:
-        self._write(self.server.service.respond(self.command, self.path, self.headers, body))
-
-    def _write(self, response: Response) -> None:
-        self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")  # result images are loaded from the web
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
-
-    def send_error(self, code, message=None, explain=None):
-        """http.server's own refusals (bad request line, unknown method, header too long) as JSON; an
-        unknown method is a 405 here, not http.server's 501."""
-        if code == 501:
-            code, message = 405, f"method {self.command!r} is not allowed"
-        self.close_connection = True
-        response = error_response(code, message or explain or "bad request")
-        if code == 405:
-            response.headers["Allow"] = "GET, POST"
-        try:
-            self._write(response)
-        except OSError:  # the client is gone
-            pass
-
-    def log_message(self, format, *args):  # http.server logs each request here; ours at debug
-        log.debug("serve: %s %s", self.address_string(), format % args)
-
-
-class SearchServer(ThreadingHTTPServer):
-    """A SearchService on (host, port) (port 0: any free one); `url` is where it answers."""
-
-    daemon_threads = True  # a keep-alive connection's thread must not hold up shutdown
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], service: SearchService, max_body_bytes: int = 64 * 2**20):
-        host = address[0]
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        self.service = service
-        self.max_body_bytes = max_body_bytes
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request, client_address):
-        # a client that vanished or timed out mid-request: its connection is closed, nothing else to do
-        log.debug("serve: connection from %s ended with an error", client_address, exc_info=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{port}/"
-
-    def start(self) -> threading.Thread:
-        """Serve in a background thread (tests, notebooks) -> the thread; stop with stop()."""
-        thread = threading.Thread(target=self.serve_forever, name="laion-spark-serve", daemon=True)
-        thread.start()
-        self._thread = thread
-        return thread
-
-    def stop(self) -> None:
-        """Stop serving and close the socket (waits for serve_forever to return)."""
-        self.shutdown()
-        self.server_close()
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(timeout=10)
+        return SearchServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

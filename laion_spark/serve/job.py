@@ -1,7 +1,8 @@
 """The serve job: index folder(s) [+ images] -> an HTTP search service, until SIGINT or SIGTERM.
 
 INPUT  -> JobConfig with input (one index folder, or a folder of several such as run_dir/index with image/
-          and text/), serve.* (images=, host, port, max_k, allow_image_url), search.* (the filters'
+          and text/), serve.* (images=, host, port, max_k, allow_image_url, allowed_origins and the bounds
+          of a request: max_body_bytes, max_query_pixels, threads, max_requests), search.* (the filters'
           defaults, cache_dir) and download.* (the limits an image_url fetch runs under)
 OUTPUT -> a server at http://<host>:<port>/ (logged once it listens, with the port the OS gave for port=0)
           answering until SIGINT/SIGTERM, then shut down; a summary dict (url, indices, images, requests
@@ -28,7 +29,11 @@ USAGE = "laion-spark serve input=<index dir> [images=<images or dataset table>] 
 
 
 def prepare(cfg) -> None:
-    """Checks before any index is opened: the input and images tables exist, images has sample_id + image."""
+    """Checks before any index is opened: the input and images tables exist, images has sample_id + image,
+    serve.allowed_origins are origins, uvicorn is installed."""
+    import importlib.util
+
+    from laion_spark.serve.app import normalise_origin
     from laion_spark.serve.thumbs import ImageTableError, check_table
 
     if not exists(cfg.input):
@@ -42,18 +47,22 @@ def prepare(cfg) -> None:
             raise ConfigError(str(exc)) from None
     if not cfg.serve.host.strip():
         raise ConfigError("serve.host is empty; 127.0.0.1 serves this machine only")
-
-
-def max_body_bytes(cfg) -> int:
-    """-> the largest request body taken: base64 of the largest image download takes, + room for the JSON."""
-    return cfg.download.max_body_bytes * 4 // 3 + 2**20
+    if importlib.util.find_spec("uvicorn") is None:
+        raise ConfigError("serve runs on uvicorn, which is not installed here: pip install 'laion-spark[index]' "
+                          "(or uvicorn itself)")
+    for origin in cfg.serve.allowed_origins:
+        try:
+            normalise_origin(origin)
+        except ValueError as exc:
+            raise ConfigError(f"serve.allowed_origins: {exc}") from None
 
 
 def build_server(cfg, indices: dict | None = None):
     """JobConfig (+ indices already open) -> a bound, not yet serving SearchServer."""
     from laion_spark.search.searcher import open_indices
     from laion_spark.serve.api import Settings
-    from laion_spark.serve.app import SearchServer, SearchService
+    from laion_spark.serve.app import SearchService
+    from laion_spark.serve.server import Limits, SearchServer
     from laion_spark.serve.thumbs import ImageStore
 
     v = cfg.serve
@@ -65,9 +74,10 @@ def build_server(cfg, indices: dict | None = None):
         from laion_spark.download.fetch import Fetcher
 
         fetcher = Fetcher(cfg.download)
-    service = SearchService(indices, Settings.from_config(cfg), images, fetcher, loopback_only=True)
+    service = SearchService(indices, Settings.from_config(cfg), images, fetcher, loopback_only=True,
+                            allowed_origins=v.allowed_origins)
     try:
-        server = SearchServer((v.host, v.port), service, max_body_bytes(cfg))
+        server = SearchServer((v.host, v.port), service, limits=Limits.from_config(v))
     except BaseException:
         if fetcher is not None:
             fetcher.close()
