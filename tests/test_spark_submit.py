@@ -196,22 +196,8 @@ def _cluster_flags(url: str) -> list[str]:
     return ["--", "--master", url, "--executor-memory", "512m", "--total-executor-cores", "1"]
 
 
-@pytest.mark.slow
-def test_extract_on_standalone_cluster(spark, cluster, env, tmp_path):
-    warc = tmp_path / "pages.warc.gz"
-    offsets = write_small_warc(warc)
-    out = tmp_path / "candidates"
-    res = run_submit(["extract", f"input={warc}", f"output={out}", *_cluster_flags(cluster)], env, tmp_path)
-    _check_extract(spark, res, warc, offsets, out)
-    assert f"Connecting to master {cluster}" in res.stderr or cluster in res.stderr
-
-
-@pytest.mark.slow
-def test_dedupe_on_standalone_cluster(spark, cluster, env, tmp_path):
-    candidates = _dedupe_input(spark, tmp_path)
-    out = tmp_path / "pairs"
-    res = run_submit(["dedupe", f"input={candidates}", f"output={out}", *_cluster_flags(cluster)], env, tmp_path)
-    _check_dedupe(spark, res, out)
+# extract on the cluster: the --pack test below; dedupe (and every other stage) on a cluster:
+# tests/test_pipeline.py's pipeline on a standalone cluster that loses workers
 
 
 # what extract's driver and Python workers never import: the GPU stack of embed and tag (torch, its CUDA
@@ -278,6 +264,7 @@ def test_pack_ships_the_venv_to_the_cluster(spark, cluster, cluster_dir, env, tm
                      env, tmp_path)
     print(f"--pack submit (pack + unpack + run) {time.monotonic() - started:.1f}s")
     _check_extract(spark, res, warc, offsets, out)
+    assert f"Connecting to master {cluster}" in res.stderr or cluster in res.stderr
     archives = list((tmp_path / "env-cache").glob("laion-spark-env-*.tar.gz"))
     assert len(archives) == 1
     # the executor unpacked it as ./environment in its work dir (and ran ./environment/bin/python:
