@@ -124,7 +124,9 @@ def run_ours(spark, table: Path, out: Path, budget: str, vectors, queries, exact
     got = measure(index, vectors, queries, exact)
     return {"tool": "laion-spark", "budget": budget, "key": infos["index_key"], "param": infos["index_param"],
             "bytes": folder_bytes(out), "build_s": round(wall, 1), "phases": infos.get("seconds"),
-            "claimed_recall_at_10": infos.get("recall_at_10"), **got}
+            "claimed_recall_at_10": infos.get("recall_at_10"), "claimed_ci95": infos.get("recall_at_10_ci95"),
+            "claimed_on": infos.get("eval_queries"), "text_to_image": infos.get("cross_modal"),
+            "under_load": infos.get("latency_under_load"), **got}
 
 
 def run_autofaiss(python: str, npy_dir: Path, out: Path, budget: str, vectors, queries, exact) -> dict:
@@ -169,7 +171,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         if r.get("phases"):
             print(f"{r['tool']} {r['budget']}: phases (s) {r['phases']}; index_infos.json claims recall@10 "
-                  f"{r['claimed_recall_at_10']}")
+                  f"{r['claimed_recall_at_10']} (95% {r.get('claimed_ci95')}, {r.get('claimed_on')} held-out queries); "
+                  f"under load {r.get('under_load')}")
 
 
 def print_laion5b() -> None:

@@ -315,7 +315,7 @@ def test_the_pipeline_on_a_standalone_cluster_survives_lost_workers(runs, crawl,
     from tests.spark_servers import cluster, kill_group, spark_env, start_submit
 
     run_dir, log = tmp_path / "run", tmp_path / "submit.log"
-    chunked = ["download.chunk_rows=20", "embed.chunk_rows=20",  # several chunks: a kill lands between them
+    chunked = ["download.chunk_rows=34", "embed.chunk_rows=34",  # 3 chunks each (~90 rows): a kill lands between
                "pipeline.until=export"]
     with cluster(tmp_path / "cluster", workers=2, cores=1, memory="1500m") as c, DemoImageServer() as server:
         first, second = c.workers

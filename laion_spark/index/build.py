@@ -3,7 +3,8 @@
 INPUT  -> float32 matrices (rows L2-normalised by embed), int64 sample_ids, a Plan's factory key,
           serialized indices (bytes) or local index files
 OUTPUT -> trained empty indices, populated parts (bytes), one merged index file (inverted lists in
-          the file, or on disk in `knn.ivfdata` beside it), exact top-k lists for the recall check
+          the file, or on disk in `knn.ivfdata` beside it), exact top-k lists for the recall check (with
+          the vectors that tie the k-th score, so that a tied duplicate found in place of another counts)
 
 Every index here is an IVF (plan.py: IVF1,Flat is the exact one), so every part takes sample_ids as
 its faiss ids, merges into one index and memory-maps. The metric is inner product: on unit vectors,
@@ -18,6 +19,9 @@ from collections.abc import Iterable
 import numpy as np
 
 NO_ID = -1  # faiss marks a missing result with id -1; no sample_id may be -1 in an index
+# two inner products of unit float32 vectors closer than this are one score: an exact duplicate scored by two
+# code paths (BLAS here, an inverted list scan in the index) differs by a few 1e-7
+TIE_TOLERANCE = 1e-5
 
 
 def _faiss():
@@ -101,43 +105,55 @@ def read_index(path: str, mmap: bool = True):
     return faiss.read_index(path, (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else 0)
 
 
+def _keep_ties(s: np.ndarray, i: np.ndarray, k: int, ties: int) -> tuple[np.ndarray, np.ndarray]:
+    """One query's candidates (scores, ids) -> its top-k by score then id, then up to `ties` more whose
+    score ties the k-th (within TIE_TOLERANCE)."""
+    order = np.lexsort((i, -s))[: k + ties]  # by score, then id: the same order in every merge
+    s, i = s[order], i[order]
+    if len(s) > k:
+        keep = k + int(np.count_nonzero(s[k:] >= s[k - 1] - TIE_TOLERANCE))
+        s, i = s[:keep], i[:keep]
+    return s, i
+
+
 def exact_topk(queries: np.ndarray, query_ids: np.ndarray, vectors: np.ndarray, ids: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k of each query over (vectors, ids), the query's own id left out ->
-    (scores nq x k, ids nq x k), padded with (-inf, NO_ID) where fewer than k vectors remain."""
+               k: int, ties: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k of each query over (vectors, ids), the query's own id left out (NO_ID:
+    nothing left out) -> (scores nq x (k + ties), ids nq x (k + ties)): the top k by score then id, then
+    up to `ties` more that tie the k-th score, padded with (-inf, NO_ID)."""
     faiss = _faiss()
     nq = len(queries)
-    scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    found = np.full((nq, k), NO_ID, dtype=np.int64)
+    scores = np.full((nq, k + ties), -np.inf, dtype=np.float32)
+    found = np.full((nq, k + ties), NO_ID, dtype=np.int64)
     if not len(ids) or not nq:
         return scores, found
-    take = min(k + 1, len(ids))  # one more: the query itself may be among them
+    take = min(k + ties + 1, len(ids))  # one more: the query itself may be among them
     sims, rows = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
                            np.ascontiguousarray(vectors, dtype=np.float32), take, metric=faiss.METRIC_INNER_PRODUCT)
     got = ids[rows]
     for q in range(nq):
         keep = got[q] != query_ids[q]
-        s, i = sims[q][keep], got[q][keep]
-        order = np.lexsort((i, -s))[:k]  # by score, then id: the same order in every merge
-        scores[q, : len(order)] = s[order]
-        found[q, : len(order)] = i[order]
+        s, i = _keep_ties(sims[q][keep], got[q][keep], k, ties)
+        scores[q, : len(s)] = s
+        found[q, : len(s)] = i
     return scores, found
 
 
-def merge_topk(parts: Iterable[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-part exact (scores, ids) lists of the same queries -> the global top-k (scores, ids), nq x k,
-    by score then id, padded with (-inf, NO_ID)."""
+def merge_topk(parts: Iterable[tuple[np.ndarray, np.ndarray]], k: int, ties: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-part exact (scores, ids) lists of the same queries (each as exact_topk gives it) -> the global
+    top-k (scores, ids), nq x (k + ties), by score then id, with up to `ties` more that tie the k-th score,
+    padded with (-inf, NO_ID). A part's list holds every one of its vectors that ties its own k-th score,
+    which is no higher than the global k-th: the global ties are all among them (up to `ties`)."""
     parts = list(parts)
     scores = np.concatenate([p[0] for p in parts], axis=1)
     ids = np.concatenate([p[1] for p in parts], axis=1)
-    out_s = np.full((scores.shape[0], k), -np.inf, dtype=np.float32)
-    out_i = np.full((scores.shape[0], k), NO_ID, dtype=np.int64)
+    out_s = np.full((scores.shape[0], k + ties), -np.inf, dtype=np.float32)
+    out_i = np.full((scores.shape[0], k + ties), NO_ID, dtype=np.int64)
     for q in range(scores.shape[0]):
         real = ids[q] != NO_ID
-        s, i = scores[q][real], ids[q][real]
-        order = np.lexsort((i, -s))[:k]
-        out_s[q, : len(order)] = s[order]
-        out_i[q, : len(order)] = i[order]
+        s, i = _keep_ties(scores[q][real], ids[q][real], k, ties)
+        out_s[q, : len(s)] = s
+        out_i[q, : len(s)] = i
     return out_s, out_i
 
 

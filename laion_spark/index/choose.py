@@ -1,19 +1,20 @@
 """Choosing between index plans by measured recall on a sample (no Spark).
 
 INPUT  -> the plans that fit (plan.plan_candidates, best by the rule first), the training sample (random
-          rows, ids and vectors), the eval queries with their ids, the target recall@10, max query ms
+          rows, ids and vectors), the tuning queries with their ids (never the held-out ones the job
+          reports recall on: heldout.py), the target recall@10, max query ms
 OUTPUT -> the position of the plan to build, and what was measured: per plan the key it was tried as,
           its best recall@1 / @10 within max_query_ms (the code's ceiling), that setting, and seconds
 
 How: each plan is built at the sample's scale, in a child process stopped after `trial_seconds` (the
 same code, the lists scaled so that a list holds as many vectors as it will in the full index), trained
-and filled with the first `trial_vectors` rows of the sample, and tuned on the eval queries against
-their exact top-10 over those rows. The plan with the best recall@10 is taken; one within TIE of it that
-the rule ranks higher wins (its finer code is the better bet at full scale, and a tie at this scale is
-noise). Why measure at all: the rule orders codes by bytes per vector, which is only a guess about
-recall (SQ6's 384 bytes against PQ32's 32 measured 0.97 against 0.93 on 100k x 64 here, but a code with
-fewer lists against a coarser one with more depends on the data); autofaiss never measures before
-it chooses (reference: peers-index-tag-export.md).
+and filled with the first `trial_vectors` rows of the sample, and tuned on the tuning queries against
+their exact top-10 over those rows (ties counted as found, recall.py). The plan with the best recall@10
+is taken; one within TIE of it that the rule ranks higher wins (its finer code is the better bet at full
+scale, and a tie at this scale is noise). Why measure at all: the rule orders codes by bytes per vector,
+which is only a guess about recall (SQ6's 384 bytes against PQ32's 32 measured 0.97 against 0.93 on
+100k x 64 here, but a code with fewer lists against a coarser one with more depends on the data);
+autofaiss never measures before it chooses (reference: peers-index-tag-export.md).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 from laion_spark.index import build as B
 from laion_spark.index import tune as T
 from laion_spark.index.plan import MIN_POINTS_PER_LIST, PQ_TRAIN_MIN, Plan
+from laion_spark.index.recall import TIES
 
 log = logging.getLogger(__name__)
 TIE = 0.005
@@ -56,7 +58,7 @@ def measure(key: str, hnsw_quantizer: bool, folder: str, max_query_ms: float, se
     base_ids = np.load(os.path.join(folder, "base_ids.npy"))
     queries = np.load(os.path.join(folder, "queries.npy"))
     query_ids = np.load(os.path.join(folder, "query_ids.npy"))
-    exact = np.load(os.path.join(folder, "exact.npy"))
+    exact = np.load(os.path.join(folder, "exact_scores.npy")), np.load(os.path.join(folder, "exact_ids.npy"))
     index = B.train(key, base, seed)
     index.add_with_ids(base, base_ids)
     tuning = T.tune(index, queries, query_ids, exact, 2.0, max_query_ms, hnsw_quantizer, warn=False)
@@ -100,10 +102,10 @@ def choose(plans: list[Plan], sample_ids: np.ndarray, sample: np.ndarray, querie
     n = min(len(sample), max(trial_vectors, PQ_TRAIN_MIN))  # PQ's codebooks need ~10k vectors to train
     base_ids, base = sample_ids[:n], np.ascontiguousarray(sample[:n], dtype=np.float32)
     tried = []
+    exact_scores, exact_ids = B.exact_topk(queries, query_ids, base, base_ids, T.K, TIES)
     with tempfile.TemporaryDirectory(prefix="laion-spark-choose-") as folder:
         for name, array in (("base", base), ("base_ids", base_ids), ("queries", queries),
-                            ("query_ids", query_ids), ("exact", B.exact_topk(queries, query_ids, base, base_ids,
-                                                                             T.K)[1])):
+                            ("query_ids", query_ids), ("exact_scores", exact_scores), ("exact_ids", exact_ids)):
             np.save(os.path.join(folder, f"{name}.npy"), np.ascontiguousarray(array))
         for plan in plans:
             key = trial_key(plan, n)

@@ -1,5 +1,6 @@
 """The index job: embeddings (+ dataset) -> check -> plan -> train on a sample -> add in Spark tasks ->
-merge (or keep shards) -> tune on measured recall -> metadata + index_infos.json.
+merge (or keep shards) -> tune on measured recall -> measure on held-out queries -> metadata +
+index_infos.json.
 
 INPUT  -> JobConfig with input (the embed stage's output), index.dataset (`dataset=`: the rows to
           index, e.g. filter's dataset or export's release; empty: every row), output (a folder URI)
@@ -11,10 +12,14 @@ OUTPUT -> in `output` (or `output/<model>/` per model with index.per_model=true)
 The Spark work is DataFrame API only (mapInArrow), so it runs on Spark Connect. Two passes read the
 vectors: the scan (index/scan.py: every row's verdict, written as a small table the counts, the
 rejected rows and the metadata are read from, and the random training and query samples), then the
-add. The trained empty index goes to `<output>/_build/` through fsspec, each add task adds its vectors
-(sample_ids as faiss ids) and writes its part there (temporary name, then renamed; a retried task
-keeps a finished part), and returns the exact top-k of the eval queries over its own vectors, from
-which the driver has the ground truth of the recall check without a third pass.
+add. The query sample is cut in two (heldout.py): tuning queries, on which the plan and nprobe are
+chosen, and held-out ones, which play no part in any choice (nor in training) and give the recall
+index_infos.json reports; the held-out rows' other embedding (their captions' for an image index) is
+read by a filter on their ids, for the cross-modal recall. The trained empty index goes to
+`<output>/_build/` through fsspec, each add task adds its vectors (sample_ids as faiss ids) and writes
+its part there (temporary name, then renamed; a retried task keeps a finished part), and returns the
+exact top-k (with ties) of every query over its own vectors, from which the driver has the ground truth
+of the recall checks without a third pass.
 """
 
 from __future__ import annotations
@@ -38,10 +43,12 @@ from laion_spark.config import ConfigError
 from laion_spark.export.npy import matrix, model_folder_name
 from laion_spark.export.shards import commit, new_token, remove_quietly, temporary_path
 from laion_spark.index import build as B
+from laion_spark.index import heldout as H
 from laion_spark.index import scan as SC
 from laion_spark.index import tune as T
 from laion_spark.index.choose import choose
 from laion_spark.index.plan import IndexPlanError, format_bytes, parse_bytes, plan_candidates
+from laion_spark.index.recall import CI_METHOD, TIES
 from laion_spark.index.transform import REASON, REASONS, VECTOR, metadata_columns, normalise_names, selected
 from laion_spark.io import exists, fsspec_uri, read_json
 
@@ -51,6 +58,11 @@ USAGE = "laion-spark index input=<embeddings> [dataset=<dataset>] output=<dir>"
 ONDISK_AUTO_BYTES = 2**30
 K = T.K
 INFOS = "index_infos.json"
+OTHER = "other_vector"  # the embedding not indexed (text for an image index): the cross-modal queries
+CROSS_MODAL = {"image": ("text", "text_to_image"), "text": ("image", "image_to_text")}
+RECALL_DEFINITION = (f"k-recall@k against the exact inner-product top-k over every indexed vector; a result whose "
+                     f"score is within {B.TIE_TOLERANCE:g} of the k-th exact score counts as found; a held-out query "
+                     "is an indexed vector, left out of both lists; intervals: Wilson 95% over queries")
 
 
 class IndexBuildError(RuntimeError):
@@ -113,7 +125,8 @@ PART_DDL = "part int, rows long, file string, query int, top_ids array<long>, to
 
 def add_partition(trained_uri: str, parts_uri: str, d: int, queries: np.ndarray, query_ids: np.ndarray):
     """-> the mapInArrow function: one partition's (sample_id, vector) batches -> its populated part in
-    parts_uri (part_NNNNN.index) -> one row for the part, one per eval query (its exact top-k here)."""
+    parts_uri (part_NNNNN.index) -> one row for the part, one per query (its exact top-k here, with the
+    vectors that tie its k-th score: build.exact_topk)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import fsspec
@@ -122,8 +135,8 @@ def add_partition(trained_uri: str, parts_uri: str, d: int, queries: np.ndarray,
         pid = TaskContext.get().partitionId()
         with fsspec.open(trained_uri, "rb") as fh:
             index = B.from_bytes(fh.read())
-        best_s = np.full((len(queries), K), -np.inf, np.float32)
-        best_i = np.full((len(queries), K), B.NO_ID, np.int64)
+        best_s = np.full((len(queries), K + TIES), -np.inf, np.float32)
+        best_i = np.full((len(queries), K + TIES), B.NO_ID, np.int64)
         rows = 0
         for batch in batches:
             if not batch.num_rows:
@@ -140,8 +153,8 @@ def add_partition(trained_uri: str, parts_uri: str, d: int, queries: np.ndarray,
             index.add_with_ids(vectors, ids)
             rows += len(ids)
             if len(queries):
-                here = B.exact_topk(queries, query_ids, vectors, ids, K)
-                best_s, best_i = B.merge_topk([(best_s, best_i), here], K)
+                here = B.exact_topk(queries, query_ids, vectors, ids, K, TIES)
+                best_s, best_i = B.merge_topk([(best_s, best_i), here], K, TIES)
         file = None
         if rows:
             fs, folder = fsspec.core.url_to_fs(parts_uri)
@@ -158,10 +171,12 @@ def add_partition(trained_uri: str, parts_uri: str, d: int, queries: np.ndarray,
         out = {"part": [pid], "rows": [rows], "file": [file], "query": [-1], "top_ids": [None], "top_scores": [None]}
         yield pa.RecordBatch.from_pydict(out, schema=PART_SCHEMA)
         if rows and len(queries):
+            real = best_i != B.NO_ID  # the padding stays here: most queries have no ties
             yield pa.RecordBatch.from_pydict({
                 "part": [pid] * len(queries), "rows": [rows] * len(queries), "file": [file] * len(queries),
-                "query": list(range(len(queries))), "top_ids": [list(map(int, r)) for r in best_i],
-                "top_scores": [list(map(float, r)) for r in best_s]}, schema=PART_SCHEMA)
+                "query": list(range(len(queries))),
+                "top_ids": [i[m].tolist() for i, m in zip(best_i, real, strict=True)],
+                "top_scores": [s[m].tolist() for s, m in zip(best_s, real, strict=True)]}, schema=PART_SCHEMA)
 
     return run
 
@@ -194,12 +209,13 @@ def scan_model(rows, n_rows: int, build_uri: str, ix) -> dict:
     wrong, so the guess costs time, never correctness."""
     first = rows.select(F.size(VECTOR).alias("d")).where(F.col("d") > 0).limit(1).collect()
     d_guess = int(first[0]["d"]) if first else 0
+    heldout, tuning = H.sizes(n_rows, ix.eval_queries, ix.tune_queries)
     try:
-        want = max(p.train_size for p in _plans(n_rows, d_guess, ix))
+        want = _train_want(_plans(n_rows, d_guess, ix), heldout, n_rows)
     except IndexPlanError:
         want = 0  # the real plan, after the pass, gives the error
     samples = {"train": (ix.seed, SC.threshold(want, n_rows)),
-               "queries": (ix.seed + 1, SC.threshold(min(ix.eval_queries, n_rows), n_rows))}
+               "queries": (ix.seed + 1, SC.threshold(heldout + tuning, n_rows))}
     (rows.mapInArrow(SC.scan_partition(f"{build_uri}/samples", d_guess, samples, S.SAMPLE_ID, VECTOR), SC.SCAN_DDL)
      .write.mode("overwrite").parquet(f"{build_uri}/scan"))
     return {"d": d_guess, "rows": n_rows, "samples": samples, "uri": f"{build_uri}/samples"}
@@ -207,6 +223,22 @@ def scan_model(rows, n_rows: int, build_uri: str, ix) -> dict:
 
 def _plans(n: int, d: int, ix) -> list:
     return plan_candidates(n, d, ix.max_index_memory, ix.key, ix.max_train_vectors, ix.candidates)
+
+
+def _train_want(plans: list, heldout: int, n: int) -> int:
+    """-> the training sample to draw: the largest plan's, and as many more as the held-out queries it may
+    hold (they are taken out of it: build_one)."""
+    return min(n, max(p.train_size for p in plans) + heldout)
+
+
+def _other_embeddings(other, ids: np.ndarray) -> list:
+    """(sample_id, OTHER) rows, held-out ids -> their other embeddings in the order of ids (None where a row
+    has none). A filter on the few ids (Spark tests sample_id first and copies only the rows that pass): the
+    driver gets those rows only. It reads the other column once, in the JVM, not through Python."""
+    if other is None or not len(ids):
+        return [None] * len(ids)
+    got = {r[S.SAMPLE_ID]: r[OTHER] for r in other.where(F.col(S.SAMPLE_ID).isin([int(i) for i in ids])).collect()}
+    return [got.get(int(i)) for i in ids]
 
 
 def _draw(rows, scanned: dict, name: str, want: int, d: int, n_valid: int, build_uri: str) -> tuple:
@@ -224,9 +256,9 @@ def _draw(rows, scanned: dict, name: str, want: int, d: int, n_valid: int, build
 
 
 def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, clip_model: str | None,
-              spec: dict | None, meta_table, scanned: dict) -> dict:
-    """One model's rows (sample_id, VECTOR), its indexable sample_ids (the scan's) -> the index folder at
-    out_uri -> its index_infos dict."""
+              spec: dict | None, meta_table, scanned: dict, other=None) -> dict:
+    """One model's rows (sample_id, VECTOR), its indexable sample_ids (the scan's), its rows' other embedding
+    (sample_id, OTHER; None: no cross-modal recall) -> the index folder at out_uri -> its index_infos dict."""
     ix = cfg.index
     seconds: dict[str, float] = {"scan": scanned["seconds"]}
     try:
@@ -239,11 +271,17 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
     build_uri = f"{_proto(out_uri)}{build}"
 
     t = time.time()
-    train_ids, train_x = _draw(rows, scanned, "train", max(p.train_size for p in plans), d, n_valid, build_uri)
-    query_ids, queries = _draw(rows, scanned, "queries", min(ix.eval_queries, n_valid), d, n_valid, build_uri)
+    n_heldout, n_tuning = H.sizes(n_valid, ix.eval_queries, ix.tune_queries)
+    train_ids, train_x = _draw(rows, scanned, "train", _train_want(plans, n_heldout, n_valid), d, n_valid,
+                               build_uri)
+    sample_ids, sample_x = _draw(rows, scanned, "queries", n_heldout + n_tuning, d, n_valid, build_uri)
+    heldout, tuning = H.split(sample_ids, sample_x, n_heldout)
+    fresh = ~np.isin(train_ids, heldout.ids)  # nothing the index is made of has seen a held-out query
+    train_ids, train_x = train_ids[fresh], train_x[fresh]
+    cross = H.cross_modal(heldout.ids, _other_embeddings(other, heldout.ids), d)
     seconds["sample"] = time.time() - t
     t = time.time()
-    pick, choice = choose(plans, train_ids, train_x, queries, query_ids, ix.target_recall, ix.max_query_ms,
+    pick, choice = choose(plans, train_ids, train_x, tuning.vectors, tuning.ids, ix.target_recall, ix.max_query_ms,
                           ix.trial_vectors, ix.seed, ix.trial_seconds)
     plan = plans[pick]
     train_x = train_x[: plan.train_size]  # the sample is in key order: a prefix is a smaller random sample
@@ -253,7 +291,7 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
              format_bytes(plan.memory_bytes), format_bytes(plan.budget_bytes), plan.train_size,
              format_bytes(plan.train_memory_bytes))
     t = time.time()
-    trained = B.to_bytes(B.train(plan.key, train_x if len(train_x) else queries[:1], ix.seed))
+    trained = B.to_bytes(B.train(plan.key, train_x if len(train_x) else tuning.vectors[:1], ix.seed))
     del train_x
     seconds["train"] = time.time() - t
     trained_uri = f"{_proto(out_uri)}{build}/trained.index"
@@ -261,6 +299,9 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
         fh.write(trained)
 
     t = time.time()
+    # one list of queries for the add tasks' exact top-k: tuning, then held-out, then cross-modal
+    queries = np.concatenate([tuning.vectors, heldout.vectors, cross.vectors]).astype(np.float32)
+    query_ids = np.concatenate([tuning.ids, heldout.ids, cross.ids]).astype(np.int64)
     partitions = ix.shards or ix.partitions or max(1, math.ceil(n_valid / ix.rows_per_task))
     parts = (rows.select(S.SAMPLE_ID, VECTOR).repartition(partitions, S.SAMPLE_ID)
              .mapInArrow(add_partition(trained_uri, f"{_proto(out_uri)}{build}/parts", d, queries, query_ids),
@@ -275,9 +316,15 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
         if r["query"] >= 0:
             per_query.setdefault(r["query"], []).append((np.asarray(r["top_scores"], np.float32),
                                                           np.asarray(r["top_ids"], np.int64)))
-    exact = np.full((len(queries), K), B.NO_ID, np.int64)
+    exact_s = np.full((len(queries), K + TIES), -np.inf, np.float32)
+    exact_i = np.full((len(queries), K + TIES), B.NO_ID, np.int64)
     for q, lists in per_query.items():
-        exact[q] = B.merge_topk([(s[None, :], i[None, :]) for s, i in lists], K)[1][0]
+        s_q, i_q = B.merge_topk([(s[None, :], i[None, :]) for s, i in lists], K, TIES)
+        exact_s[q], exact_i[q] = s_q[0], i_q[0]
+    cut = np.cumsum([len(tuning), len(heldout)])
+    tuning = H.with_exact(tuning, exact_s[: cut[0]], exact_i[: cut[0]])
+    heldout = H.with_exact(heldout, exact_s[cut[0]: cut[1]], exact_i[cut[0]: cut[1]])
+    cross = H.with_exact(cross, exact_s[cut[1]:], exact_i[cut[1]:])
 
     t = time.time()
     files = [f for _, (n, f) in sorted(part_rows.items()) if n]
@@ -313,9 +360,12 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
         if total != n_valid:
             raise IndexBuildError(f"row accounting failed: {n_valid} indexable rows but the index holds {total}")
         t = time.time()
-        tuning = T.tune(search_index, queries, query_ids, exact, ix.target_recall, ix.max_query_ms,
-                        plan.hnsw_quantizer)
+        tuned = T.tune(search_index, tuning.vectors, tuning.ids, (tuning.exact_scores, tuning.exact_ids),
+                       ix.target_recall, ix.max_query_ms, plan.hnsw_quantizer)
         seconds["tune"] = time.time() - t
+        t = time.time()
+        measured = H.measure(search_index, heldout, cross, ix.load_clients)
+        seconds["heldout"] = time.time() - t
         del search_index
     size = sum(fs.size(f"{folder}/{name}") for name in _index_files(fs, folder))
 
@@ -333,15 +383,12 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
     import faiss
     import pyspark
 
+    figures = _figures(measured, tuned, ix, len(heldout), len(tuning), len(cross))
     infos = {
-        "index_key": plan.key, "index_param": tuning.index_param, "nb_vectors": total, "dimension": d,
+        "index_key": plan.key, "index_param": tuned.index_param, "nb_vectors": total, "dimension": d,
         "field": ix.field, "clip_model": clip_model, "model": spec,
         "size_bytes": size, "memory_to_search_bytes": plan.memory_bytes if not ix.shards else size,
-        "max_index_memory_bytes": plan.budget_bytes,
-        "recall_at_1": tuning.recall_at_1, "recall_at_10": tuning.recall_at_10, "eval_queries": int(len(queries)),
-        "target_recall": ix.target_recall, "reached_target": tuning.reached_target,
-        "latency_ms_p50": tuning.latency_ms_p50, "latency_ms_p99": tuning.latency_ms_p99,
-        "queries_per_s": tuning.queries_per_s, "tuning": tuning.tried,
+        "max_index_memory_bytes": plan.budget_bytes, **figures, "tuning": tuned.tried,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "plan": plan.as_dict(), "choice": choice, "layout": layout, "metadata_columns": [S.SAMPLE_ID, *columns],
         "versions": {"laion_spark": __version__, "faiss": faiss.__version__, "spark": pyspark.__version__,
@@ -351,6 +398,42 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
         json.dump(infos, fh, indent=2, sort_keys=True, default=str)
         fh.write("\n")
     return infos
+
+
+def _figures(measured: dict, tuned, ix, n_heldout: int, n_tuning: int, n_cross: int) -> dict:
+    """heldout.measure's result and the tuner's -> index_infos.json's figures: recall@1 / @10 with their
+    intervals on the held-out queries (recall_at_1, recall_at_10 keep their names: readers rely on them),
+    the tuning queries' own figures beside them (named so: they reach the target by construction), the
+    cross-modal recall, latency of one client and under load. Warns when the held-out recall falls short
+    of the target the tuning queries reached."""
+    held = measured["heldout"] or {}
+    latency = measured["latency"] or {"latency_ms_p50": tuned.latency_ms_p50, "latency_ms_p99": tuned.latency_ms_p99,
+                                      "queries_per_s": tuned.queries_per_s}
+    r10 = held.get("recall_at_10")
+    out = {
+        "recall_at_1": held.get("recall_at_1"), "recall_at_10": r10,
+        "recall_at_1_ci95": held.get("recall_at_1_ci95"), "recall_at_10_ci95": held.get("recall_at_10_ci95"),
+        "recall_ci": {"method": CI_METHOD, "level": 0.95, "over": "queries"},
+        "recall_definition": RECALL_DEFINITION, "eval_queries": n_heldout, "tune_queries": n_tuning,
+        "ties_truncated": held.get("ties_truncated", 0),
+        "target_recall": ix.target_recall,
+        "reached_target": tuned.reached_target if r10 is None else r10 >= ix.target_recall,
+        "tuning_recall_at_1": tuned.recall_at_1, "tuning_recall_at_10": tuned.recall_at_10,
+        "tuning_reached_target": tuned.reached_target,
+        **latency, "latency_under_load": measured["load"],
+    }
+    query_field, direction = CROSS_MODAL[ix.field]
+    cross = measured["cross_modal"]
+    out["cross_modal"] = None if cross is None else {"direction": direction, "query_field": query_field,
+                                                     "heldout_rows": n_heldout, **cross}
+    if n_heldout and not n_cross:
+        log.info("index: no held-out row has a %s embedding: no %s recall", query_field, direction)
+    hi = (held.get("recall_at_10_ci95") or [None, None])[1]
+    if tuned.reached_target and hi is not None and hi < ix.target_recall:
+        log.warning("index: recall@10 on %d held-out queries is %.3f (95%% interval %s), below the target %.3f "
+                    "that %d tuning queries reached (%.3f); more index.tune_queries choose a setting that holds",
+                    n_heldout, r10, held["recall_at_10_ci95"], ix.target_recall, n_tuning, tuned.recall_at_10)
+    return out
 
 
 def _proto(uri: str) -> str:
@@ -431,7 +514,8 @@ def run(spark, cfg) -> dict:
         with fs.open(f"{out_folder}/tombstones.npy", "wb") as fh:
             np.save(fh, tombstones)
 
-    vec_col = S.IMAGE_EMBEDDING if ix.field == "image" else S.TEXT_EMBEDDING
+    vec_col, other_col = ((S.IMAGE_EMBEDDING, S.TEXT_EMBEDDING) if ix.field == "image"
+                          else (S.TEXT_EMBEDDING, S.IMAGE_EMBEDDING))
     summary_models: dict = {}
     rejected_frames = []
     reasons_total: dict[str, int] = {}
@@ -470,10 +554,12 @@ def run(spark, cfg) -> dict:
             raise ConfigError(f"{model}: none of its {sum(counts.values())} rows can be indexed ({counts})")
         spec = specs.get(model) or _spec_from_name(model)
         infos = build_one(spark, cfg, rows_m, rows_c.filter(F.col(REASON).isNull()).select(S.SAMPLE_ID), n_valid, d,
-                          sub, model, spec, meta_table, scanned)
+                          sub, model, spec, meta_table, scanned,
+                          embeddings.select(S.SAMPLE_ID, F.col(other_col).alias(OTHER)))
         infos_summary = {k: infos[k] for k in ("index_key", "index_param", "nb_vectors", "dimension", "size_bytes",
-                                               "recall_at_1", "recall_at_10", "latency_ms_p50", "latency_ms_p99",
-                                               "queries_per_s", "reached_target", "seconds")}
+                                               "recall_at_1", "recall_at_10", "recall_at_10_ci95", "eval_queries",
+                                               "cross_modal", "latency_ms_p50", "latency_ms_p99", "queries_per_s",
+                                               "latency_under_load", "reached_target", "seconds")}
         summary_models[str(model)] = {"folder": sub, "rows": sum(counts.values()) + n_valid, "rejected": counts,
                                       **infos_summary}
         indexed += infos["nb_vectors"]
@@ -507,8 +593,16 @@ def format_report(summary: dict) -> str:
              f"{summary['rejected']} rejected {summary['reasons'] or ''}, {summary['not_selected']} not selected"]
     for model, m in summary["models"].items():
         lines.append(f"  {model}: {m['index_key']} ({m['index_param']}), {m['nb_vectors']} vectors x {m['dimension']}, "
-                     f"{format_bytes(m['size_bytes'])}; recall@1 {m['recall_at_1']}, recall@10 {m['recall_at_10']}; "
+                     f"{format_bytes(m['size_bytes'])}; on {m['eval_queries']} held-out queries recall@1 "
+                     f"{m['recall_at_1']}, recall@10 {m['recall_at_10']} (95% {m['recall_at_10_ci95']}); "
                      f"p50 {m['latency_ms_p50']} ms, p99 {m['latency_ms_p99']} ms, {m['queries_per_s']} queries/s")
+        cross, load = m.get("cross_modal"), m.get("latency_under_load")
+        if cross:
+            lines.append(f"    {cross['direction']} on {cross['queries']} {cross['query_field']} queries: recall@10 "
+                         f"{cross['recall_at_10']} (95% {cross['recall_at_10_ci95']})")
+        if load:
+            lines.append(f"    {load['clients']} clients at once: p50 {load['latency_ms_p50']} ms, "
+                         f"p99 {load['latency_ms_p99']} ms, {load['queries_per_s']} queries/s")
         lines.append(f"    at {m['folder']}; seconds {m['seconds']}")
     return "\n".join(lines)
 

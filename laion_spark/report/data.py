@@ -5,7 +5,8 @@ INPUT  -> a SparkSession and a run directory (pipeline.plan.table_uris); any tab
 OUTPUT -> a dict of plain values: the markers (each stage's counts), the funnel (rows at each stage with
           what was removed and why), histograms (similarity per language group, with the filter's
           thresholds; punsafe / pwatermark / aesthetic_score), languages, image sizes and aspect
-          ratios, download statuses, top domains, the indices' measured recall and latency, and sample
+          ratios, download statuses, top domains, the indices' recall measured on held-out queries (with
+          its 95% interval, the cross-modal recall) and latency (one client and under load), and sample
           kept and rejected pairs (with their image bytes, for thumbnails): kept ones from the release,
           and none that a list of the run reaches (sample_pools)
 
@@ -24,6 +25,13 @@ from laion_spark.filter.transform import language_group_column
 from laion_spark.pipeline.plan import INDEX_FIELDS, read_marker, table_uris
 
 TOP = 15  # languages and domains shown
+# what the report shows of an index_infos.json: recall on held-out queries with its interval and their count,
+# the tuning queries' own figure (for contrast: it reaches the target by construction), the cross-modal
+# recall, latency of one client and under load; keys an older index lacks are shown as absent
+INDEX_FIGURES = ("index_key", "index_param", "nb_vectors", "dimension", "recall_at_1", "recall_at_10",
+                 "recall_at_1_ci95", "recall_at_10_ci95", "recall_ci", "eval_queries", "tune_queries",
+                 "tuning_recall_at_10", "cross_modal", "latency_ms_p50", "latency_ms_p99", "latency_under_load",
+                 "size_bytes")
 BINS = 40
 
 
@@ -194,9 +202,7 @@ def gather(spark, run_dir: str, samples: int = 8) -> dict:
     for f in INDEX_FIELDS:
         infos = _read_json(u[f"index_{f}"] + "/index_infos.json")
         if infos is not None:
-            out["indices"][f] = {k: infos.get(k) for k in ("index_key", "index_param", "nb_vectors", "dimension",
-                                                            "recall_at_1", "recall_at_10", "latency_ms_p50",
-                                                            "latency_ms_p99", "size_bytes")}
+            out["indices"][f] = {k: infos.get(k) for k in INDEX_FIGURES}
     pools = sample_pools(spark, run_dir)
     if "kept" in pools:
         out["kept"] = _samples(pools["kept"], F.lit(True), [S.SIMILARITY, S.LANGUAGE], samples)

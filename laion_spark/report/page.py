@@ -2,8 +2,10 @@
 
 INPUT  -> report/data.py's dict, {plot name: file name}, {sample key: thumbnail file name}
 OUTPUT -> the HTML text: the funnel as a table (each count in a cell with data-table / data-rows, for
-          people and for tests), the plots, the indices' figures, evaluate's results where the run has
-          them, and a grid of kept and rejected pairs (captions escaped: they are web text)
+          people and for tests), the plots, the indices' figures (recall on held-out queries with its
+          interval, cross-modal recall, latency of one client and under load, each in a cell with
+          data-index / data-metric), evaluate's results where the run has them, and a grid of kept and
+          rejected pairs (captions escaped: they are web text)
 """
 
 from __future__ import annotations
@@ -56,15 +58,65 @@ def _input_errors(errors: list[dict]) -> str:
             f"<th>first error</th></tr>{rows}</table>")
 
 
+def _ci(ci) -> str:
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def _figure(field: str, metric: str, value, ci=None) -> str:
+    """One figure as a cell: its value (and 95% interval) shown, and in data-index / data-metric / data-value /
+    data-ci (for people and for tests)."""
+    if value is None:
+        return f'<td class="n" data-index="{escape(field)}" data-metric="{metric}">&ndash;</td>'
+    shown = f"{value:.3f}{_ci(ci)}" if isinstance(value, float) else f"{value:,}"
+    ci_attr = f' data-ci="{ci[0]},{ci[1]}"' if ci else ""
+    return (f'<td class="n" data-index="{escape(field)}" data-metric="{metric}" data-value="{value}"{ci_attr}>'
+            f"{shown}</td>")
+
+
 def _indices(indices: dict) -> str:
+    """index_infos.json figures per field -> the table: what was built, recall on the held-out queries with
+    its 95% interval and their number, the cross-modal recall, latency of one client and under load; and
+    a note saying how recall was measured (an older index without held-out figures shows dashes)."""
     if not indices:
         return '<p class="muted">No index in this run.</p>'
-    cols = ("index_key", "index_param", "nb_vectors", "dimension", "recall_at_1", "recall_at_10", "latency_ms_p50",
-            "latency_ms_p99", "size_bytes")
-    head = "".join(f"<th>{c}</th>" for c in ("field", *cols))
-    body = "".join("<tr><td>" + escape(f) + "</td>" + "".join(
-        f'<td class="n">{escape(str(i.get(c)))}</td>' for c in cols) + "</tr>" for f, i in indices.items())
-    return f"<table><tr>{head}</tr>{body}</table>"
+    head = ("<tr><th>field</th><th>index</th><th>search</th><th>vectors</th><th>dimension</th><th>bytes</th>"
+            "<th>held-out queries</th><th>recall@1 (95%)</th><th>recall@10 (95%)</th>"
+            "<th>cross-modal recall@10 (95%)</th><th>p50 / p99 ms, 1 client</th><th>p50 / p99 ms under load</th></tr>")
+    rows, notes = [], []
+    for f, i in indices.items():
+        cross = i.get("cross_modal") or {}
+        load = i.get("latency_under_load") or {}
+        one = (f'{i["latency_ms_p50"]} / {i["latency_ms_p99"]}' if i.get("latency_ms_p99") is not None
+               else "&ndash;")
+        loaded = (f'{load["latency_ms_p50"]} / {load["latency_ms_p99"]} ({load["clients"]} clients)'
+                  if load else "&ndash;")
+        rows.append(
+            f"<tr><td>{escape(f)}</td><td><code>{escape(str(i.get('index_key')))}</code></td>"
+            f"<td><code>{escape(str(i.get('index_param')))}</code></td>"
+            + _figure(f, "nb_vectors", i.get("nb_vectors")) + _figure(f, "dimension", i.get("dimension"))
+            + _figure(f, "size_bytes", i.get("size_bytes")) + _figure(f, "eval_queries", i.get("eval_queries"))
+            + _figure(f, "recall_at_1", i.get("recall_at_1"), i.get("recall_at_1_ci95"))
+            + _figure(f, "recall_at_10", i.get("recall_at_10"), i.get("recall_at_10_ci95"))
+            + _figure(f, "cross_modal_recall_at_10", cross.get("recall_at_10"), cross.get("recall_at_10_ci95"))
+            + f'<td class="n" data-index="{escape(f)}" data-metric="latency">{one}</td>'
+            + f'<td class="n" data-index="{escape(f)}" data-metric="latency_under_load">{loaded}</td></tr>')
+        if i.get("eval_queries") is not None and i.get("recall_at_10_ci95"):
+            tuning = i.get("tuning_recall_at_10")
+            notes.append(
+                f"{escape(f)} index: recall measured on {i['eval_queries']:,} held-out queries that played no part "
+                f"in choosing the index or its search parameter"
+                + (f" (the {i.get('tune_queries') or 0:,} queries it was tuned on gave recall@10 {tuning:.3f})"
+                   if isinstance(tuning, float) else "")
+                + (f"; cross-modal: {escape(cross['direction'].replace('_', '-'))}, {cross['queries']:,} "
+                   f"{escape(cross['query_field'])} embeddings of held-out rows as queries" if cross else ""))
+        else:
+            notes.append(f"{escape(f)} index: written before held-out recall was measured; its recall is on the "
+                         "queries it was tuned on")
+    method = ("Recall is k-recall@k against the exact top-k by inner product over every indexed vector; a result "
+              "whose score ties the k-th exact score counts as found (a duplicate in place of its twin); intervals "
+              "are Wilson 95% over queries. ")
+    return (f"<table>{head}{''.join(rows)}</table>"
+            f'<p class="muted">{method}{"; ".join(notes)}.</p>')
 
 
 def _evaluate(results: dict | None) -> str:

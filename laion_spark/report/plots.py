@@ -81,18 +81,38 @@ def histogram(hist: dict, title: str, xlabel: str, ticks=None) -> bytes:
 
 
 def recall(indices: dict) -> bytes:
-    fig = _figure(5.0, 3.0)
+    """Per index: recall@1, recall@10 and the cross-modal recall@10 on held-out queries, each with its 95%
+    interval as an error bar (an older index without intervals: bars alone)."""
+    fig = _figure(6.0, 3.8)
     ax = fig.add_subplot()
     names = list(indices)
-    at1 = [indices[n].get("recall_at_1") or 0 for n in names]
-    at10 = [indices[n].get("recall_at_10") or 0 for n in names]
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], at1, width=0.4, label="recall@1")
-    ax.bar([x + 0.2 for x in xs], at10, width=0.4, label="recall@10")
-    ax.set_xticks(list(xs), [f"{n} index" for n in names])
+    series = [("recall@1", "recall_at_1", None), ("recall@10", "recall_at_10", None),
+              ("cross-modal recall@10", "recall_at_10", "cross_modal")]
+    width = 0.8 / len(series)
+    for s, (label, key, inner) in enumerate(series):
+        values, low, high = [], [], []
+        for n in names:
+            source = indices[n] if inner is None else (indices[n].get(inner) or {})
+            v = source.get(key)
+            ci = source.get(f"{key}_ci95")
+            values.append(v or 0.0)
+            low.append(max(0.0, v - ci[0]) if v is not None and ci else 0.0)
+            high.append(max(0.0, ci[1] - v) if v is not None and ci else 0.0)
+        if inner is not None and not any(values):
+            continue
+        xs = [x + (s - 1) * width for x in range(len(names))]
+        ax.bar(xs, values, width=width, label=label, yerr=[low, high], capsize=3)
+    labels = []
+    for n in names:
+        cross = indices[n].get("cross_modal") or {}
+        direction = cross.get("direction", "").replace("_", "-")
+        labels.append(f"{n} index" + (f"\n(cross-modal: {direction})" if direction else ""))
+    ax.set_xticks(list(range(len(names))), labels, fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Measured recall on held-out queries", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+    counts = sorted({indices[n].get("eval_queries") for n in names if indices[n].get("eval_queries")})
+    on = f" ({', '.join(f'{c:,}' for c in counts)} queries)" if counts else ""
+    ax.set_title(f"Recall on held-out queries{on}, 95% intervals", fontsize=10)
     return _png(fig)
 
 
