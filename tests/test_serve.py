@@ -68,13 +68,15 @@ def searchers(run_index, toy_index):
     return {name: Searcher(f"{run_index}/{name}", cache_dir=toy_index["cache"]) for name in ("image", "text")}
 
 
-def request(server, method, path, body=None, headers=None, raw: bytes | None = None):
-    """-> (status, headers, decoded JSON or raw bytes)."""
+def request(server, method, path, body=None, headers=None, raw: bytes | None = None,
+            content_type: str | None = "application/json"):
+    """-> (status, headers, decoded JSON or raw bytes); content_type=None sends only the headers given."""
     host, port = server.server_address[:2]
     conn = http.client.HTTPConnection(host, port, timeout=120)
     try:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        sent = {"Content-Type": content_type} if content_type else {}
+        conn.request(method, path, body=data, headers={**sent, **(headers or {})})
         resp = conn.getresponse()
         payload = resp.read()
         kind = resp.getheader("Content-Type", "")

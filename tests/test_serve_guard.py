@@ -28,7 +28,7 @@ import pytest
 from laion_spark import cli
 from laion_spark.config import ConfigError
 from laion_spark.serve.job import build_server, prepare
-from tests.test_serve import clip_client_body
+from tests.test_serve import clip_client_body, request
 from tests.test_takedown_serving import build_index
 
 N, D = 300, 16
@@ -88,17 +88,7 @@ def png_of(width: int, height: int, level: int = 0) -> bytes:
 
 def ask(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
     """-> (status, headers, decoded JSON or raw bytes); only the headers given are sent (no Content-Type)."""
-    host, port = server.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        payload = resp.read()
-        kind = resp.getheader("Content-Type", "")
-        return resp.status, dict(resp.getheaders()), json.loads(payload) if kind.startswith("application/json") \
-            else payload
-    finally:
-        conn.close()
+    return request(server, method, path, raw=body, headers=headers, content_type=None)
 
 
 def own(server) -> str:
