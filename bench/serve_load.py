@@ -27,8 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.processes import RssSampler
 from tests.test_serve_guard import make_world
-from tests.test_serve_load import EXPECTED, Mix, RssSampler, ask_http, percentile, run_load, serve_process
+from tests.test_serve_load import EXPECTED, Mix, ask_http, percentile, run_load, serve_process
 
 
 def main() -> None:
@@ -48,9 +49,8 @@ def main() -> None:
         with serve_process(world, *limits) as (proc, port):
             for kind in mix.kinds:
                 mix.ask(port, kind, 0)
-            with RssSampler(proc.pid) as rss:
-                time.sleep(0.05)
-                before = rss.rss()
+            with RssSampler(proc.pid, every=0.01) as rss:
+                before = rss.first(proc.pid)
                 started = time.perf_counter()
                 results = run_load(port, mix, args.clients, args.rounds)
                 took = time.perf_counter() - started
@@ -72,8 +72,8 @@ def main() -> None:
     unexpected = sum(1 for kind, status, *_ in results if status not in (EXPECTED[kind], 503))
     print(f"  other answers than expected (or 503): {unexpected}; bad requests without a message: "
           f"{sum(1 for _, s, m, *_ in results if s >= 400 and not m)}")
-    print(f"  server RSS: {before / 2**20:.0f} MiB before, peak {max(rss.samples) / 2**20:.0f} MiB "
-          f"(+{(max(rss.samples) - before) / 2**20:.1f} MiB, {len(rss.samples)} samples); up after: {up}")
+    print(f"  server RSS: {before / 2**20:.0f} MiB before, peak {rss.peak(proc.pid) / 2**20:.0f} MiB "
+          f"(+{(rss.peak(proc.pid) - before) / 2**20:.1f} MiB, {rss.rounds} samples); up after: {up}")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def announce(spark) -> None:
     if is_connect(spark):
         return
     try:
-        app = spark.sparkContext.applicationId
+        app = spark.sparkContext.applicationId  # display only (module docstring); Connect returned above
     except Exception:  # noqa: BLE001 (as in ui_address)
         return
     if app in _announced:

@@ -167,7 +167,9 @@ def producers() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m laion_spark.stages names` (one a line) | `... has NAME` (exit 0 if a stage): for spark-submit.sh."""
+    """`python -m laion_spark.stages names` (one a line) | `... has NAME` (exit 0 if a stage): for spark-submit.sh.
+
+    A command-line entry point, as cli.py's: its output is its answer to the shell, so it prints."""
     if argv[:1] == ["names"]:
         print("\n".join(names()))
         return 0

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import pytest
 from laion_spark import cli
 from laion_spark.config import ExtractConfig
 from laion_spark.extract.records import ArchiveRecord, RecordError, iter_archive
+from tests.processes import RssSampler
 
 MIB = 1 << 20
 RESOURCE_MIB, VIDEO_MIB, HTML_MIB = 256, 128, 64
@@ -91,75 +90,6 @@ def write_big_warc(path: Path) -> Path:
     ]
     path.write_bytes(b"".join(members))
     return path
-
-
-def _descendants(root: int) -> list[int]:
-    """root and every process under it, from /proc/PID/task/TID/children (no walk over all of /proc)."""
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
-                    todo.extend(int(c) for c in fh.read().split())
-        except OSError:  # the process ended meanwhile
-            continue
-    return out
-
-
-def _rss(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")[:120]
-    except OSError:
-        return "?"
-
-
-class RssSampler:
-    """Samples the RSS of every process under `root` (itself included) every `every` seconds:
-    -> {pid: (RSS when first seen, peak RSS, command line)}."""
-
-    def __init__(self, root: int, every: float = 0.05) -> None:
-        self.root, self.every = root, every
-        self.seen: dict[int, list] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        for pid in _descendants(self.root):
-            rss = _rss(pid)
-            if rss is None:
-                continue
-            if pid not in self.seen:
-                self.seen[pid] = [rss, rss, _cmdline(pid)]
-            elif rss > self.seen[pid][1]:
-                self.seen[pid][1] = rss
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.every)
-
-    def __enter__(self) -> RssSampler:
-        self._sample()  # the processes that exist before: their RSS then is their baseline
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,11 @@ import base64
 import http.client
 import http.server
 import json
-import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -275,35 +271,18 @@ def test_image_url_goes_through_the_download_guard(run_index, toy_index, searche
 
 
 def test_serve_process_answers_then_stops_on_sigterm(run_index, toy_index):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "laion_spark.cli", "serve", f"input={run_index}", "port=0",
-                             f"images={toy_index['images']}", f"search.cache_dir={toy_index['cache']}"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url, lines, deadline = None, [], time.time() + 240
-        while url is None and time.time() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            found = re.search(r"listening at (http://127\.0\.0\.1:\d+/)", line)
-            url = found and found[1]
-        assert url, "".join(lines)
-        port = int(url.rsplit(":", 1)[1].strip("/"))
+    from tests.processes import serve_process
+
+    with serve_process(f"input={run_index}", f"images={toy_index['images']}",
+                       f"search.cache_dir={toy_index['cache']}") as (proc, port):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         conn.request("POST", "/knn-service", json.dumps({"text": "a red circle", "num_images": 3}),
                      {"Content-Type": "application/json"})
         resp = conn.getresponse()
         assert resp.status == 200 and len(json.loads(resp.read())) == 3
         conn.close()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert "/knn-service 200: 1" in out and "stopped" in out
+    assert proc.returncode == 0, proc.summary
+    assert "/knn-service 200: 1" in proc.summary and "stopped" in proc.summary
 
 
 def test_serve_refuses_bad_inputs_before_opening_anything(tmp_path, toy_index):

@@ -14,21 +14,17 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
+from tests import processes
+from tests.processes import RssSampler
 from tests.test_serve_guard import D, make_world, png_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,62 +36,11 @@ EXPECTED = {"knn": 200, "indices": 200, "thumb": 200, "huge_announced": 413, "hu
             "bad_json": 400, "bad_http": 400, "cross_origin": 403, "bomb": 413, "no_length": 411}
 
 
-@contextmanager
 def serve_process(world: dict, *extra: str):
-    """-> (process, port) of `laion-spark serve` over the world's index and images; SIGTERM at the end, and
-    the summary it prints (stdout) set on process.summary."""
+    """-> tests.processes.serve_process over the world's index and images."""
     root = world["root"]
-    proc = subprocess.Popen([sys.executable, "-m", "laion_spark.cli", "serve", f"input={root / 'index'}",
-                             f"images={root / 'images'}", "port=0", f"search.cache_dir={root / 'cache'}", *extra],
-                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        port, lines, deadline = None, [], time.time() + 240
-        while port is None and time.time() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            found = re.search(r"listening at http://127\.0\.0\.1:(\d+)/", line)
-            port = found and int(found[1])
-        assert port, "".join(lines)
-        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep its log from filling the pipe
-        yield proc, port
-        proc.send_signal(signal.SIGTERM)
-        proc.summary = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-class RssSampler:
-    """A process's resident memory (VmRSS of /proc/<pid>/status), sampled every `every` seconds in a thread."""
-
-    def __init__(self, pid: int, every: float = 0.01):
-        self.pid, self.every, self.samples = pid, every, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def rss(self) -> int:
-        with open(f"/proc/{self.pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no VmRSS for pid {self.pid}")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(self.rss())
-            time.sleep(self.every)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    return processes.serve_process(f"input={root / 'index'}", f"images={root / 'images'}",
+                                   f"search.cache_dir={root / 'cache'}", *extra)
 
 
 # ------------------------------------------------------------------ the requests of the mix
@@ -219,9 +164,8 @@ def test_many_clients_with_a_hostile_mix_get_answers_refusals_and_bounded_memory
     with serve_process(world, *LIMITS) as (proc, port):
         for kind in mix.kinds:  # each kind once alone: the server's steady state, before the load
             mix.ask(port, kind, 0)
-        with RssSampler(proc.pid) as rss:
-            time.sleep(0.05)
-            before = rss.rss()
+        with RssSampler(proc.pid, every=0.01) as rss:
+            before = rss.first(proc.pid)
             started = time.perf_counter()
             results = run_load(port, mix, clients=16, rounds=30)
             took = time.perf_counter() - started
@@ -234,9 +178,9 @@ def test_many_clients_with_a_hostile_mix_get_answers_refusals_and_bounded_memory
     assert all(m for k, s, m, _, _ in results if s >= 400), "a refusal without a message"
     latencies = [r[4] for r in good]
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-    growth = max(rss.samples) - before
+    growth = rss.peak(proc.pid) - before
     print(f"{len(results)} requests in {took:.2f} s; good p50 {1000 * p50:.0f} ms, p99 {1000 * p99:.0f} ms; "
-          f"RSS {before / 2**20:.0f} MiB, peak +{growth / 2**20:.1f} MiB over {len(rss.samples)} samples")
+          f"RSS {before / 2**20:.0f} MiB, peak +{growth / 2**20:.1f} MiB over {rss.rounds} samples")
     assert p99 < P99_SECONDS
     assert growth < RSS_GROWTH
     # the server's own count of what it refused is the clients' (the summary SIGTERM printed)
