@@ -538,6 +538,43 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class PlanConfig:
+    """plan: a finished run's measured costs (manifest.json, table sizes, index_infos.json) -> what a run of the
+    target size would take: core-hours, bytes per table, the index and its memory, wall time on a cluster."""
+
+    target: str = _opt("laion5b", "what to plan for (target=): laion5b (about 50B candidates, LAION's reported "
+                       "figure), cc-snapshot (one Common Crawl snapshot's WAT files: plan.wat_files x "
+                       "plan.wat_file_bytes), or a number of candidates (2e9, 500M, 10k)")
+    executors: int = _opt(300, "workers of the planned cluster (LAION's download: 300)", minimum=1)
+    cores_per_executor: int = _opt(2, "cores (vCPUs) per worker (LAION's: 2)", minimum=1)
+    gpus: int = _opt(0, "GPUs for embed (0: embed on the CPUs, scaled from this run)", minimum=0)
+    download_mbps_per_worker: float = _opt(10.0, "download bandwidth per worker in Mbit/s (LAION's: 10)",
+                                           minimum=0.001)
+    embed_images_per_s_per_gpu: float = _opt(
+        1000.0, "images one GPU embeds per second, decode included (an assumption, not measured: set it from a "
+        "run on your card); used when plan.gpus > 0", minimum=0.001)
+    run_cores: int = _opt(0, "cores the measured run had (0: this machine's CPUs, right for a local[*] run here); "
+                          "core-hours = a step's wall seconds x these cores", minimum=0)
+    step_overhead_s: float = _opt(0.0, "seconds of each measured step that do not grow with rows (session and "
+                                  "model start), taken off before scaling", minimum=0)
+    dedupe_keep_rate: float = _opt(-1.0, "pairs per candidate after dedupe (-1: this run's)", minimum=-1)
+    download_success_rate: float = _opt(-1.0, "downloads that succeed, per pair (-1: this run's)", minimum=-1)
+    filter_keep_rate: float = _opt(-1.0, "pairs the CLIP filter keeps, per downloaded image (-1: this run's)",
+                                   minimum=-1)
+    bytes_per_download: int = _opt(0, "bytes fetched per download attempt (0: this run's bytes_downloaded per "
+                                   "fetch)", minimum=0)
+    wat_files: int = _opt(90_000, "WAT files in one Common Crawl snapshot (target=cc-snapshot; an assumption: "
+                          "recent snapshots list 80,000 - 100,000)", minimum=1)
+    wat_file_bytes: str = _opt("0.35G", "compressed bytes of one WAT file (target=cc-snapshot; an assumption; "
+                               "K/M/G/T = 2^10/2^20/2^30/2^40)")
+    candidates_per_wat_file: int = _opt(0, "candidates one WAT file yields (0: this run's candidates per input "
+                                        "byte x plan.wat_file_bytes)", minimum=0)
+    index_memory: str = _opt("800G", "memory budget of the planned index (default: the 800 GB LAION reported for "
+                             "5.85B x 768)")
+    dimension: int = _opt(0, "embedding dimension of the planned index (0: the run's index_infos.json)", minimum=0)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """The keys every stage takes, plus one section per stage."""
 
@@ -560,6 +597,7 @@ class JobConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     takedown: TakedownConfig = field(default_factory=TakedownConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 COMMON_KEYS = ("input", "output", "mode")

@@ -73,8 +73,8 @@ class Stage:
         return f"laion-spark {self.name} " + " ".join(parts) + " [key=value ...]"
 
 
-def _stage(name, summary, inputs=(), outputs=(), section=None, requires=(), key_aliases=(), spark=True):
-    return Stage(name=name, module=f"laion_spark.{name}.job", summary=summary, section=section or name,
+def _stage(name, summary, inputs=(), outputs=(), section=None, requires=(), key_aliases=(), spark=True, module=None):
+    return Stage(name=name, module=module or f"laion_spark.{name}.job", summary=summary, section=section or name,
                  inputs=tuple(inputs), outputs=tuple(outputs), requires=tuple(requires),
                  key_aliases=tuple(key_aliases), spark=spark)
 
@@ -144,6 +144,12 @@ _REGISTRY = (
            key_aliases=[("list", "takedown.list"), ("kind", "takedown.kind")]),
     _stage("demo", "a generated crawl -> every stage above, under one run directory (loopback only)",
            outputs=[Table("output", "run_dir")]),
+    # laion_spark.cost: laion_spark.plan would read as the pipeline's or the index's plan (pipeline/plan.py)
+    _stage("plan", "a finished run + a target (laion5b, cc-snapshot, N candidates) -> core-hours, bytes per table, "
+           "the index and its memory, wall time on a cluster: run_dir/plan/<target>.json",
+           inputs=[Table("input", "run_dir", alias="run_dir", ours=False)],
+           outputs=[Table("output", "plan", required=False)], spark=False, module="laion_spark.cost.job",
+           key_aliases=[("target", "plan.target")]),
 )
 
 STAGES: dict[str, Stage] = {s.name: s for s in _REGISTRY}

@@ -70,9 +70,12 @@ def test_the_tables_form_the_design_graph():
     # evaluate reads a run directory, or shards given directly (train=), and writes run_dir/evaluate
     assert stages.get("evaluate").aliases == {"run_dir": "input", "train": "evaluate.train"}
     assert produced["evaluate"] == "evaluate"
+    # plan reads a finished run directory (run_dir=) and a target (target=), and writes run_dir/plan
+    assert stages.get("plan").aliases == {"run_dir": "input", "target": "plan.target"}
+    assert produced["plan"] == "plan"
     assert all(not s.aliases for n, s in stages.STAGES.items()
                if n not in ("filter", "index", "search", "serve", "tag", "export", "pipeline", "report", "takedown",
-                            "evaluate"))
+                            "evaluate", "plan"))
 
 
 def test_cli_usage_lists_the_registry_and_demo_is_a_stage():
