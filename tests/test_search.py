@@ -150,10 +150,12 @@ def test_metadata_lookup_by_sample_id(synthetic, tmp_path):
     for i, row in zip(want_ids, rows, strict=False):
         assert (row["url"], row["text"]) == (synthetic["meta"][i]["url"], synthetic["meta"][i]["text"])
     assert rows[len(want_ids):] == [None, None, None]
-    # the lookup files: ids sorted and memory-mapped, read by binary search
+    # the index stage's metadata is ordered by sample_id: looked up through its row groups' ranges, from
+    # the footers read at open; nothing decoded at open, nothing written to the cache
     meta = Metadata(str(synthetic["root"] / "merged" / "metadata"), str(tmp_path / "m"))
-    assert isinstance(meta.ids, np.memmap) and np.all(np.diff(meta.ids) > 0)
+    assert meta.lookup.ordered and meta.lookup.rows_read == 0 and not (tmp_path / "m").exists()
     assert len(meta) == len(synthetic["ids"])
+    assert [r["url"] for r in meta.rows(want_ids)] == [synthetic["meta"][i]["url"] for i in want_ids]
 
 
 def test_remote_index_is_copied_to_the_cache_and_gives_the_same_results(synthetic, tmp_path):
@@ -163,9 +165,9 @@ def test_remote_index_is_copied_to_the_cache_and_gives_the_same_results(syntheti
         s = Searcher("memory://remote/ondisk", cache_dir=str(tmp_path / "cache"))
         assert s.folder.startswith(str(tmp_path / "cache"))
         assert Path(s.folder, "knn.ivfdata").is_file()
-        # the metadata is read from the source into the lookup files, not copied as parquet
-        assert not Path(s.folder, "metadata").exists()
-        assert Path(s.folder).parent.joinpath("metadata", "metadata.arrow").is_file()
+        # the metadata is read from the source where it lies: neither copied nor turned into lookup files
+        assert not Path(s.folder, "metadata").exists() and not Path(s.folder).parent.joinpath("metadata").exists()
+        assert s.meta.lookup.ordered
         local = Searcher(str(synthetic["root"] / "ondisk"), cache_dir=synthetic["cache"])
         q = synthetic["vectors"][42]
         assert plain(s, q, 10) == plain(local, q, 10)

@@ -306,7 +306,7 @@ def test_the_search_cache_keeps_no_copy_of_a_taken_down_row(world, tmp_path, whe
         s = Searcher(uri, cache_dir=str(cache))
         assert not s.changed()
         assert s.query(embedding=world["vectors"][5], k=1, deduplicate=False)[0]["sample_id"] == x
-        assert holding(cache, world["url"][x].encode())  # the lookup files hold x's row: what must go
+        assert holding(cache, world["url"][x].encode()) == []  # rows are read where they lie: no copy in the cache
         tombstone(folder, [x])
         # mid-rewrite, a file written beside the one it replaces: hidden, and no part of the metadata
         shutil.copy(folder / "metadata" / "part-00000.parquet", folder / "metadata" / ".takedown-part-00000.parquet")
@@ -320,7 +320,7 @@ def test_the_search_cache_keeps_no_copy_of_a_taken_down_row(world, tmp_path, whe
         assert fresh.metadata([x, y])[0] is None and fresh.metadata([x, y])[1]["url"] == world["url"][y]
         assert len(fresh.meta) == N - 1
         assert holding(cache, world["url"][x].encode()) == []
-        assert holding(cache, world["url"][y].encode())  # the lookup files are there, without x
+        assert holding(cache, world["url"][y].encode()) == []  # still no copy of any row
         assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # the older version's folder is gone
         if where == "remote":
             assert (Path(fresh.folder) / "tombstones.npy").read_bytes() == (folder / "tombstones.npy").read_bytes()

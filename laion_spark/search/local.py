@@ -3,14 +3,15 @@
 INPUT  -> an index URI (a local folder, s3://, gs://, dbfs:/, /Volumes/...) and search.cache_dir
 OUTPUT -> `read_state`: the index's version as its bytes say it (index_infos.json, tombstones.npy);
           the local folder faiss opens (the folder itself when local; else a copy in the cache, reused
-          while that version is the same), and a cache folder of its own for the metadata lookup files
+          while that version is the same), and a cache folder of its own (for the metadata's locator,
+          built only where the metadata files are not sorted by sample_id: metadata.py)
 
 Why a copy: faiss memory-maps local files only; an index larger than RAM is searched from local
 disk, not read into memory from an object store.
 
 Why a cache folder per version, and the older ones of the same URI removed: a takedown writes
-tombstones.npy and a new index_infos.json; a copy or lookup files of the version before still hold the
-removed rows, which must not stay on this disk (a process still mapping them keeps its mapping).
+tombstones.npy and a new index_infos.json; a copy or locator of the version before still holds the
+removed rows (or their ids), which must not stay on this disk (a process still mapping them keeps its mapping).
 """
 
 from __future__ import annotations
@@ -106,8 +107,7 @@ def cache_folder(uri: str, infos: dict, cache_dir: str = "", tombstones: bytes |
 def local_index_folder(uri: str, infos: dict, cache: str, tombstones: bytes | None = None) -> str:
     """-> a local folder holding the index files (uri itself when local; else, remote or on a FUSE mount
     of remote storage, copied into cache/index, once: a finished copy is marked by its own
-    index_infos.json, written last). The metadata is not copied: the lookup files are built from the
-    source (metadata.py)."""
+    index_infos.json, written last). The metadata is not copied: it is read where it lies (metadata.py)."""
     fs, path = _fs(uri)
     if is_local(uri):
         return path

@@ -68,7 +68,7 @@ def build_server(cfg, indices: dict | None = None):
     v = cfg.serve
     if indices is None:
         indices = open_indices(cfg.input, cfg.search.cache_dir)
-    images = ImageStore(v.images) if v.images else None
+    images = ImageStore(v.images, cache_dir=cfg.search.cache_dir) if v.images else None
     fetcher = None
     if v.allow_image_url:
         from laion_spark.download.fetch import Fetcher

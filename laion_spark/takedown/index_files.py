@@ -9,11 +9,19 @@ OUTPUT -> `folders`: those folders; `check`: TakedownError for one the takedown 
           `remove`: each index file without the ids, the metadata parquet without their rows and
           index_infos.json's nb_vectors to match -> the files rewritten with their counts
 
-Layouts: knn.index in memory (faiss remove_ids, written beside and moved over: a reader keeps the old
-file until it reloads); shards/knn_*.index likewise; knn.index + knn.ivfdata (on-disk inverted lists,
-every index over 1 GiB with index.ondisk=auto): each inverted list that holds an id is rewritten in
-place in knn.ivfdata, its kept entries moved up and the freed tail zeroed (id -1), so no removed vector's
-bytes stay in the file; then knn.index (which holds each list's size) is written beside and moved over.
+Layouts: knn.index whose lists are in the file (the index stage's default; served memory-mapped) and
+shards/knn_*.index: each file opened memory-mapped (IO_FLAG_MMAP: the lists stay in the file, read
+through the page cache), its lists' ids scanned, and where one holds an id the file written anew beside
+it, list by list (the header as faiss writes it with no lists, then each list's kept entries, in their
+order, from the mapped file), and moved over: a reader keeps the old file until it reloads. The driver
+holds the header (quantizer included) and one list at a time, never the index; a remote file is copied
+to a local temporary file for the mapping. An index faiss cannot map that way (lists not in faiss'
+array layout, such as fast-scan blocks, or with a direct map) is deserialised whole and faiss'
+remove_ids used, as before, with a warning; the index stage builds none.
+knn.index + knn.ivfdata (on-disk inverted lists, every index over 1 GiB with index.ondisk=auto): each
+inverted list that holds an id is rewritten in place in knn.ivfdata, its kept entries moved up and the
+freed tail zeroed (id -1), so no removed vector's bytes stay in the file; then knn.index (which holds
+each list's size) is written beside and moved over.
 A remote folder is copied to a local temporary folder, changed there and uploaded (ivfdata first).
 Every step removes only what is still there: a takedown killed half-way is redone from its journal.
 """
@@ -21,13 +29,17 @@ Every step removes only what is still there: a takedown killed half-way is redon
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import struct
 import tempfile
 
 import numpy as np
 
-from laion_spark.takedown.rewrite import TakedownError, _fs, _replace, parquet_folder
+from laion_spark.takedown.rewrite import TakedownError, _fs, _replace, _replace_with, parquet_folder
+
+log = logging.getLogger(__name__)
 
 INFOS = "index_infos.json"
 TOMBSTONES = "tombstones.npy"
@@ -195,11 +207,132 @@ def _ondisk(fs, folder: str, infos: dict, wanted: np.ndarray) -> tuple[list[dict
             shutil.rmtree(work, ignore_errors=True)
 
 
-def remove(uri: str, ids) -> list[dict]:
-    """An index folder -> each index file holding ids without them, its metadata and index_infos.json's
-    count to match -> [{file, removed}] for each file rewritten."""
+def _hits(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """A list's ids (a view of the mapped file) -> which of them are wanted (binary search in the few
+    wanted ids: np.isin would sort the whole list)."""
+    at = np.minimum(np.searchsorted(wanted, ids), len(wanted) - 1)
+    return wanted[at] == ids
+
+
+def _frame(index, ivf, ntotal: int) -> tuple[bytes, bytes]:
+    """A mapped IVF index -> (the bytes faiss writes before its inverted lists, those after them), with
+    ntotal vectors: faiss serialises it with empty array lists in place of the mapped ones, and the
+    empty lists' section is cut out. TakedownError where that section is not found exactly once."""
     import faiss
 
+    mapped, old_total = ivf.invlists, (int(index.ntotal), int(ivf.ntotal))
+    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.own_invlists = False  # the mapped lists stay alive while the empty ones stand in
+    ivf.replace_invlists(empty, False)
+    ivf.ntotal = index.ntotal = ntotal
+    try:
+        data = faiss.serialize_index(index).tobytes()
+    finally:
+        ivf.replace_invlists(mapped, True)  # freed with the index again
+        index.ntotal, ivf.ntotal = old_total
+    section = b"ilar" + struct.pack("=QQ", ivf.nlist, ivf.code_size) + b"sprs" + struct.pack("=Q", 0)
+    at = data.find(section)
+    if at < 0 or data.find(section, at + 1) >= 0:
+        raise TakedownError("the index's inverted lists could not be told apart from its header")
+    return data[:at], data[at + len(section):]
+
+
+def _sizes_section(nlist: int, code_size: int, sizes: np.ndarray) -> bytes:
+    """The start of faiss' array-lists section ("ilar", index_write.cpp) for these list sizes: full sizes
+    when more than half the lists hold entries, else (list, size) pairs of those that do."""
+    out = b"ilar" + struct.pack("=QQ", nlist, code_size)
+    nonzero = np.flatnonzero(sizes)
+    if len(nonzero) > nlist // 2:
+        return out + b"full" + struct.pack("=Q", nlist) + sizes.astype(np.uint64).tobytes()
+    pairs = np.stack([nonzero, sizes[nonzero]], axis=1).astype(np.uint64).ravel()
+    return out + b"sprs" + struct.pack("=Q", len(pairs)) + pairs.tobytes()
+
+
+def _mappable(index, ivf) -> bool:
+    import faiss
+
+    if type(faiss.downcast_InvertedLists(ivf.invlists)).__name__ != "OnDiskInvertedLists":
+        return False  # lists in a layout faiss does not map from the file (fast-scan blocks)
+    return ivf.direct_map.type == faiss.DirectMap.NoMap  # a direct map would hold every id in the header
+
+
+def _remove_mapped(fs, path: str, wanted: np.ndarray) -> tuple[int, int] | None:
+    """An index file whose lists are in it -> the ids removed by writing it anew list by list from the
+    mapped file (beside it, then moved over) -> (removed, vectors left); None where faiss cannot map it."""
+    import faiss
+
+    from laion_spark.index.build import ivf_of
+
+    local = type(fs).__name__ == "LocalFileSystem"
+    work = None if local else tempfile.mkdtemp(prefix="laion-spark-takedown-")
+    try:
+        source = path if local else os.path.join(work, "knn.index")
+        if not local:
+            fs.get(path, source)
+        index = faiss.read_index(source, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        ivf = ivf_of(index)
+        if not _mappable(index, ivf):
+            return None
+        inv, code_size = ivf.invlists, ivf.code_size
+        sizes = np.array([inv.list_size(lst) for lst in range(inv.nlist)], dtype=np.int64)
+        hit_lists = {}
+        for lst in np.flatnonzero(sizes) if len(wanted) else []:
+            n = int(inv.list_size(int(lst)))
+            hits = int(_hits(faiss.rev_swig_ptr(inv.get_ids(int(lst)), n), wanted).sum())
+            if hits:
+                hit_lists[int(lst)] = hits
+        removed = sum(hit_lists.values())
+        ntotal = int(index.ntotal) - removed
+        if not removed:
+            return 0, ntotal
+        try:
+            head, tail = _frame(index, ivf, ntotal)
+        except TakedownError:
+            return None  # read whole instead
+        kept_sizes = sizes.copy()
+        for lst, hits in hit_lists.items():
+            kept_sizes[lst] -= hits
+
+        def write(fh) -> None:
+            fh.write(head)
+            fh.write(_sizes_section(inv.nlist, code_size, kept_sizes))
+            for lst in np.flatnonzero(sizes):
+                lst, n = int(lst), int(sizes[lst])
+                codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * code_size)  # views of the mapped file
+                ids = faiss.rev_swig_ptr(inv.get_ids(lst), n)
+                if lst in hit_lists:
+                    keep = ~_hits(ids, wanted)
+                    codes, ids = codes.reshape(n, code_size)[keep], ids[keep]  # this list's kept entries only
+                fh.write(np.ascontiguousarray(codes).data)
+                fh.write(np.ascontiguousarray(ids).data)
+            fh.write(tail)
+
+        _replace_with(fs, path, write)
+        return removed, ntotal
+    finally:
+        index = ivf = inv = None  # unmaps the file before a remote copy goes
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_in_memory(fs, path: str, wanted: np.ndarray) -> tuple[int, int]:
+    """The fallback for an index faiss cannot map list by list: deserialised whole, faiss' remove_ids."""
+    import faiss
+
+    log.warning("takedown: %s: lists not in faiss' array layout, a direct map, or a header that could not be "
+                "cut; read whole into memory to remove %d ids", path, len(wanted))
+    with fs.open(path, "rb") as fh:
+        index = faiss.deserialize_index(np.frombuffer(fh.read(), dtype=np.uint8))
+    removed = int(index.remove_ids(faiss.IDSelectorBatch(wanted)))
+    if removed:
+        _replace(fs, path, faiss.serialize_index(index).tobytes())
+    return removed, int(index.ntotal)
+
+
+def remove(uri: str, ids, metadata_files=None) -> list[dict]:
+    """An index folder -> each index file holding ids without them, its metadata (of metadata_files alone,
+    where the takedown found them with Spark) and index_infos.json's count to match -> [{file, removed}]
+    for each file rewritten."""
     fs, folder = _fs(uri)
     folder = folder.rstrip("/")
     infos = _infos(fs, folder)
@@ -211,14 +344,13 @@ def remove(uri: str, ids) -> list[dict]:
     else:
         ntotal = 0
         for path in _index_files(fs, folder):
-            with fs.open(path, "rb") as fh:
-                index = faiss.deserialize_index(np.frombuffer(fh.read(), dtype=np.uint8))
-            removed = int(index.remove_ids(faiss.IDSelectorBatch(wanted)))
-            ntotal += int(index.ntotal)
+            got = _remove_mapped(fs, path, wanted)
+            removed, left = got if got is not None else _remove_in_memory(fs, path, wanted)
+            ntotal += left
             if removed:
-                _replace(fs, path, faiss.serialize_index(index).tobytes())
                 done.append({"file": path, "removed": removed})
-    done += parquet_folder(f"{folder}/metadata", wanted, "sample_id")
+    # by the folder's URI: the fs path lacks a remote store's scheme
+    done += parquet_folder(uri.rstrip("/") + "/metadata", wanted, "sample_id", metadata_files)
     infos = _infos(fs, folder)
     if int(infos.get("nb_vectors", -1)) != ntotal:  # counted from the files: right on a resumed takedown too
         infos["nb_vectors"] = ntotal

@@ -19,6 +19,13 @@ OUTPUT -> in this order, under the run directory's lock (runlock.py: never besid
           5. the journal entry marked complete, and the takedown in run_dir/manifest.json.
           Every file that holds none of the rows stays byte for byte as it was. A takedown killed at any
           point resumes from its journal when run again; a rerun of a completed one is a no-op that says so.
+
+Scale: the files that hold the rows are found by Spark (locate.py: every table's id column read with its
+_metadata.file_path, joined with the journal's ids, in one job); the driver receives the matching (file,
+sample_id) pairs, as many as the rows removed, and rewrites those files alone (rewrite.py, index_files.py:
+each a part file, a shard or an index file; an index through a memory map, list by list). Counts are
+taken again by Spark (the footers, the shards' stats). What the driver holds grows with the takedown
+(its ids, the pairs, the files rewritten), never with the run.
 """
 
 from __future__ import annotations
@@ -64,24 +71,26 @@ def prepare(cfg) -> None:
             raise ConfigError(f"takedown cannot complete on {folder}, so nothing was changed: {exc}") from None
 
 
-def _append_removed(spark, u: dict, dataset, tags, ids: list[int], reason: str) -> int:
-    """The released rows among ids not yet in export_removed under this reason, as export writes its
-    removed rows (no image bytes), appended to export_removed -> how many."""
+def _append_removed(spark, u: dict, dataset, tags, wanted, reason: str) -> int:
+    """The released rows among wanted (a DataFrame of sample ids) not yet in export_removed under this
+    reason, as export writes its removed rows (no image bytes), appended to export_removed -> how many."""
     from pyspark.sql import types as T
 
     from laion_spark.export import release as R
     from laion_spark.io import exists
 
-    wanted = spark.createDataFrame([(i,) for i in ids], f"{S.SAMPLE_ID} long")
     released = (spark.read.parquet(u["release"]).select(F.col("SAMPLE_ID").cast("long").alias(S.SAMPLE_ID))
                 .join(wanted, S.SAMPLE_ID, "left_semi"))
     if exists(u["export_removed"]):
         done = spark.read.parquet(u["export_removed"]).where(F.col(S.REASON) == reason).select(S.SAMPLE_ID)
         released = released.join(done, S.SAMPLE_ID, "left_anti")  # a resumed takedown appends once
+    # collected (as many as the takedown's rows) before the append: export_removed is read above
     todo = sorted(r[S.SAMPLE_ID] for r in released.collect())
     if not todo:
         return 0
-    rows = R.scored(dataset.where(F.col(S.SAMPLE_ID).isin(todo)), tags).withColumn(S.REASON, F.lit(reason))
+    todo_df = spark.createDataFrame([(i,) for i in todo], f"{S.SAMPLE_ID} long")
+    rows = (R.scored(dataset.join(todo_df, S.SAMPLE_ID, "left_semi"), tags)
+            .withColumn(S.REASON, F.lit(reason)))
     if exists(u["export_removed"]):
         target = spark.read.parquet(u["export_removed"]).schema
         rows = rows.select(*[(F.col(f"`{f.name}`") if f.name in rows.columns else F.lit(None)).cast(f.dataType)
@@ -127,15 +136,37 @@ def _clear_leftovers(run_dir: str) -> None:
             fs.rm(path, recursive=True)
 
 
-def _apply(spark, run_dir: str, u: dict, ids: list[int], reason: str) -> tuple[list[dict], int]:
-    """Steps 2 - 4 of the module docstring -> (files rewritten, released rows removed)."""
+def sources(run_dir: str, u: dict, folders: list[str]) -> list:
+    """Every table and file set of the run a takedown rewrites, as locate.Sources named after what they
+    are (release, subset:<name>, webdataset, emb, dataset_emb, images, ..., index:<folder>)."""
     import fsspec
 
+    from laion_spark.io import fsspec_uri
+    from laion_spark.takedown import locate as L
+
+    out = [L.Source("release", u["release"], "SAMPLE_ID")]
+    fs, subsets = fsspec.core.url_to_fs(fsspec_uri(u["export"] + "/subsets"))
+    for sub in sorted(fs.ls(subsets, detail=False)) if fs.exists(subsets) else []:  # a handful of folders
+        # by the run's own URI again: fs.ls drops the scheme of a remote store
+        name = sub.rstrip("/").rsplit("/", 1)[-1]
+        out.append(L.Source(f"subset:{name}", f"{u['export']}/subsets/{name}", "SAMPLE_ID"))
+    out += [L.Source("webdataset", u["export"] + "/webdataset"),
+            L.npy_metadata("emb", u["export"] + "/emb"),
+            L.npy_metadata("dataset_emb", u["dataset"].rstrip("/") + "_emb"),  # filter.npy=true's copy
+            *(L.Source(name, u[name]) for name in ("images", "dataset", "dataset_rejected", "embeddings")),
+            *(L.Source(f"index:{folder}", f"{folder}/metadata") for folder in folders)]
+    return out
+
+
+def _apply(spark, run_dir: str, u: dict, ids: list[int], wanted, reason: str) -> tuple[list[dict], int]:
+    """Steps 2 - 4 of the module docstring -> (files rewritten, released rows removed). wanted: the ids as
+    a DataFrame (the journal's file, read by Spark)."""
     from laion_spark.evaluate.job import remove_from_outputs
     from laion_spark.index.transform import normalise_names
-    from laion_spark.io import exists, fsspec_uri
+    from laion_spark.io import exists
     from laion_spark.report.job import remove_samples
     from laion_spark.takedown import index_files as I
+    from laion_spark.takedown import locate as L
     from laion_spark.takedown import recount as C
     from laion_spark.takedown import rewrite as W
 
@@ -145,23 +176,24 @@ def _apply(spark, run_dir: str, u: dict, ids: list[int], reason: str) -> tuple[l
         I.tombstone(folder, ids)
     dataset = normalise_names(spark.read.parquet(u["dataset"]))
     tags = spark.read.parquet(u["tags"]) if exists(u["tags"]) else None
-    released = _append_removed(spark, u, dataset, tags, ids, reason)
+    released = _append_removed(spark, u, dataset, tags, wanted, reason)
+    todo = sources(run_dir, u, folders)
+    at = {s.name: s.uri for s in todo}
+    found = L.locate(spark, todo, wanted)  # {source: {file: ids}}: the files to open, and only those
     files: list[dict] = []
-    files += W.parquet_folder(u["release"], ids, "SAMPLE_ID")
-    fs, subsets = fsspec.core.url_to_fs(fsspec_uri(u["export"] + "/subsets"))
-    for sub in sorted(fs.ls(subsets, detail=False)) if fs.exists(subsets) else []:
-        # by the run's own URI again: fs.ls drops the scheme of a remote store
-        files += W.parquet_folder(f"{u['export']}/subsets/{sub.rstrip('/').rsplit('/', 1)[-1]}", ids, "SAMPLE_ID")
-    files += W.webdataset_shards(u["export"] + "/webdataset", ids)
-    files += W.npy_shards(u["export"] + "/emb", ids)
-    files += W.npy_shards(u["dataset"].rstrip("/") + "_emb", ids)  # filter.npy=true's copy of the dataset
+    for s in todo:
+        if s.name == "release" or s.name.startswith("subset:"):
+            files += W.parquet_folder(s.uri, ids, "SAMPLE_ID", found[s.name])
+    files += W.webdataset_shards(at["webdataset"], ids, found["webdataset"])
+    files += W.npy_shards(at["emb"], ids, found["emb"])
+    files += W.npy_shards(at["dataset_emb"], ids, found["dataset_emb"])
     for folder in folders:
-        files += I.remove(folder, ids)
+        files += I.remove(folder, ids, found[f"index:{folder}"])
     files += remove_samples(u["report"], ids)
     files += remove_from_outputs(run_dir.rstrip("/") + "/evaluate", ids)
     for name in ("images", "dataset", "dataset_rejected"):
-        files += W.null_columns(u[name], ids, S.SAMPLE_ID)
-    files += W.null_columns(u["embeddings"], ids, S.SAMPLE_ID, blank=W.is_vector)
+        files += W.null_columns(u[name], ids, S.SAMPLE_ID, W.is_binary, found[name])
+    files += W.null_columns(u["embeddings"], ids, S.SAMPLE_ID, W.is_vector, found["embeddings"])
     files += C.export_marker(spark, u)
     prefix = run_dir.rstrip("/") + "/index/"
     for field in sorted({f[len(prefix):].split("/", 1)[0] for f in folders if f.startswith(prefix)}):
@@ -176,6 +208,7 @@ def run(spark, cfg) -> dict:
     from laion_spark.pipeline import manifest as M
     from laion_spark.pipeline.plan import table_uris
     from laion_spark.takedown import journal as J
+    from laion_spark.takedown import locate as L
 
     t = cfg.takedown
     run_dir = cfg.input
@@ -196,7 +229,8 @@ def run(spark, cfg) -> dict:
         if entry is None:
             entry = J.start(spark, run_dir, listed, list_sha256, _matches(spark, u, listed), M.now())
         ids = J.ids_of(entry)
-        files, released = _apply(spark, run_dir, u, ids, entry["reason"]) if ids else ([], 0)
+        wanted = L.ids_frame(spark, J.ids_uri(entry))
+        files, released = _apply(spark, run_dir, u, ids, wanted, entry["reason"]) if ids else ([], 0)
         record = {"removed": len(ids), "released_removed": released, "files": files, "completed_at": M.now()}
         entry = J.complete(entry, record)
         _record_in_manifest(u["manifest"], run_dir, entry, ids)

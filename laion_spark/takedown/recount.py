@@ -7,30 +7,17 @@ OUTPUT -> export/_summary.json's released, removed, reasons, subsets' rows, webd
           taken_down counts -> the files rewritten
 
 Counted, not adjusted by a difference: a takedown resumed after a crash writes the same numbers. Row
-counts come from the parquet footers (no data read); the reasons from export_removed, which the
-takedown appended to. The markers keep every other key (their output_hash too), so the stages stay
-complete; their own hash changes, so the steps that read them rebuild on the next pipeline run.
+counts come from the parquet footers (no data read), the webdataset counts from the shards' _stats.json,
+the reasons from export_removed, which the takedown appended to: all read by Spark's executors
+(locate.py), the driver receiving sums. The markers keep every other key (their output_hash too), so the
+stages stay complete; their own hash changes, so the steps that read them rebuild on the next pipeline run.
 """
 
 from __future__ import annotations
 
 import json
 
-import pyarrow.parquet as pq
-
 from laion_spark.takedown.rewrite import _fs, _replace
-
-
-def rows_in(uri: str, pattern: str = "*.parquet") -> int:
-    """A folder of parquet files -> their rows, from the footers."""
-    fs, folder = _fs(uri)
-    if not fs.exists(folder):
-        return 0
-    total = 0
-    for path in sorted(fs.glob(folder.rstrip("/") + "/" + pattern)):
-        with fs.open(path, "rb") as fh:
-            total += pq.ParquetFile(fh).metadata.num_rows
-    return total
 
 
 def _read(fs, path: str) -> dict | None:
@@ -50,6 +37,7 @@ def export_marker(spark, u: dict) -> list[dict]:
 
     from laion_spark import schemas as S
     from laion_spark.export.card import recounted
+    from laion_spark.takedown import locate as L
 
     fs, export = _fs(u["export"])
     export = export.rstrip("/")
@@ -57,29 +45,22 @@ def export_marker(spark, u: dict) -> list[dict]:
     if summary is None:
         return []
     before = json.dumps(summary, sort_keys=True, default=str)
-    summary["released"] = rows_in(u["release"])
+    summary["released"] = L.count_rows(spark, L.Source("release", u["release"], "SAMPLE_ID"))
     removed = spark.read.parquet(u["export_removed"])
     reasons = {r[S.REASON]: r["n"] for r in removed.groupBy(S.REASON).agg(F.count(F.lit(1)).alias("n")).collect()}
     summary["reasons"] = dict(sorted(reasons.items()))
     summary["removed"] = sum(reasons.values())
     for name, sub in (summary.get("subsets") or {}).items():
-        sub["rows"] = rows_in(f"{u['export']}/subsets/{name}")
+        sub["rows"] = L.count_rows(spark, L.Source(name, f"{u['export']}/subsets/{name}", "SAMPLE_ID"))
     shards = summary.get("webdataset")
     if shards:
-        stats = []
-        for path in sorted(fs.glob(f"{export}/webdataset/*_stats.json")):
-            with fs.open(path, "r") as fh:
-                stats.append(json.load(fh))
+        stats = L.webdataset_stats(spark, f"{u['export']}/webdataset")
         for key in ("successes", "skipped", "failed_to_download", "failed_to_resize", "tar_bytes"):
-            shards[key] = sum(s.get(key, 0) for s in stats)
-        shards["rows"] = shards["rows_in"] = sum(s["count"] for s in stats)
-        statuses: dict[str, int] = {}
-        for s in stats:
-            for status, n in s["status_dict"].items():
-                statuses[status] = statuses.get(status, 0) + n
-        shards["statuses"] = dict(sorted(statuses.items()))
+            shards[key] = stats[key]
+        shards["rows"] = shards["rows_in"] = stats["count"]
+        shards["statuses"] = stats["status_dict"]
     if summary.get("emb"):
-        summary["emb"]["rows"] = rows_in(f"{u['export']}/emb", "**/metadata/metadata_*.parquet")
+        summary["emb"]["rows"] = L.count_rows(spark, L.npy_metadata("emb", f"{u['export']}/emb"))
     if json.dumps(summary, sort_keys=True, default=str) == before:
         return []
     _write(fs, f"{export}/_summary.json", summary)

@@ -1,6 +1,9 @@
 """Rewriting a finished run's files without some sample_ids (no Spark): only the files that hold them.
 
-INPUT  -> folder URIs (fsspec) of one output kind and the sample_ids to remove
+INPUT  -> folder URIs (fsspec) of one output kind, the sample_ids to remove and, from a takedown, the
+          files that hold them (`files`: {path: ids}, found by Spark, locate.py), so that only those are
+          opened; without it (a caller without Spark: the pipeline's re-blanking, evaluate's shards) the
+          folder's files are scanned here, their id column first
 OUTPUT -> the files rewritten in place (written beside, then moved over the old one), and per call the
           list of the files it rewrote with how many rows each lost; a file that holds none of the ids
           is not opened for writing, so it stays byte for byte as it was
@@ -37,10 +40,15 @@ def _fs(uri: str):
 
 def _replace(fs, path: str, data: bytes) -> None:
     """Write data beside path, then move it over path: a reader sees the old file or the new one."""
+    _replace_with(fs, path, lambda fh: fh.write(data))
+
+
+def _replace_with(fs, path: str, write) -> None:
+    """_replace, the new file written by write(file handle), piece by piece (an index list by list)."""
     tmp = path.rsplit("/", 1)
     tmp = f"{tmp[0]}/.takedown-{tmp[1]}" if len(tmp) == 2 else f".takedown-{path}"
     with fs.open(tmp, "wb") as fh:
-        fh.write(data)
+        write(fh)
     fs.mv(tmp, path)
     # Hadoop's local file system keeps a checksum beside each file it wrote (.<name>.crc); a stale one
     # fails Spark's next read, and without one the file is read unchecked, as any file written by others
@@ -69,14 +77,16 @@ def _ids(ids) -> pa.Array:
     return pa.array(sorted(set(int(i) for i in ids)), pa.int64())
 
 
-def _holding(uri: str, ids, column: str):
+def _holding(uri: str, ids, column: str, files=None):
     """-> (fs, path, table, the table without ids, rows removed) for each parquet file in the folder that
-    holds some of ids (the others are only read)."""
+    holds some of ids: of `files` alone where they are given (the others are not opened), else of every
+    file in the folder (the others only have their id column read)."""
     fs, folder = _fs(uri)
-    if not fs.exists(folder):
+    if files is None and not fs.exists(folder):
         return
     wanted = _ids(ids)
-    for path in sorted(fs.glob(folder.rstrip("/") + "/*.parquet")):
+    paths = sorted(files) if files is not None else sorted(fs.glob(folder.rstrip("/") + "/*.parquet"))
+    for path in paths:
         with fs.open(path, "rb") as fh:  # the id column alone first: most files hold none of the ids
             if column not in pq.ParquetFile(fh).schema_arrow.names:
                 continue
@@ -91,10 +101,11 @@ def _holding(uri: str, ids, column: str):
             yield fs, path, table, kept, removed
 
 
-def parquet_folder(uri: str, ids, column: str) -> list[dict]:
-    """A folder of parquet files (Spark's part files) -> those holding ids rewritten without them."""
+def parquet_folder(uri: str, ids, column: str, files=None) -> list[dict]:
+    """A folder of parquet files (Spark's part files) -> those holding ids (of `files`, where given)
+    rewritten without them."""
     done = []
-    for fs, path, _, kept, removed in _holding(uri, ids, column):
+    for fs, path, _, kept, removed in _holding(uri, ids, column, files):
         _replace(fs, path, _parquet_bytes(kept))
         done.append({"file": path, "removed": removed})
     return done
@@ -108,12 +119,12 @@ def is_vector(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
-def null_columns(uri: str, ids, column: str, blank=is_binary) -> list[dict]:
+def null_columns(uri: str, ids, column: str, blank=is_binary, files=None) -> list[dict]:
     """A parquet folder -> the files holding ids rewritten with those rows' columns of the given types
     (image bytes; or vectors) set to null: the rows stay (the stage's row accounting), their image or
     vector goes. -> [{file, removed: rows blanked}]; a file whose rows are blank already is left alone."""
     done = []
-    for fs, path, table, _, removed in _holding(uri, ids, column):
+    for fs, path, table, _, removed in _holding(uri, ids, column, files):
         hit = pc.fill_null(pc.is_in(table[column], value_set=_ids(ids)), False)
         names = [f.name for f in table.schema if blank(f.type)]
         if not names or all(pc.all(pc.is_null(pc.filter(table[n], hit))).as_py() for n in names):
@@ -141,11 +152,12 @@ def _restat(stats: dict, kept: pa.Table, tar_bytes: int) -> None:
                  status_dict=dict(sorted(statuses.items())))
 
 
-def webdataset_shards(uri: str, ids) -> list[dict]:
-    """img2dataset shards -> each shard holding ids: its tar without their members, its parquet without
-    their rows, its stats counted again; the other shards untouched."""
+def webdataset_shards(uri: str, ids, files=None) -> list[dict]:
+    """img2dataset shards -> each shard holding ids (files: the shards' .parquet sidecars that do, where
+    known): its tar without their members, its parquet without their rows, its stats counted again; the
+    other shards untouched."""
     wanted, done = _ids(ids), []
-    for fs, path, table, kept, removed in _holding(uri, ids, "sample_id"):
+    for fs, path, table, kept, removed in _holding(uri, ids, "sample_id", files):
         gone = table.filter(pc.fill_null(pc.is_in(table["sample_id"], value_set=wanted), False))
         keys = set(gone["key"].to_pylist())
         stem = path[: -len(".parquet")]
@@ -176,14 +188,17 @@ def webdataset_shards(uri: str, ids) -> list[dict]:
     return done
 
 
-def npy_shards(uri: str, ids) -> list[dict]:
+def npy_shards(uri: str, ids, files=None) -> list[dict]:
     """clip-retrieval shards (one folder per space: metadata/metadata_N.parquet, img_emb/img_emb_N.npy,
-    text_emb/text_emb_N.npy, row i of each the same pair) -> those holding ids without their rows."""
+    text_emb/text_emb_N.npy, row i of each the same pair) -> those holding ids (files: the metadata files
+    that do, where known) without their rows."""
     fs, folder = _fs(uri)
-    if not fs.exists(folder):
+    if files is None and not fs.exists(folder):
         return []
     wanted, done = _ids(ids), []
-    for meta_path in sorted(fs.glob(folder.rstrip("/") + "/**/metadata/metadata_*.parquet")):
+    pattern = folder.rstrip("/") + "/**/metadata/metadata_*.parquet"
+    metas = sorted(files) if files is not None else sorted(fs.glob(pattern))
+    for meta_path in metas:
         with fs.open(meta_path, "rb") as fh:
             table = pq.read_table(fh)
         hit = pc.fill_null(pc.is_in(table["sample_id"], value_set=wanted), False).to_numpy(zero_copy_only=False)
