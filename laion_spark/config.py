@@ -458,11 +458,14 @@ class TagConfig:
     """tag: dataset + embeddings -> tags (punsafe, aesthetic_score, pwatermark, nsfw_zero_shot; scores only)."""
 
     embeddings: str = _opt("", "URI of the embeddings table (embeddings=URI)", output=False)
+    dataset: str = _opt("", "URI of filter's dataset (dataset=URI): the rows pwatermark classifies, their image "
+                        "bytes read from it; empty: the input is the dataset", output=False)
     punsafe: TagHead = field(default_factory=TagHead)
     aesthetic_score: TagHead = field(default_factory=TagHead)
     pwatermark: TagWatermark = field(default_factory=TagWatermark)
     nsfw_zero_shot: TagZeroShot = field(default_factory=TagZeroShot)
-    rows_per_task: int = _opt(100_000, "dataset rows per tag task", minimum=1, output=False)
+    rows_per_task: int = _opt(100_000, "rows per task of the embedding heads (the watermark detector's tasks follow "
+                              "the dataset's file splits)", minimum=1, output=False)
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,8 @@ _REGISTRY = (
                     Table("filter.rejected_output", "dataset_rejected", required=False, suffix="_rejected"),
                     Table("filter.npy_output", "emb", required=False, suffix="_emb")]),
     _stage("tag", "dataset + embeddings -> tags (punsafe, aesthetic_score, pwatermark, nsfw_zero_shot; scores only)",
-           inputs=[Table("input", "dataset"), Table("tag.embeddings", "embeddings", alias="embeddings")],
+           inputs=[Table("input", "dataset"), Table("tag.embeddings", "embeddings", alias="embeddings"),
+                   Table("tag.dataset", "dataset", alias="dataset", required=False)],
            outputs=[Table("output", "tags")]),
     _stage("export", "dataset + tags (+ embeddings) -> a LAION release: parquet, subsets, webdataset and .npy "
            "shards, a dataset card; blocklists applied (format=webdataset: any images table -> shards)",

@@ -47,7 +47,9 @@ def test_a_killed_embed_resumes_from_its_committed_chunks(spark, tmp_path):
     frame = images_frame(12, with_corrupt=False)
     images = tmp_path / "images"
     images.mkdir()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), images / "part-0.parquet")
+    # four files of three success rows each (the failures in the last): embed's chunks are the input's files
+    for n, (lo, hi) in enumerate(((0, 3), (3, 6), (6, 9), (9, len(frame)))):
+        pq.write_table(pa.Table.from_pandas(frame.iloc[lo:hi], preserve_index=False), images / f"part-{n}.parquet")
     out = tmp_path / "embeddings"
     args = [f"input={images}", f"output={out}", "embed.chunk_rows=3", "embed.device=cpu", *model.overrides()]
     cmd = [sys.executable, "-m", "laion_spark.cli", "embed", *args]

@@ -333,6 +333,10 @@ def test_forced_collisions_are_rehashed_to_unique_ids(spark):
     assert all(0 <= r.sample_id < 2**bits for r in got)
     groups = {(r.url, r.text): r.rehash_round for r in out.groups.collect()}
     assert {p: k for p, k in groups.items() if k > 0} == rehashed
+    # only the groups whose first-pass id another group wants too were ranked by a window (rank_ids)
+    first = [hashes[p][0] & ((1 << bits) - 1) for p in set(pairs)]
+    shared = {(r.url, r.text) for r in out.ranked.where("_shared").collect()}
+    assert shared == {p for p in set(pairs) if first.count(hashes[p][0] & ((1 << bits) - 1)) > 1} != set()
     counts = counts_of(out)
     assert counts == dict(rows_in=110, pairs=100, duplicates_removed=10, removed_previous=0, removed_blocklist=0,
                           collisions_rehashed=len(rehashed), collisions_unresolved=0)

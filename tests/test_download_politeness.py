@@ -15,7 +15,7 @@ from http_faults import FaultServer
 
 from laion_spark.config import DownloadConfig
 from laion_spark.download.fetch import Fetcher
-from laion_spark.download.pool import HostPauses, HostPool, pause_summary
+from laion_spark.download.pool import HostPauses, HostPool
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 64 + b"\xff\xd9"
 
@@ -74,12 +74,39 @@ def test_pause_records_and_summary():
     assert [(h, a) for h, a, _ in records] == [("a", 2.0), ("a", 2.0), ("b", 0.5)]
     assert records[0][2] == pytest.approx(2, abs=0.05) and records[1][2] == pytest.approx(0, abs=0.05)
     assert pauses.take_records() == []
-    from laion_spark.download.pool import pause_report
 
-    summary = pause_summary([pause_report(records), pause_report([("a", 1.0, 1.0)])])
-    assert summary["hosts"] == 2 and summary["requests"] == 4 and summary["max_s"] == 2.0
-    assert summary["paused_s"] == pytest.approx(3.5, abs=0.1)
-    assert pause_summary([]) == {"hosts": 0, "requests": 0, "paused_s": 0.0, "max_s": 0.0}
+
+def test_the_pause_report_names_each_host_once_a_row():
+    from laion_spark.download.pool import PAUSE_COUNTS, PAUSE_HOST, PauseReport
+
+    report = PauseReport()
+    # three hosts paused before a frame of two rows: the third waits for the next frame
+    first = report.columns([("a", 2.0, 2.0), ("a", 2.0, 0.0), ("b", 0.5, 0.5), ("c", 1.0, 1.0)], 2)
+    assert first[PAUSE_HOST] == ["a", "b"]
+    assert [first[c] for c in PAUSE_COUNTS] == [[4, 0], [3.5, 0.0], [2.0, 0.0]]
+    second = report.columns([("a", 3.0, 1.0)], 3)  # a: named already in this task
+    assert second[PAUSE_HOST] == ["c", None, None]
+    assert [second[c][0] for c in PAUSE_COUNTS] == [1, 1.0, 3.0]
+    assert report.columns([], 1) == {PAUSE_HOST: [None], **{c: [0] if c == PAUSE_COUNTS[0] else [0.0]
+                                                            for c in PAUSE_COUNTS}}
+
+
+def test_pause_summary_counts_a_host_of_several_chunks_once(spark):
+    from pyspark.sql import Observation
+
+    from laion_spark.download.pool import PAUSE_COUNTS, PAUSE_HOST, PauseReport, pause_metrics, pause_summary
+
+    observed = []
+    for records in ([("a", 2.0, 2.0), ("b", 0.5, 0.5)], [("a", 4.0, 1.0)]):  # two chunks, host a in both
+        cols = PauseReport().columns(records, 3)
+        frame = spark.createDataFrame(list(zip(*[cols[c] for c in (PAUSE_HOST, *PAUSE_COUNTS)], strict=True)),
+                                      f"{PAUSE_HOST} string, {PAUSE_COUNTS[0]} long, {PAUSE_COUNTS[1]} double, "
+                                      f"{PAUSE_COUNTS[2]} double")
+        observation = Observation(f"pauses_{len(observed)}")
+        frame.observe(observation, *pause_metrics()).count()
+        observed.append(observation.get)
+    assert pause_summary(spark, observed) == {"hosts": 2, "requests": 3, "paused_s": 3.5, "max_s": 4.0}
+    assert pause_summary(spark, []) == {"hosts": 0, "requests": 0, "paused_s": 0.0, "max_s": 0.0}
 
 
 def _fetcher(**kw) -> Fetcher:

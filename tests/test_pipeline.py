@@ -35,7 +35,7 @@ ALL = ["extract", "dedupe", "download", "embed", "filter", "tag", "export", "ind
 # who reads what (DESIGN.md's tables; tag reads images so that a threshold leaves its models alone):
 # a step reruns when one of these changed
 READS = {"extract": [], "dedupe": ["extract"], "download": ["dedupe"], "embed": ["download"],
-         "filter": ["download", "embed"], "tag": ["download", "embed"], "export": ["filter", "tag", "embed"],
+         "filter": ["download", "embed"], "tag": ["download", "embed", "filter"], "export": ["filter", "tag", "embed"],
          "index:image": ["embed", "export"], "index:text": ["embed", "export"], "report": ALL[:-1]}
 
 
@@ -153,8 +153,9 @@ def test_the_same_command_again_runs_nothing(runs):
     assert all(s["action"] == "skipped" and s["why"].startswith("complete") for s in again["steps"])
 
 
-def test_a_new_threshold_reruns_filter_and_what_reads_it_not_tag(runs):
-    want = ["filter", "export", "index:image", "index:text", "report"]
+def test_a_new_threshold_reruns_filter_and_what_reads_it(runs):
+    # tag too: its watermark detector scores the dataset's rows (tag.dataset)
+    want = ["filter", "tag", "export", "index:image", "index:text", "report"]
     assert ran(runs["threshold"]) == downstream({"filter"}) == want
     why = {s["step"]: s["why"] for s in runs["threshold"]["steps"]}
     assert why["filter"] == "config changed: filter.threshold.en, filter.threshold.multi, filter.threshold.nolang"

@@ -55,7 +55,7 @@ def test_the_tables_form_the_design_graph():
     # search's short keys (query=, k=) are its own: no other stage takes them
     assert stages.get("search").aliases == {"query": "search.query", "image": "search.image", "k": "search.k",
                                             "format": "search.format"}
-    assert stages.get("tag").aliases == {"embeddings": "tag.embeddings"}
+    assert stages.get("tag").aliases == {"embeddings": "tag.embeddings", "dataset": "tag.dataset"}
     assert {produced[t] for t in (t.table for t in stages.get("tag").inputs)} == {"filter", "embed"}
     # export reads filter's dataset, tag's tags and embed's embeddings
     assert stages.get("export").aliases == {"tags": "export.tags", "embeddings": "export.embeddings"}

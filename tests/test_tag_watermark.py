@@ -78,3 +78,61 @@ def test_a_small_timm_model_with_timms_own_classifier_and_bad_checkpoints(tmp_pa
         load_watermark(WatermarkSpec(str(tmp_path / "wrong.pt")))
     with pytest.raises(HeadError, match="no-such-net"):
         load_watermark(WatermarkSpec(str(tmp_path / "bad.pt"), architecture="no-such-net"))
+
+
+def test_images_are_decoded_a_model_batch_at_a_time_with_the_whole_batch_scores(tmp_path, monkeypatch):
+    # an Arrow batch of several model batches, broken and missing images among them: at no time are more
+    # than batch_size decoded images alive (a whole batch decoded first would hold all of them), and every
+    # score is the one scoring the whole list, decoded up front, in batch_size chunks of its decodable
+    # images gives (what score did before), restated here with the test's own model and preprocessing
+    import weakref
+
+    torch.manual_seed(2)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=2).eval()
+    torch.save(model.state_dict(), tmp_path / "small.pt")
+    batch = 3
+    rng = np.random.default_rng(4)
+    images = []
+    for i in range(14):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (24 + i, 40 - i, 3), dtype=np.uint8)).save(buf, "PNG")
+        images.append(buf.getvalue())
+    images[2], images[7], images[8] = b"not an image", None, images[8][:40]  # broken, missing, cut short
+    detector = load_watermark(WatermarkSpec(str(tmp_path / "small.pt"), architecture="resnet10t", image_size=32,
+                                            batch_size=batch))
+    alive, peak, decoded = [0], [0], [0]
+
+    def gone():
+        alive[0] -= 1
+
+    real = detector._pixels
+
+    def watched(data):
+        tensor = real(data)
+        if tensor is not None:
+            decoded[0] += 1
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+            weakref.finalize(tensor, gone)
+        return tensor
+
+    monkeypatch.setattr(detector, "_pixels", watched)
+    got = detector.score(images)
+    assert decoded[0] == 11 and peak[0] == batch and alive[0] == 0
+
+    pre = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(),
+                              transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    have, pixels = [], []
+    for i, data in enumerate(images):
+        try:
+            pixels.append(pre(Image.open(io.BytesIO(data)).convert("RGB")))
+            have.append(i)
+        except Exception:  # noqa: BLE001  (None, broken or cut short: no score)
+            continue
+    want = np.full(len(images), np.nan, np.float32)
+    with torch.no_grad():
+        for start in range(0, len(have), batch):
+            rows = have[start:start + batch]
+            want[rows] = model(torch.stack(pixels[start:start + batch])).softmax(1)[:, 0].numpy()
+    assert have == [i for i in range(14) if i not in (2, 7, 8)]
+    np.testing.assert_array_equal(got, want)

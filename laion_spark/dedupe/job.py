@@ -73,8 +73,7 @@ def run(spark, cfg) -> dict:
     candidates = _read_union(spark, split_uris(cfg.input), S.CANDIDATES)
     previous = _read_union(spark, previous_uris, S.PAIRS)
     blocklist = spark.read.text(d.blocklist) if d.blocklist else None
-    out = dedupe_pairs(candidates, d, previous, blocklist)
-    out.ranked.persist()  # one read and two shuffles of the input feed both the counts and the write
+    out = dedupe_pairs(candidates, d, previous, blocklist, cache=True)  # one read of the input feeds all
     try:
         row = out.counts.first()
         counts = {name: int(row[name]) for name in COUNT_NAMES}
@@ -82,7 +81,7 @@ def run(spark, cfg) -> dict:
         check_counts(rows_in, counts)
         write_table(out.pairs, cfg.output, S.PAIRS, "pairs", cfg.mode)
     finally:
-        out.ranked.unpersist()
+        out.base.unpersist()
     summary = {
         **counts,
         "rows_in": rows_in,

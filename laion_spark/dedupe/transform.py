@@ -83,15 +83,17 @@ class DedupeOutput(NamedTuple):
             `copies` (input rows in the group), `status` (kept / previous / blocklist / unresolved),
             `rehash_round` (0 = plain hash, k = re-hashed with seed k, null = no id).
     counts: one row, the COUNT_NAMES columns (long), aggregated from groups.
-    ranked: the frame the three above are cheap selections of, and the only costly one (the input
-            grouped by key, then shuffled by first-pass id): a job persists it, so the counts and the
-            write read the input once (without it every branch of the plan would read it again).
+    ranked: every group with its first-pass id and rank (rank_ids).
+    base: the frame the four above are cheap selections of, and the only costly one (the input grouped
+          by key): dedupe_pairs(cache=True) persists it, so the id count, the counts and the write read
+          the input once (without it every branch of the plan would read it again).
     """
 
     pairs: DataFrame
     groups: DataFrame
     counts: DataFrame
     ranked: DataFrame
+    base: DataFrame
 
 
 def key_columns(cfg) -> list[str]:
@@ -159,17 +161,39 @@ def _mark_removed(groups: DataFrame, cfg, previous: DataFrame | None, blocklist:
     return groups.select(*_CANDIDATE_NAMES, COPIES, status.alias(STATUS))
 
 
-def rank_ids(marked: DataFrame, cfg, previous: DataFrame | None) -> DataFrame:
-    """Groups with status -> the same plus the reserved ids, each with `_id` (first-pass id) and
-    `_rank` (1 = holds `_id`): per id, a reserved id first, then kept groups by (url, text), then
-    removed ones (they hold no id; they are in this pass so that the persisted frame has every group)."""
-    groups = marked.withColumn("_id", sample_id_column(cfg)).withColumn("_reserved", F.lit(False))
+MAX_SHARED_IDS = 1_000_000  # ids held twice up to which the ranking joins them by broadcast (about 8 MB)
+
+
+def rank_ids(marked: DataFrame, cfg, previous: DataFrame | None, cache: bool = False) -> tuple[DataFrame, DataFrame]:
+    """Groups with status -> (the same plus the reserved ids, each with `_id` (first-pass id), `_rank`
+    (1 = holds `_id`) and `_shared` (true where its id has more than one would-be holder); the frame
+    they are computed from, persisted when `cache`). Per id, a reserved id ranks first, then kept groups
+    by (url, text), then removed ones (they hold no id; they are in this pass so that the frame has
+    every group).
+
+    Why not one window over every group: it shuffles and sorts the full rows by id to find the few ids
+    that 64-bit hashes give twice. The ids held twice are found by counting the ids alone (kept groups
+    and reserved ids: removed groups never hold one), and only the rows with those ids are ranked,
+    joined by broadcast; an id no other holder wants ranks 1 where it stands. Past MAX_SHARED_IDS (a
+    small dedupe.hash_bits on a large input) the one window is the cheaper plan again."""
+    base = marked.withColumn("_id", sample_id_column(cfg)).withColumn("_reserved", F.lit(False))
     if previous is not None:
         reserved = previous.select(F.col(S.SAMPLE_ID).alias("_id")).distinct().withColumn("_reserved", F.lit(True))
-        groups = groups.unionByName(reserved, allowMissingColumns=True)
+        base = base.unionByName(reserved, allowMissingColumns=True)
+    if cache:
+        base = base.persist()
     priority = F.when(F.col("_reserved"), 0).when(F.col(STATUS) == KEPT, 1).otherwise(2)
     holder = Window.partitionBy("_id").orderBy(priority, S.URL, S.TEXT)
-    return groups.withColumn("_rank", F.row_number().over(holder))
+    holds = F.col("_reserved") | (F.col(STATUS) == KEPT)
+    shared = (base.where(holds).groupBy("_id").agg(F.count(F.lit(1)).alias("_n")).where(F.col("_n") > 1)
+              .select("_id", F.lit(True).alias("_shared")))
+    if shared.count() > MAX_SHARED_IDS:
+        everyone = base.join(shared, "_id", "left")
+        return everyone.withColumn("_rank", F.row_number().over(holder)), base
+    flagged = base.join(F.broadcast(shared), "_id", "left")
+    alone = flagged.where(F.col("_shared").isNull()).withColumn("_rank", F.lit(1))
+    ranked = flagged.where(F.col("_shared")).withColumn("_rank", F.row_number().over(holder))
+    return alone.unionByName(ranked), base
 
 
 def _assign_ids(ranked: DataFrame, cfg) -> DataFrame:
@@ -227,12 +251,14 @@ def dedupe_pairs(
     cfg,
     previous: DataFrame | None = None,
     blocklist: DataFrame | None = None,
+    cache: bool = False,
 ) -> DedupeOutput:
-    """candidates + DedupeConfig (+ earlier pairs, + blocklist lines) -> DedupeOutput (see module doc)."""
+    """candidates + DedupeConfig (+ earlier pairs, + blocklist lines) -> DedupeOutput (see module doc); with
+    cache, its `base` is persisted (the caller unpersists it)."""
     if cfg.key not in (KEY_URL_TEXT, KEY_URL):
         raise ValueError(f"dedupe.key must be {KEY_URL_TEXT} or {KEY_URL}, got {cfg.key!r}")
     marked = _mark_removed(select_survivors(candidates.select(*_CANDIDATE_NAMES), cfg), cfg, previous, blocklist)
-    ranked = rank_ids(marked, cfg, previous)
+    ranked, base = rank_ids(marked, cfg, previous, cache)
     groups = _assign_ids(ranked, cfg)
     pairs = groups.filter(F.col(STATUS) == KEPT).select(*_PAIRS_NAMES)
-    return DedupeOutput(pairs, groups, count_outcomes(groups), ranked)
+    return DedupeOutput(pairs, groups, count_outcomes(groups), ranked, base)

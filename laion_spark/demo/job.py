@@ -134,7 +134,7 @@ def _toy_pairs(spark, uris: dict, seed: int, shop) -> dict:
     columns = [S.SAMPLE_ID, S.URL, S.TEXT, S.SIMILARITY]
     kept = spark.read.parquet(uris["dataset"]).select(*columns, F.lit(None).cast("string").alias(S.REASON))
     rejected = spark.read.parquet(uris["dataset_rejected"]).select(*columns, S.REASON)
-    # tag scores every images row, the filter's rejects too
+    # tag scores every images row, the filter's rejects too (pwatermark: the dataset's rows only)
     tags = spark.read.parquet(uris["tags"]).select(S.SAMPLE_ID, "punsafe", "pwatermark")
     counts = {kind: {"pairs": 0, "kept": 0, "rejected": 0}
               for kind in ("true", "mismatched", "unrelated", "watermarked")}

@@ -60,6 +60,9 @@ def prepare(cfg) -> None:
             raise ConfigError(f"bad value for download.connect_to: {entry!r}: {exc}") from None
 
 
+KEPT = "kept"  # the chunk of rows download.retry_from gave
+
+
 def _status_counts(df) -> dict[str, dict]:
     rows = df.groupBy(S.STATUS).agg(
         F.count(F.lit(1)).alias("rows"),
@@ -114,23 +117,29 @@ def run(spark, cfg) -> dict:
     started = time.time()
     reused_chunks = 0
     if chunks > 1:  # each chunk committed on its own: a killed run keeps them (laion_spark/chunks.py)
-        def make(part, n):
+        def make(part):
+            if part.ident == KEPT:
+                return part.read(), None
             observation = Observation(f"download_pauses_{time.monotonic_ns()}")
-            return download_images(part, d, task_count(d, n, spark), observation), lambda: observation.get
+            return (download_images(part.read(), d, task_count(d, part.rows, spark), observation),
+                    lambda: observation.get)
 
         keys = [S.URL, *([S.SAMPLE_ID] if S.SAMPLE_ID in todo.columns else [])]
-        images, reused_chunks, observed = C.write_in_chunks(
-            spark, todo, keys, chunks, C.chunks_uri(cfg.output),
-            C.fingerprint("download", cfg, chunks, cfg.input, d.retry_from), schema, make, "images")
+        folder = C.chunks_uri(cfg.output)
+        print_ = C.fingerprint("download", cfg, chunks, cfg.input, d.retry_from)
+        parts = C.split_by_key(spark, todo, keys, chunks, folder, print_, schema)
+        if kept is not None:  # the rows retry_from gave: one more chunk, committed as the others
+            parts.append(C.Part(chunks, rows_in - to_download, KEPT, lambda: kept))
+        reused_chunks, observed = C.run_chunks(spark, parts, folder, print_, schema, make, "images")
+        C.assemble(folder, parts, cfg.output)
     else:
         pauses = Observation("download_pauses")  # an accumulator would need the SparkContext: not on Connect
         images = download_images(todo, d, partitions, pauses)
-    out = kept.unionByName(images) if kept is not None else images
-    write_table(out, cfg.output, schema, "images", cfg.mode)
+        out = kept.unionByName(images) if kept is not None else images
+        write_table(out, cfg.output, schema, "images", cfg.mode)
     seconds = time.time() - started
     if chunks <= 1:
         observed = [pauses.get]
-    pause_list = [p for o in observed for p in (o.get("pauses") or [])]
     statuses = _status_counts(spark.read.parquet(cfg.output))  # the written table, never a re-download
     rows_out = sum(v["rows"] for v in statuses.values())
     if rows_out != rows_in:
@@ -150,7 +159,7 @@ def run(spark, cfg) -> dict:
                                 for k, v in statuses.items()),
         "bytes_stored": statuses.get(S.SUCCESS, {}).get("bytes", 0),
         "partitions": partitions,
-        "host_pauses": pause_summary(pause_list),
+        "host_pauses": pause_summary(spark, observed),
         "dns": dns_summary(observed),
         "chunks": chunks,
         "chunks_reused": reused_chunks,

@@ -15,7 +15,6 @@ round-robin over hosts, so one slow or crowded site cannot stall the rest.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import re
 import threading
@@ -95,25 +94,64 @@ class HostPauses:
             return out
 
 
-def pause_report(records) -> str | None:
-    """take_records()'s list -> the JSON text of a task's report column (None when empty)."""
-    if not records:
-        return None
-    return json.dumps([[h, round(a, 3), round(p, 3)] for h, a, p in records])
+PAUSE_HOST = "_download_pause_host"  # the report's columns (download_partition(report=True) only)
+PAUSE_COUNTS = ("_download_pause_requests", "_download_pause_s", "_download_pause_max_s")
 
 
-def pause_summary(reports) -> dict:
-    """The report column's non-null values from every task -> {hosts, requests, paused_s, max_s}:
-    hosts that asked for a pause, how many times, seconds paused in all (summed over tasks) and
-    the longest pause asked."""
-    hosts, requests, paused, longest = set(), 0, 0.0, 0.0
-    for text in reports:
-        for host, asked, added in json.loads(text):
-            hosts.add(host)
-            requests += 1
-            paused += added
-            longest = max(longest, asked)
-    return {"hosts": len(hosts), "requests": requests, "paused_s": round(paused, 3), "max_s": round(longest, 3)}
+class PauseReport:
+    """A task's host-pause records, frame by frame -> the report columns of each frame it releases: every
+    host that asked this task for a pause named once, one host a row (PAUSE_HOST), and the frame's
+    requests, seconds paused and longest pause asked on its first row (PAUSE_COUNTS; 0 elsewhere).
+
+    Why one host a row: the job counts hosts with an HLL sketch in an Observation, constant size on the
+    driver however many hosts paused (a list of them was not). Every host named has a row of its own in
+    the task: the row whose fetch was answered with the pause is released in this frame or a later one,
+    so a host not named in a full frame is named in a later one."""
+
+    def __init__(self) -> None:
+        self.named: set[str] = set()  # bounded by the task's hosts
+        self.waiting: list[str] = []
+
+    def columns(self, records, rows: int) -> dict[str, list]:
+        """take_records()'s list + the frame's rows -> {column: values for the frame's rows}."""
+        for host, _, _ in records:
+            if host not in self.named:
+                self.named.add(host)
+                self.waiting.append(host)
+        hosts = [None] * rows
+        take, self.waiting = self.waiting[:rows], self.waiting[rows:]
+        hosts[: len(take)] = take
+        counts = [(len(records), 0), (round(sum(p for _, _, p in records), 3), 0.0),
+                  (round(max((a for _, a, _ in records), default=0.0), 3), 0.0)]
+        out = {PAUSE_HOST: hosts}
+        for name, (first, rest) in zip(PAUSE_COUNTS, counts, strict=True):
+            out[name] = [first] + [rest] * (rows - 1) if rows else []
+        return out
+
+
+def pause_metrics():
+    """-> the Observation's aggregates of the report columns: an HLL sketch of the hosts, the sums, the max."""
+    from pyspark.sql import functions as F
+
+    requests, paused, longest = PAUSE_COUNTS
+    return [F.hll_sketch_agg(PAUSE_HOST).alias("pause_hosts"), F.sum(requests).alias("pause_requests"),
+            F.sum(paused).alias("paused_s"), F.max(longest).alias("pause_max_s")]
+
+
+def pause_summary(spark, observed: list[dict]) -> dict:
+    """The Observations' values (one per download_images call: per chunk) -> {hosts, requests, paused_s,
+    max_s}: hosts that asked for a pause (the chunks' sketches united: a host in several chunks counts
+    once), how many times, seconds paused in all (summed over tasks) and the longest pause asked."""
+    from pyspark.sql import functions as F
+
+    sketches = [(bytearray(o["pause_hosts"]),) for o in observed if o.get("pause_hosts") is not None]
+    hosts = 0
+    if sketches:
+        hosts = spark.createDataFrame(sketches, "s binary").agg(
+            F.hll_sketch_estimate(F.hll_union_agg("s")).alias("n")).first()["n"]
+    return {"hosts": int(hosts or 0), "requests": int(sum(o.get("pause_requests") or 0 for o in observed)),
+            "paused_s": round(float(sum(o.get("paused_s") or 0 for o in observed)), 3),
+            "max_s": round(float(max((o.get("pause_max_s") or 0 for o in observed), default=0.0)), 3)}
 
 
 class HostPool:

@@ -4,10 +4,10 @@ INPUT  -> an iterator of pandas DataFrames with at least `url` (the mapInPandas 
           DownloadConfig
 OUTPUT -> an iterator of pandas DataFrames: each input row's columns unchanged, followed by the
           download columns (schemas.DOWNLOAD_FIELDS), in completion order; every input row comes out
-          exactly once, whatever happened to its URL. With report=True, also PAUSE_REPORT: on the first
-          row of a frame, the host pauses asked since the previous frame (pool.pause_report's JSON),
-          else null, and DNS_REPORT (the DNS cache's counters since the previous frame); the job
-          gathers them with an Observation and drops them before writing
+          exactly once, whatever happened to its URL. With report=True, also the host-pause columns
+          (pool.PauseReport: each host that asked for a pause named once on a row, the frame's
+          requests and seconds on its first row), and DNS_REPORT (the DNS cache's counters since the
+          previous frame); the job gathers them with an Observation and drops them before writing
 
 Rows are fetched by a HostPool (threads, per-host cap) and checked/resized in the same thread
 (Pillow releases the GIL while decoding and resizing), at most image_threads of them at once: with
@@ -31,9 +31,8 @@ import pandas as pd
 
 from laion_spark import schemas as S
 from laion_spark.download import dns
-from laion_spark.download.pool import host_of, pause_report  # host_of: the one host function
+from laion_spark.download.pool import PAUSE_HOST, PauseReport, host_of  # host_of: the one host function
 
-PAUSE_REPORT = "_download_pauses"  # the report column (download_partition(report=True) only)
 # with report=True also: this task's DNS counters (dns.STATS_KEYS) since its previous frame, on a frame's
 # first row (0 on the others), so the job sums them in an Observation: constant size on the driver
 DNS_REPORT = tuple(f"_download_dns_{k}" for k in dns.STATS_KEYS)
@@ -236,7 +235,7 @@ def _frame(done: list, batches: dict, out_names: list[str]) -> pd.DataFrame:
 
 
 def download_partition(cfg, out_names: list[str], downloader_factory=RowDownloader, report: bool = False):
-    """DownloadConfig + output column names (+ PAUSE_REPORT last, with report) -> the mapInPandas function
+    """DownloadConfig + output column names (+ the report's columns last, with report) -> the mapInPandas function
     of one task."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -260,6 +259,7 @@ def download_partition(cfg, out_names: list[str], downloader_factory=RowDownload
                         pauses=pauses, hold_s=cfg.retry_after_max_s,
                         tuner=tuner, overload=lambda r: r[2].get("status") in _OVERLOAD_STATUSES)
         dns_seen = dns.stats()  # the worker's DNS counters when this task (or its last frame) began
+        pause_report = PauseReport()
         held: dict[int, pd.DataFrame] = {}  # input batches with rows not yet emitted
         left: dict[int, int] = {}
         done: list = []
@@ -278,9 +278,9 @@ def download_partition(cfg, out_names: list[str], downloader_factory=RowDownload
             nonlocal dns_seen
             frame = _frame(chunk, held, out_names)
             if report:  # every fetch of these rows has returned, so its pauses are recorded by now
-                values = [None] * len(frame)
-                values[0] = pause_report(pauses.take_records()) if pauses is not None else None
-                frame[PAUSE_REPORT] = pd.Series(values, dtype=object)
+                records = pauses.take_records() if pauses is not None else []
+                for column, values in pause_report.columns(records, len(frame)).items():
+                    frame[column] = pd.Series(values, dtype=object if column == PAUSE_HOST else None)
                 grown = dns.stats_since(dns_seen)
                 for key, column in zip(dns.STATS_KEYS, DNS_REPORT):
                     counts = np.zeros(len(frame), dtype=np.float64 if key == "wait_s" else np.int64)

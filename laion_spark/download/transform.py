@@ -50,12 +50,13 @@ def partition_by_host(df: DataFrame, cfg, num_partitions: int) -> DataFrame:
 def download_images(df: DataFrame, cfg, num_partitions: int, pauses=None) -> DataFrame:
     """DataFrame with url + DownloadConfig (+ a pyspark Observation) -> images DataFrame (lazy; one
     evaluation = one download). With `pauses`, once the result has been written, pauses.get holds
-    "pauses" (pool.pause_summary reads it: which hosts asked for a pause with 429/503 Retry-After, and
-    for how long) and the DNS counters (dns_summary reads them); no SparkContext needed: works on
-    Spark Connect."""
+    the pause metrics (pool.pause_summary reads them: how many hosts asked for a pause with 429/503
+    Retry-After, as an HLL sketch, and for how long) and the DNS counters (dns_summary reads them); no
+    SparkContext needed: works on Spark Connect."""
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
-    from laion_spark.download.task import DNS_REPORT, PAUSE_REPORT, download_partition
+    from laion_spark.download.pool import PAUSE_COUNTS, PAUSE_HOST, pause_metrics
+    from laion_spark.download.task import DNS_REPORT, download_partition
 
     schema = S.images_schema(df.schema)
     inputs = df.select(*[f.name for f in schema.fields if f.name not in S.DOWNLOAD_COLUMNS])
@@ -63,10 +64,12 @@ def download_images(df: DataFrame, cfg, num_partitions: int, pauses=None) -> Dat
     if pauses is None:
         return grouped.mapInPandas(download_partition(cfg, schema.fieldNames()), schema)
     dns_fields = [StructField(c, DoubleType() if c.endswith("wait_s") else LongType(), False) for c in DNS_REPORT]
-    with_report = StructType([*schema.fields, StructField(PAUSE_REPORT, StringType()), *dns_fields])
+    pause_fields = [StructField(PAUSE_HOST, StringType()), StructField(PAUSE_COUNTS[0], LongType(), False),
+                    *[StructField(c, DoubleType(), False) for c in PAUSE_COUNTS[1:]]]
+    with_report = StructType([*schema.fields, *pause_fields, *dns_fields])
     out = grouped.mapInPandas(download_partition(cfg, with_report.fieldNames(), report=True), with_report)
-    return out.observe(pauses, F.collect_list(PAUSE_REPORT).alias("pauses"),
-                       *[F.sum(c).alias(c) for c in DNS_REPORT]).drop(PAUSE_REPORT, *DNS_REPORT)
+    return out.observe(pauses, *pause_metrics(),
+                       *[F.sum(c).alias(c) for c in DNS_REPORT]).drop(PAUSE_HOST, *PAUSE_COUNTS, *DNS_REPORT)
 
 
 def dns_summary(observed: list[dict]) -> dict:

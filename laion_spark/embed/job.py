@@ -112,19 +112,22 @@ def run(spark, cfg) -> dict:
     started = time.time()
     with arrow_batch_rows(spark, cfg.embed.arrow_batch_rows):
         if chunks > 1:  # each chunk committed on its own: a killed run keeps them (laion_spark/chunks.py)
-            def make(part, n):
+            def make(part):
                 observation = Observation(f"embed_devices_{time.monotonic_ns()}")
-                return embed_images(part, cfg.embed, task_count(spark, cfg.embed, n), observation), \
+                return embed_images(part.read(), cfg.embed, task_count(spark, cfg.embed, part.rows), observation), \
                     lambda: device_counts(observation)
 
-            success = images.where(F.col(S.STATUS) == S.SUCCESS)
-            embeddings, reused_chunks, observed = C.write_in_chunks(
-                spark, success, [S.SAMPLE_ID], chunks, C.chunks_uri(cfg.output),
-                C.fingerprint("embed", cfg, chunks, cfg.input), S.EMBEDDINGS, make, "embeddings")
+            # the chunks are groups of the images table's files: image bytes are read once, never split
+            parts = C.split_by_files(spark, cfg.input, F.col(S.STATUS) == S.SUCCESS, cfg.embed.chunk_rows)
+            chunks = len(parts)
+            folder = C.chunks_uri(cfg.output)
+            print_ = C.fingerprint("embed", cfg, chunks, cfg.input)
+            reused_chunks, observed = C.run_chunks(spark, parts, folder, print_, S.EMBEDDINGS, make, "embeddings")
+            C.assemble(folder, parts, cfg.output)
         else:
             devices = Observation("embed_devices")  # an accumulator would need the SparkContext: not on Connect
             embeddings = embed_images(images, cfg.embed, partitions, devices)
-        write_table(embeddings, cfg.output, S.EMBEDDINGS, "embeddings", cfg.mode)
+            write_table(embeddings, cfg.output, S.EMBEDDINGS, "embeddings", cfg.mode)
     seconds = time.time() - started
     written = spark.read.parquet(cfg.output)  # counts of the written table, never a second embedding run
     reason = F.substring_index(F.col(S.ERROR_MESSAGE), ":", 1)

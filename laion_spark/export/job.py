@@ -104,18 +104,24 @@ def check_stats(rows_in: int, num_shards: int, sizes: dict[int, int], stats: lis
         raise ExportError(f"row accounting failed: {rows_in} input rows but {written} rows in the shards")
 
 
-def write_shards(images, e, output_uri: str, mode: str) -> dict:
-    """An images-like DataFrame + ExportConfig + folder (fsspec URI) + mode -> the webdataset shards
-    written there and checked (ExportError unless they account for every row) -> their summary."""
-    rows_in = images.count()
-    num_shards = math.ceil(rows_in / e.samples_per_shard)
+def shard_count(rows: int, e) -> int:
+    return math.ceil(rows / e.samples_per_shard)
+
+
+def write_shards(images, e, output_uri: str, mode: str, rows_in: int | None = None, partitioned: bool = False) -> dict:
+    """An images-like DataFrame (`partitioned`: already in shard_count(rows_in) partitions by
+    transform.shard_key(); rows_in: its rows, when the caller knows them) + ExportConfig + folder (fsspec
+    URI) + mode -> the webdataset shards written there and checked (ExportError unless they account for
+    every row) -> their summary."""
+    rows_in = images.count() if rows_in is None else rows_in
+    num_shards = shard_count(rows_in, e)
     prepare_folder(output_uri, mode)
     sizes: dict[int, int] = {}
     stats: list[dict] = []
     if num_shards:
         sizes = {r["shard"]: r["rows"] for r in shard_sizes(images, num_shards).collect()}
         largest = max(sizes.values())
-        packed = pack_webdataset(images, e, num_shards, largest)
+        packed = pack_webdataset(images, e, num_shards, largest, partitioned)
         stats = write_webdataset(packed, output_uri)
         problems = missing_webdataset_files(output_uri, packed_layout(packed, output_uri), stats)
         if problems:

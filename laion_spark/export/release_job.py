@@ -16,6 +16,13 @@ OUTPUT -> under `output`:
 Order: every check that needs no rows (layout, subsets' and where's expressions against the schemas,
 the lists' lines) runs before anything is written; the release is written once and read back, so the
 subsets, shards and .npy files are all cut from the same rows.
+
+The decisions (tags joined, blocklists matched, the duplicate window, export.where, LAION's hash) are
+made once, on the dataset's columns without its image bytes, and written to `<output>/_decisions`
+(removed at the end): the removed table, the release, the counts and the shards all read them, so no
+blocklist join or UDF runs twice. Each row keeps its place in the dataset's files (`_metadata`'s
+file_path and row_index), by which the shards take their image bytes back: both sides partitioned by
+the shards' own key, so the bytes cross the network once, into their shard.
 """
 
 from __future__ import annotations
@@ -30,14 +37,16 @@ from laion_spark.config import ConfigError
 from laion_spark.export import blocked as B
 from laion_spark.export import release as R
 from laion_spark.export.blocklist import BlocklistError
-from laion_spark.export.job import ExportError, write_shards
-from laion_spark.export.transform import REQUIRED_COLUMNS
+from laion_spark.export.job import ExportError, shard_count, write_shards
+from laion_spark.export.transform import REQUIRED_COLUMNS, shard_key
 from laion_spark.io import exists, fsspec_uri, overlap, write_table
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("laion", "webdataset", "emb")
 SUBSETS = ("en", "multi", "nolang", "high_resolution", "aesthetic", "research_safe")
+ROW_FILE, ROW_INDEX = "_row_file", "_row_index"  # a dataset row's place: _metadata.file_path / row_index
+DECISIONS = "_decisions"
 USAGE = "laion-spark export input=<dataset> tags=<tags> [embeddings=<embeddings>] output=<dir>"
 
 
@@ -113,7 +122,7 @@ def _clear(output_uri: str, mode: str) -> None:
 
     fs, folder = fsspec.core.url_to_fs(output_uri)
     if mode == "overwrite":
-        for name in ("laion", "subsets", "webdataset", "emb", "README.md"):
+        for name in ("laion", "subsets", "webdataset", "emb", "README.md", DECISIONS):
             if fs.exists(f"{folder}/{name}"):
                 fs.rm(f"{folder}/{name}", recursive=True)
     fs.makedirs(folder, exist_ok=True)
@@ -133,10 +142,25 @@ def _taggers(tags) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
-def _webdataset_rows(kept):
-    """Released rows with the dataset's columns -> the images-like rows the shards take: the scores
-    beside them (in each sample's json), the bookkeeping columns gone."""
-    return kept.drop(R.UNTAGGED, S.REASON)
+def _binary(df) -> list[str]:
+    return [f.name for f in df.schema.fields if isinstance(f.dataType, T.BinaryType)]
+
+
+def _webdataset_rows(kept, dataset, num_shards: int):
+    """Released rows (the decisions, without image bytes) + the dataset (with them) + shard count -> the
+    images-like rows the shards take, in num_shards partitions by shard_key(): the scores beside them (in
+    each sample's json), the bookkeeping columns gone, each row's bytes joined back by its place in the
+    dataset's files. Both sides are partitioned by shard_key() and joined on it alone (the place is
+    compared apart, so Spark does not ask for a partitioning on it too): the bytes are shuffled once."""
+    binary = _binary(dataset)
+    meta = (kept.drop(R.UNTAGGED, S.REASON).withColumn("_k", shard_key()).repartition(num_shards, "_k"))
+    data = (dataset.select(F.col(ROW_FILE).alias("_f"), F.col(ROW_INDEX).alias("_r"), *binary,
+                           shard_key().alias("_k2")).repartition(num_shards, "_k2"))
+    # `a - b == 0` where both sides meet is no equi-join key: the partitioning on _k alone serves the join
+    same_row = F.when(F.col(ROW_FILE) == F.col("_f"), F.col(ROW_INDEX) - F.col("_r")) == 0
+    joined = meta.join(data, (F.col("_k") == F.col("_k2")) & same_row)
+    order = [c for c in dataset.columns if c not in (*R.TAG_COLUMNS, R.HASH, R.UNTAGGED, ROW_FILE, ROW_INDEX)]
+    return joined.select(*order, *R.TAG_COLUMNS, R.HASH)
 
 
 def _emb(spark, cfg, kept, folder: str) -> dict:
@@ -165,7 +189,9 @@ def run(spark, cfg) -> dict:
 
     e = cfg.export
     outputs = outputs_of(cfg)
-    dataset = normalise_names(spark.read.parquet(cfg.input))
+    raw = spark.read.parquet(cfg.input)
+    dataset = normalise_names(raw.select("*", F.col("_metadata.file_path").alias(ROW_FILE),
+                                         F.col("_metadata.row_index").alias(ROW_INDEX)))
     missing = [c for c in (S.SAMPLE_ID, S.URL, S.TEXT) if c not in dataset.columns]
     if missing:
         raise ConfigError(f"input {cfg.input} lacks column(s) {missing} (sample_id, url, text or LAION's spellings)")
@@ -175,8 +201,9 @@ def run(spark, cfg) -> dict:
             raise ConfigError(f"webdataset shards need download's image columns, and input {cfg.input} lacks "
                               f"{lacking}; give the dataset filter wrote, or export.outputs=laion")
     tags = spark.read.parquet(e.tags) if e.tags else None
+    narrow = dataset.drop(*_binary(dataset))  # the decisions need no image bytes
     try:
-        rows = R.scored(dataset, tags)
+        rows = R.scored(narrow, tags)
     except ValueError as exc:
         raise ConfigError(f"tags {e.tags}: {exc}") from None
     _check_expressions(spark, cfg, rows)
@@ -185,14 +212,13 @@ def run(spark, cfg) -> dict:
         blocked = B.blocked(spark, rows, lists)  # reads and checks every list before anything is written
     except BlocklistError as exc:
         raise ConfigError(f"export.blocklist: {exc}") from None
-    decided = R.decide(rows, blocked, e.where)
-
     output_uri = fsspec_uri(cfg.output)
     _clear(output_uri, cfg.mode)
+    decisions_uri = f"{output_uri}/{DECISIONS}"
+    R.decide(rows, blocked, e.where).write.mode("overwrite").parquet(decisions_uri)
+    decided = spark.read.parquet(decisions_uri)
     # the removed rows keep everything but their image bytes: a blocklisted image is not kept anywhere
-    removed = decided.where(F.col(S.REASON).isNotNull())
-    removed = removed.select(*[f.name for f in removed.schema.fields
-                               if not isinstance(f.dataType, T.BinaryType) and f.name != R.UNTAGGED])
+    removed = decided.where(F.col(S.REASON).isNotNull()).drop(R.UNTAGGED, ROW_FILE, ROW_INDEX)
     removed.write.mode("overwrite" if cfg.mode == "overwrite" else "error").parquet(removed_uri(cfg))
 
     release_uri = f"{output_uri}/laion"
@@ -227,13 +253,18 @@ def run(spark, cfg) -> dict:
         log.warning("export: %d released rows have no row in tags %s: their scores are null", summary["untagged"],
                     e.tags)
     if "webdataset" in outputs:
-        shards = write_shards(_webdataset_rows(kept), e, f"{output_uri}/webdataset", "overwrite")
+        shards = write_shards(_webdataset_rows(kept, dataset, shard_count(released, e)), e,
+                              f"{output_uri}/webdataset", "overwrite", rows_in=released, partitioned=True)
         if shards["rows"] != released:
             raise ExportError(f"the webdataset shards hold {shards['rows']} rows, the release {released}")
         summary["webdataset"] = shards
     if "emb" in outputs:
         summary["emb"] = _emb(spark, cfg, kept, f"{output_uri}/emb")
     summary["card"] = write_card(spark, cfg, summary)
+    import fsspec
+
+    fs, folder = fsspec.core.url_to_fs(decisions_uri)
+    fs.rm(folder, recursive=True)  # every table is cut from them by now
     log.info("export: %s dataset rows -> %s released, %s removed %s; subsets %s", rows_in, released, removed_rows,
              reasons, {k: v["rows"] for k, v in subsets.items()})
     return summary

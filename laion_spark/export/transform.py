@@ -69,19 +69,20 @@ def check_columns(df: DataFrame) -> None:
         raise ValueError(f"export needs an images table (the download stage's output); missing column(s) {missing}")
 
 
-def assign_shards(df: DataFrame, num_shards: int) -> DataFrame:
-    """Rows -> the same rows in num_shards partitions by a hash of sample_id, sorted within each, with
-    the shard id (= partition id) as column SHARD."""
+def assign_shards(df: DataFrame, num_shards: int, partitioned: bool = False) -> DataFrame:
+    """Rows -> the same rows in num_shards partitions by a hash of sample_id (`partitioned`: they are
+    already, by shard_key(), e.g. a join on it), sorted within each, with the shard id (= partition id)
+    as column SHARD."""
     tie_break = [f.name for f in df.schema.fields
                  if f.name != S.SAMPLE_ID and isinstance(f.dataType, _ORDERABLE)]
     return (
-        df.repartition(num_shards, _shard_key())
+        (df if partitioned else df.repartition(num_shards, shard_key()))
         .sortWithinPartitions(S.SAMPLE_ID, *tie_break)
         .withColumn(SHARD, F.spark_partition_id())
     )
 
 
-def _shard_key() -> Column:
+def shard_key() -> Column:
     """What rows are hash-partitioned on: xxhash64(sample_id), not sample_id itself. A plan already
     partitioned by sample_id (a join or window upstream, e.g. export's duplicate check) would make Spark
     drop a repartition on sample_id as redundant, and adaptive execution may then coalesce that upstream
@@ -92,7 +93,7 @@ def _shard_key() -> Column:
 def shard_sizes(images: DataFrame, num_shards: int) -> DataFrame:
     """images -> (shard int, rows long) for every non-empty shard, with the same assignment as
     pack_webdataset (only sample_id is shuffled)."""
-    ids = images.select(S.SAMPLE_ID).repartition(num_shards, _shard_key())
+    ids = images.select(S.SAMPLE_ID).repartition(num_shards, shard_key())
     return ids.groupBy(F.spark_partition_id().alias("shard")).agg(F.count(F.lit(1)).alias("rows"))
 
 
@@ -146,15 +147,17 @@ def key_column(layout: W.ShardLayout) -> Column:
     return F.when(index >= 10**layout.key_digits, too_big).otherwise(F.lpad(number.cast(T.StringType()), width, "0"))
 
 
-def pack_webdataset(images: DataFrame, cfg, num_shards: int, largest_shard: int = 0) -> DataFrame:
-    """images + ExportConfig + shard count (+ rows of the largest shard) -> lazy `key`, the images
-    columns, SHARD: num_shards partitions, partition i = shard i, rows in shard order (pure: nothing
-    is written; export/write.py's write_webdataset writes exactly these rows)."""
+def pack_webdataset(images: DataFrame, cfg, num_shards: int, largest_shard: int = 0,
+                    partitioned: bool = False) -> DataFrame:
+    """images (`partitioned`: already in num_shards partitions by shard_key()) + ExportConfig + shard count
+    (+ rows of the largest shard) -> lazy `key`, the images columns, SHARD: num_shards partitions,
+    partition i = shard i, rows in shard order (pure: nothing is written; export/write.py's
+    write_webdataset writes exactly these rows)."""
     check_columns(images)
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     layout = webdataset_layout(images.schema, cfg, "", num_shards, largest_shard)
-    sharded = assign_shards(images, num_shards)
+    sharded = assign_shards(images, num_shards, partitioned)
     widths = {"shard_digits": layout.shard_digits, "key_digits": layout.key_digits}
     return sharded.select(key_column(layout).alias(W.KEY, metadata=widths), *images.columns, SHARD)
 

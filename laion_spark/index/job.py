@@ -17,9 +17,11 @@ chosen, and held-out ones, which play no part in any choice (nor in training) an
 index_infos.json reports; the held-out rows' other embedding (their captions' for an image index) is
 read by a filter on their ids, for the cross-modal recall. The trained empty index goes to
 `<output>/_build/` through fsspec, each add task adds its vectors (sample_ids as faiss ids) and writes
-its part there (temporary name, then renamed; a retried task keeps a finished part), and returns the
-exact top-k (with ties) of every query over its own vectors, from which the driver has the ground truth
-of the recall checks without a third pass.
+its part there (temporary name, then renamed; a retried task keeps a finished part), and writes the
+exact top-k (with ties) of every query over its own vectors to `_build/added/`; Spark merges them per
+query (exact_lists), so the driver holds the ground truth of the recall checks (queries x (k + ties)
+entries, whatever the number of parts) without a third pass. Shards are tuned memory-mapped, never
+read whole into the driver's memory.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from laion_spark import __version__
@@ -56,6 +59,7 @@ log = logging.getLogger(__name__)
 
 USAGE = "laion-spark index input=<embeddings> [dataset=<dataset>] output=<dir>"
 ONDISK_AUTO_BYTES = 2**30
+METADATA_ROW_GROUP_BYTES = 4 * 2**20
 K = T.K
 INFOS = "index_infos.json"
 OTHER = "other_vector"  # the embedding not indexed (text for an image index): the cross-modal queries
@@ -181,6 +185,27 @@ def add_partition(trained_uri: str, parts_uri: str, d: int, queries: np.ndarray,
     return run
 
 
+def exact_lists(added, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """The add tasks' rows (one list per part and query) -> each query's exact top-K with its ties
+    (scores, ids: n_queries x (K + TIES), as build.merge_topk gives them): the lists merged per query in
+    Spark, each query's best K + TIES entries (by score, then id) collected, so that the driver holds
+    n_queries x (K + TIES) entries whatever the number of parts."""
+    entries = (added.where(F.col("query") >= 0)
+               .select("query", F.explode(F.arrays_zip("top_ids", "top_scores")).alias("e"))
+               .select("query", F.col("e.top_ids").alias("id"), F.col("e.top_scores").alias("score")))
+    best = Window.partitionBy("query").orderBy(F.desc("score"), F.asc("id"))
+    merged = (entries.withColumn("rank", F.row_number().over(best)).where(F.col("rank") <= K + TIES)
+              .groupBy("query").agg(F.sort_array(F.collect_list(F.struct("rank", "id", "score"))).alias("top")))
+    exact_s = np.full((n_queries, K + TIES), -np.inf, np.float32)
+    exact_i = np.full((n_queries, K + TIES), B.NO_ID, np.int64)
+    for r in merged.toLocalIterator():
+        s = np.asarray([e["score"] for e in r["top"]], np.float32)[None, :]
+        i = np.asarray([e["id"] for e in r["top"]], np.int64)[None, :]
+        s_q, i_q = B.merge_topk([(s, i)], K, TIES)  # the ties rule on the best K + TIES: what it keeps is among them
+        exact_s[r["query"]], exact_i[r["query"]] = s_q[0], i_q[0]
+    return exact_s, exact_i
+
+
 def _local_copy(uri: str, folder: str) -> str:
     """A file URI -> a local path to it (itself when local; else copied into folder)."""
     fs, path = _fs(uri)
@@ -303,24 +328,20 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
     queries = np.concatenate([tuning.vectors, heldout.vectors, cross.vectors]).astype(np.float32)
     query_ids = np.concatenate([tuning.ids, heldout.ids, cross.ids]).astype(np.int64)
     partitions = ix.shards or ix.partitions or max(1, math.ceil(n_valid / ix.rows_per_task))
-    parts = (rows.select(S.SAMPLE_ID, VECTOR).repartition(partitions, S.SAMPLE_ID)
-             .mapInArrow(add_partition(trained_uri, f"{_proto(out_uri)}{build}/parts", d, queries, query_ids),
-                         PART_DDL).collect())
+    added_uri = f"{_proto(out_uri)}{build}/added"
+    # written, not collected: the add tasks run once (they write the parts), and the driver reads back one
+    # row per part and one merged list per query, never partitions x queries rows
+    (rows.select(S.SAMPLE_ID, VECTOR).repartition(partitions, S.SAMPLE_ID)
+     .mapInArrow(add_partition(trained_uri, f"{_proto(out_uri)}{build}/parts", d, queries, query_ids), PART_DDL)
+     .write.mode("overwrite").parquet(added_uri))
     seconds["add"] = time.time() - t
-    part_rows = {r["part"]: (r["rows"], r["file"]) for r in parts if r["query"] == -1}
+    added_rows = spark.read.parquet(added_uri)
+    part_rows = {r["part"]: (r["rows"], r["file"])
+                 for r in added_rows.where(F.col("query") == -1).select("part", "rows", "file").collect()}
     added = sum(n for n, _ in part_rows.values())
     if added != n_valid:
         raise IndexBuildError(f"row accounting failed: {n_valid} indexable rows but the add tasks took {added}")
-    per_query: dict[int, list] = {}
-    for r in parts:
-        if r["query"] >= 0:
-            per_query.setdefault(r["query"], []).append((np.asarray(r["top_scores"], np.float32),
-                                                          np.asarray(r["top_ids"], np.int64)))
-    exact_s = np.full((len(queries), K + TIES), -np.inf, np.float32)
-    exact_i = np.full((len(queries), K + TIES), B.NO_ID, np.int64)
-    for q, lists in per_query.items():
-        s_q, i_q = B.merge_topk([(s[None, :], i[None, :]) for s, i in lists], K, TIES)
-        exact_s[q], exact_i[q] = s_q[0], i_q[0]
+    exact_s, exact_i = exact_lists(added_rows, len(queries))
     cut = np.cumsum([len(tuning), len(heldout)])
     tuning = H.with_exact(tuning, exact_s[: cut[0]], exact_i[: cut[0]])
     heldout = H.with_exact(heldout, exact_s[cut[0]: cut[1]], exact_i[cut[0]: cut[1]])
@@ -376,8 +397,11 @@ def build_one(spark, cfg, rows, valid_ids, n_valid: int, d: int, out_uri: str, c
         meta_rows = meta_rows.join(meta_table.select(S.SAMPLE_ID, *columns).dropDuplicates([S.SAMPLE_ID]),
                                    S.SAMPLE_ID, "left")
     meta_parts = max(1, math.ceil(n_valid / 1_000_000))
+    # small row groups: a search reads the row group that holds each result (search/lookup.py), so a group
+    # of 4 MiB, not Parquet's 128 MiB, bounds what one result costs
     (meta_rows.repartitionByRange(meta_parts, S.SAMPLE_ID).sortWithinPartitions(S.SAMPLE_ID)
-     .write.mode("overwrite").parquet(f"{_proto(out_uri)}{folder}/metadata"))
+     .write.mode("overwrite").option("parquet.block.size", METADATA_ROW_GROUP_BYTES)
+     .parquet(f"{_proto(out_uri)}{folder}/metadata"))
     seconds["metadata"] = time.time() - t
 
     import faiss
@@ -451,8 +475,9 @@ def _index_files(fs, folder: str) -> list[str]:
 
 
 def _shards_index(local_parts: list[str]):
-    """Local shard files -> one searchable ShardSet over them, read into memory."""
-    return B.ShardSet([B.read_index(p, mmap=False) for p in local_parts])
+    """Local shard files -> one searchable ShardSet over them, memory-mapped: the page cache holds what a
+    search touches, not the driver's heap every shard (faiss maps IVF lists; other kinds are read)."""
+    return B.ShardSet([B.read_index(p, mmap=True) for p in local_parts])
 
 
 # --------------------------------------------------------------------------------------------- the job

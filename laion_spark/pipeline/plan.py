@@ -11,8 +11,10 @@ content) and the same inputs, each named with the hash of its own marker. So a s
 its dependants a new input hash and they rerun too, along the registry's inputs, and nothing else
 does: a new filter threshold reruns filter, export and index; a new hash list export and index.
 
-tag reads `images` (every downloaded row), not `dataset`: its models then never rerun for a new
-threshold, and export joins the scores of the rows it releases by sample_id.
+tag reads `images` (every downloaded row: the embedding heads score the filter's rejects too, for the
+report) and `dataset` (tag.dataset: the watermark detector classifies the rows that can be released,
+not every download), so a new threshold reruns tag too; export joins the scores of the rows it
+releases by sample_id.
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ def steps(cfg) -> list[Step]:
         # export applies the lists; export/emb holds the released rows' vectors in the same format
         Step("filter", "filter", r(base, input=u["images"], output=u["dataset"], filter=r(
             cfg.filter, embeddings=u["embeddings"], rejected_output="", npy_output="", npy=False))),
-        Step("tag", "tag", r(base, input=u["images"], output=u["tags"], tag=r(cfg.tag, embeddings=u["embeddings"]))),
+        # the heads score every images row (the report shows the rejects'); the watermark CNN the dataset's only
+        Step("tag", "tag", r(base, input=u["images"], output=u["tags"],
+                             tag=r(cfg.tag, embeddings=u["embeddings"], dataset=u["dataset"]))),
         Step("export", "export", r(base, input=u["dataset"], output=u["export"],
                                    export=r(cfg.export, format="release", tags=u["tags"], embeddings=u["embeddings"],
                                             removed_output=""))),

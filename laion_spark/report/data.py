@@ -10,6 +10,10 @@ OUTPUT -> a dict of plain values: the markers (each stage's counts), the funnel 
           kept and rejected pairs (with their image bytes, for thumbnails): kept ones from the release,
           and none that a list of the run reaches (sample_pools)
 
+Samples are chosen on their narrow columns (the sample_id's hash orders the table, the same on every run)
+with each row's place in its file (_metadata.file_path, row_index); only the chosen rows' image bytes are
+read, from their row groups (read_images): never the table's bytes, to show 8 thumbnails.
+
 Every number comes from a table or a marker; nothing is estimated. Histograms are counts per bin,
 computed by Spark over every row.
 """
@@ -118,14 +122,68 @@ def _exists(uri: str) -> bool:
     return exists(uri)
 
 
+PLACE_FILE, PLACE_ROW = "_place_file", "_place_row"
+
+
+def with_place(df):
+    """A table as read -> the same with each row's place in its file (for read_images)."""
+    return df.select("*", F.col("_metadata.file_path").alias(PLACE_FILE), F.col("_metadata.row_index").alias(PLACE_ROW))
+
+
+def _local(path: str) -> str:
+    """A file path as Spark's _metadata names it -> what fsspec opens (file:/a%20b -> /a b)."""
+    from urllib.parse import unquote, urlparse
+
+    from laion_spark.io import fsspec_uri
+
+    return unquote(urlparse(path).path) if path.startswith("file:") else fsspec_uri(path)
+
+
+def read_images(places: list[tuple[str, int]], column: str = S.IMAGE) -> list:
+    """[(file path as Spark names it, row index)] -> each row's value of `column`, read with pyarrow from
+    the row group that holds it (one row group's column per file and group, whatever the table's size)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    out: dict[tuple[str, int], object] = {}
+    by_file: dict[str, list[int]] = {}
+    for path, row in places:
+        by_file.setdefault(path, []).append(int(row))
+    for path, rows in by_file.items():
+        with fsspec.open(_local(path), "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            starts, at = [], 0
+            for g in range(pf.metadata.num_row_groups):
+                starts.append(at)
+                at += pf.metadata.row_group(g).num_rows
+            groups: dict[int, list[int]] = {}
+            for row in rows:
+                g = max(i for i, start in enumerate(starts) if start <= row)
+                groups.setdefault(g, []).append(row)
+            for g, wanted in groups.items():
+                values = pf.read_row_group(g, columns=[column]).column(0)
+                for row in wanted:
+                    out[(path, row)] = values[row - starts[g]].as_py()
+    return [out[(path, int(row))] for path, row in places]
+
+
 def _samples(rows, where, extra: list[str], n: int) -> list[dict]:
-    if S.IMAGE not in rows.columns:
+    """Rows (with_place's columns) + a condition + extra columns + n -> up to n of them with their image
+    bytes, a spread of the table (by the sample_id's hash), rows without an image skipped."""
+    if S.IMAGE not in rows.columns or n <= 0:
         return []
-    rows = (rows.where(where & F.col(S.IMAGE).isNotNull())
-            .orderBy(F.xxhash64(F.col(S.SAMPLE_ID)))  # a spread of the table, the same on every run
-            .select(S.SAMPLE_ID, S.URL, S.TEXT, S.IMAGE, *[c for c in extra if c in rows.columns])
-            .limit(n).collect())
-    return [r.asDict() for r in rows]
+    columns = [S.SAMPLE_ID, S.URL, S.TEXT, *[c for c in extra if c in rows.columns]]
+    ordered = (rows.where(where).orderBy(F.xxhash64(F.col(S.SAMPLE_ID)))  # the same on every run
+               .select(*columns, PLACE_FILE, PLACE_ROW))
+    want = n
+    while True:
+        picked = ordered.limit(want).collect()  # narrow rows: no image bytes cross the network
+        images = read_images([(r[PLACE_FILE], r[PLACE_ROW]) for r in picked])
+        out = [{**{c: r[c] for c in columns}, S.IMAGE: image}
+               for r, image in zip(picked, images, strict=True) if image is not None][:n]
+        if len(out) >= n or len(picked) < want:
+            return out
+        want *= 4  # rows without an image (none in a dataset the filter wrote): look further
 
 
 def sample_pools(spark, run_dir: str) -> dict:
@@ -139,13 +197,14 @@ def sample_pools(spark, run_dir: str) -> dict:
     lists = run_lists(run_dir)
     pools = {}
     if _exists(u["dataset"]):
-        kept = spark.read.parquet(u["dataset"])
+        kept = with_place(spark.read.parquet(u["dataset"]))
         if _exists(u["release"]):
             released = spark.read.parquet(u["release"]).select(F.col("SAMPLE_ID").alias(S.SAMPLE_ID))
             kept = kept.join(released, S.SAMPLE_ID, "left_semi")
         pools["kept"] = without_listed(spark, run_dir, kept, lists)
     if _exists(u["dataset_rejected"]):
-        pools["rejected"] = without_listed(spark, run_dir, spark.read.parquet(u["dataset_rejected"]), lists)
+        pools["rejected"] = without_listed(spark, run_dir, with_place(spark.read.parquet(u["dataset_rejected"])),
+                                          lists)
     return pools
 
 

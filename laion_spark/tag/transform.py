@@ -1,16 +1,21 @@
-"""tag's row logic: batches of (sample_id, image_embedding, clip_model) -> the tags of each row (no Spark).
+"""tag's row logic: batches of (sample_id, image_embedding, clip_model[, pwatermark]) -> the tags of each row,
+and batches of (sample_id, image) -> pwatermark (no Spark).
 
-INPUT  -> pandas batches of the dataset's rows joined with their embeddings (null where a row has
-          none) and, where pwatermark is configured, the stored image bytes; the configured heads
-          (output column -> HeadSpec), the zero-shot prompts' text embeddings per clip_model with
-          their boundary, the watermark detector's spec, and the tagger names
-OUTPUT -> one row per input row (schemas.TAGS): sample_id, punsafe, pwatermark, aesthetic_score
-          (float, null where the head is not configured or the row has no embedding / image),
-          nsfw_zero_shot (UNLIKELY / UNSURE / NSFW, null likewise), taggers (tag -> the versioned
-          tagger that gave it)
+INPUT  -> tag_frame: pandas batches of the input's rows joined with their embeddings (null where a row
+          has none) and, where pwatermark is configured, the detector's score of the row's image (null
+          where the row is not a dataset row, has no image or it does not decode); the configured heads
+          (output column -> HeadSpec), the zero-shot prompts' text embeddings per clip_model with their
+          boundary, and the tagger names.
+          watermark_frame: pandas batches of (sample_id, image) of the dataset's rows, the detector's spec
+OUTPUT -> tag_frame: one row per input row (schemas.TAGS): sample_id, punsafe, pwatermark, aesthetic_score
+          (float, null where the head is not configured or the row has no embedding / score),
+          nsfw_zero_shot (UNLIKELY / UNSURE / NSFW, null likewise), taggers (tag -> the versioned tagger
+          that gave it); watermark_frame: one row per input row (WATERMARK_SCORES): sample_id, pwatermark
 
-A head scores only what it can: a row without an embedding, or with one that is not finite, gets a
-null, never a made-up score; heads load once per Python worker (heads.load_head caches them).
+The two run apart: the detector where the image bytes are read (only its narrow scores move on to the
+join by sample_id), the heads over the joined narrow rows. A head scores only what it can: a row without
+an embedding, or with one that is not finite, gets a null, never a made-up score; heads and the
+detector load once per Python worker (heads.load_head / watermark.load_watermark cache them).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from laion_spark.tag.zero_shot import categorise
 PUNSAFE, PWATERMARK, AESTHETIC, NSFW_ZERO_SHOT, TAGGERS = (
     "punsafe", "pwatermark", "aesthetic_score", "nsfw_zero_shot", "taggers")
 SCORE_COLUMNS = (PUNSAFE, PWATERMARK, AESTHETIC)
+# watermark_frame's output: a step between the stored images and the tags (DDL: no Spark import here)
+WATERMARK_SCORES = f"{S.SAMPLE_ID} long, {PWATERMARK} float"
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ def _matrices(values: pd.Series) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 
 
 def tag_frame(frame: pd.DataFrame, plan: TagPlan) -> pd.DataFrame:
-    """One batch (sample_id, image_embedding, clip_model) -> its tags (schemas.TAGS' columns, same order)."""
+    """One batch (sample_id, image_embedding, clip_model[, pwatermark: the detector's score, null where it
+    gave none]) -> its tags (schemas.TAGS' columns, same order)."""
     n = len(frame)
     out = {S.SAMPLE_ID: frame[S.SAMPLE_ID].astype("int64").to_numpy()}
     scores = {c: np.full(n, np.nan, np.float32) for c in SCORE_COLUMNS}
@@ -80,8 +88,8 @@ def tag_frame(frame: pd.DataFrame, plan: TagPlan) -> pd.DataFrame:
             if prompts is not None and prompts.shape[1] == d:
                 for i, category in zip(at, categorise(x, prompts, plan.boundary), strict=True):
                     nsfw[i] = category
-    if plan.watermark is not None and S.IMAGE in frame.columns:
-        scores[PWATERMARK][:] = _watermark(plan).score(list(frame[S.IMAGE]))
+    if plan.watermark is not None and PWATERMARK in frame.columns:
+        scores[PWATERMARK][:] = frame[PWATERMARK].to_numpy(dtype=np.float64, na_value=np.nan)
     for c in SCORE_COLUMNS:
         out[c] = pd.array([None if np.isnan(v) else float(v) for v in scores[c]], dtype="Float32")
     out[NSFW_ZERO_SHOT] = nsfw
@@ -107,6 +115,15 @@ def _watermark(plan: TagPlan):
     return load_watermark(dataclasses.replace(plan.watermark, device=choice.device))
 
 
+def watermark_frame(frame: pd.DataFrame, plan: TagPlan) -> pd.DataFrame:
+    """One batch (sample_id, image) -> (sample_id, pwatermark): the detector's score, null where the image is
+    missing or does not decode (watermark.WatermarkModel.score: batch_size images decoded at a time). Null,
+    not NaN: Spark orders NaN above every number, so a NaN would win the max() over a duplicated row."""
+    scores = _watermark(plan).score(list(frame[S.IMAGE]))
+    return pd.DataFrame({S.SAMPLE_ID: frame[S.SAMPLE_ID].astype("int64").to_numpy(),
+                         PWATERMARK: pd.array(scores, dtype="Float32")})
+
+
 def tag_batches(plan: TagPlan):
     """-> the mapInPandas function: batches of joined rows -> batches of tags."""
 
@@ -114,6 +131,17 @@ def tag_batches(plan: TagPlan):
         for frame in frames:
             if len(frame):
                 yield tag_frame(frame, plan)
+
+    return run
+
+
+def watermark_batches(plan: TagPlan):
+    """-> the mapInPandas function: batches of (sample_id, image) -> batches of (sample_id, pwatermark)."""
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            if len(frame):
+                yield watermark_frame(frame, plan)
 
     return run
 
