@@ -429,3 +429,38 @@ def test_hostile_dataset_rows(spark, world, tmp_path):
     removed = pq.read_table(str(out) + "_removed").to_pandas()
     assert sorted(removed.reason) == ["duplicate_sample_id", "no_sample_id", "no_url"]
     assert dict(zip(removed.reason, removed.sample_id))["no_url"] == ids[9]
+
+
+def test_the_shards_take_their_bytes_back_in_one_exchange(spark, world):
+    # as at scale (nothing broadcast): the decisions are made without the image bytes, and the shards'
+    # rows take them back by their place in the dataset's files, both sides partitioned by the shards'
+    # key: one exchange carries the bytes (the old export carried them through the tags join and again
+    # into the shards), and each row gets its own bytes, in the shard shard_sizes counts it in
+    from pyspark.sql import functions as F
+
+    from laion_spark.config import load_config
+    from laion_spark.export import release as R
+    from laion_spark.export import release_job as RJ
+    from laion_spark.export.transform import SHARD, pack_webdataset, shard_sizes
+    from laion_spark.session import session_confs
+    from tests.test_tag import output_names, plan_nodes
+
+    root = world["root"]
+    dataset = spark.read.parquet(str(root / "dataset.parquet")).select(
+        "*", F.col("_metadata.file_path").alias(RJ.ROW_FILE), F.col("_metadata.row_index").alias(RJ.ROW_INDEX))
+    decided = R.decide(R.scored(dataset.drop(S.IMAGE), spark.read.parquet(str(root / "tags"))), None)
+    kept = decided.where(F.col(S.REASON).isNull())
+    shards = 4
+    with session_confs(spark, {"spark.sql.autoBroadcastJoinThreshold": "-1"}):
+        packed = pack_webdataset(RJ._webdataset_rows(kept, dataset, shards), load_config([], []).export, shards,
+                                 partitioned=True)
+        nodes = plan_nodes(packed)
+        rows = packed.select(S.SAMPLE_ID, S.IMAGE, SHARD).collect()
+    over_bytes = [n for n in nodes if "Exchange" in n.nodeName() and S.IMAGE in output_names(n.children().apply(0))]
+    assert len(over_bytes) == 1, [n.toString() for n in over_bytes]
+    images = world["images"]
+    want = dict(zip(images.sample_id, images.image, strict=True))
+    assert sorted(r[S.SAMPLE_ID] for r in rows) == sorted(want)
+    assert all(bytes(r[S.IMAGE]) == want[r[S.SAMPLE_ID]] for r in rows)
+    per_shard = {r["shard"]: r["rows"] for r in shard_sizes(dataset, shards).collect()}
+    assert {s: sum(r[SHARD] == s for r in rows) for s in per_shard} == per_shard
