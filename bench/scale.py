@@ -131,14 +131,13 @@ def run_once(size: int, code: Path, out: Path, every: float) -> dict:
     """One `laion-spark demo demo.toy_images=size` -> per step: seconds, CPU, peak RSS, rows."""
     output = out / f"run-{size}"
     env = {**os.environ, "PYTHONPATH": str(code), "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
-    log = open(out / f"run-{size}.log", "w")
     started = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "laion_spark.cli", "demo", f"demo.toy_images={size}",
-                             f"output={output}"], cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)
-    timeline = Timeline(proc.pid, every).start()
-    rc = proc.wait()
-    timeline.stop()
-    log.close()
+    with open(out / f"run-{size}.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "laion_spark.cli", "demo", f"demo.toy_images={size}",
+                                 f"output={output}"], cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)
+        timeline = Timeline(proc.pid, every).start()
+        rc = proc.wait()
+        timeline.stop()
     wall = time.time() - started
     if rc != 0:
         raise SystemExit(f"the run at {size} failed (rc {rc}); see {out}/run-{size}.log")
@@ -151,7 +150,8 @@ def run_once(size: int, code: Path, out: Path, every: float) -> dict:
         rin, rout = rows(step.get("counts") or {})
         measured = timeline.window(a, b)
         per_k = 1000 / rin if rin else None
-        steps.append({"stage": step.get("step") or step["stage"], "seconds": step.get("seconds"), "rows_in": rin, "rows_out": rout,
+        steps.append({"stage": step.get("step") or step["stage"], "seconds": step.get("seconds"), "rows_in": rin,
+                      "rows_out": rout,
                       "s_per_1k": per_k and round(step["seconds"] * per_k, 3),
                       "cpu_s_per_1k": per_k and round(measured["cpu_s"] * per_k, 3), **measured})
     whole = timeline.window(started - 1, time.time())
@@ -173,7 +173,8 @@ def table(run: dict) -> str:
 
 def compare(small: dict, big: dict) -> str:
     lines = [f"10N / N ({big['size']:,} / {small['size']:,} scenes)",
-             "| stage | CPU per row | holds (<= 1.1x) | driver peak RSS | holds (< 1.2x) |", "| --- | --- | --- | --- | --- |"]
+             "| stage | CPU per row | holds (<= 1.1x) | driver peak RSS | holds (< 1.2x) |",
+             "| --- | --- | --- | --- | --- |"]
     by_stage = {s["stage"]: s for s in small["steps"]}
     for s in big["steps"]:
         base = by_stage.get(s["stage"])

@@ -253,7 +253,8 @@ def run(spark, cfg) -> dict:
         log.warning("export: %d released rows have no row in tags %s: their scores are null", summary["untagged"],
                     e.tags)
     if "webdataset" in outputs:
-        shards = write_shards(_webdataset_rows(kept, dataset, shard_count(released, e)), e,
+        # at least one partition for the plan; with nothing released write_shards writes no shard from it
+        shards = write_shards(_webdataset_rows(kept, dataset, max(1, shard_count(released, e))), e,
                               f"{output_uri}/webdataset", "overwrite", rows_in=released, partitioned=True)
         if shards["rows"] != released:
             raise ExportError(f"the webdataset shards hold {shards['rows']} rows, the release {released}")

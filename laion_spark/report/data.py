@@ -123,6 +123,7 @@ def _exists(uri: str) -> bool:
 
 
 PLACE_FILE, PLACE_ROW = "_place_file", "_place_row"
+READ_BATCH_ROWS = 256
 
 
 def with_place(df):
@@ -161,9 +162,15 @@ def read_images(places: list[tuple[str, int]], column: str = S.IMAGE) -> list:
                 g = max(i for i, start in enumerate(starts) if start <= row)
                 groups.setdefault(g, []).append(row)
             for g, wanted in groups.items():
-                values = pf.read_row_group(g, columns=[column]).column(0)
-                for row in wanted:
-                    out[(path, row)] = values[row - starts[g]].as_py()
+                # batch by batch: one batch of the group's images decoded at a time, not the whole group
+                at, todo = starts[g], sorted(wanted)
+                for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[g], columns=[column]):
+                    while todo and todo[0] < at + batch.num_rows:
+                        out[(path, todo[0])] = batch.column(0)[todo[0] - at].as_py()
+                        todo.pop(0)
+                    at += batch.num_rows
+                    if not todo:
+                        break
     return [out[(path, int(row))] for path, row in places]
 
 
