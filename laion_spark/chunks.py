@@ -86,7 +86,7 @@ def _uri(folder: str, k: int) -> str:
     return f"{folder.rstrip('/')}/{k:05d}"
 
 
-def split_by_key(spark, rows, keys: list[str], chunks: int, folder: str, print_: str, schema) -> list[Part]:
+def split_by_key(spark, rows, keys: list[str], chunks: int, folder: str, print_: str) -> list[Part]:
     """rows (a computed DataFrame; its rows small: URLs, texts) -> written once under <folder>/split/,
     a folder per chunk (pmod(xxhash64(keys), chunks): the same on every run) -> the chunks. A split of the
     same fingerprint is reused, so a resumed run does not split again."""

@@ -31,7 +31,7 @@ def _files(df) -> set[str]:
 def test_split_by_key_writes_once_and_each_chunk_reads_only_its_folder(spark, tmp_path):
     rows = _rows(spark, 200)
     folder = str(tmp_path / "out_chunks")
-    parts = C.split_by_key(spark, rows, ["url"], 4, folder, "print-1", SCHEMA)
+    parts = C.split_by_key(spark, rows, ["url"], 4, folder, "print-1")
     # the same assignment Spark's own hash gives, computed apart
     want = (rows.select("id", F.pmod(F.xxhash64("url"), F.lit(4)).alias("k")).toPandas()
             .groupby("k")["id"].apply(sorted).to_dict())
@@ -44,7 +44,7 @@ def test_split_by_key_writes_once_and_each_chunk_reads_only_its_folder(spark, tm
         assert files and all(f"/split/{C._CHUNK}={p.k}/" in f for f in files), files  # not the other chunks'
     marker = Path(folder) / "split" / C.SPLIT_MARKER
     written = {f: os.stat(f).st_mtime_ns for f in (Path(folder) / "split").rglob("*.parquet")}
-    again = C.split_by_key(spark, rows, ["url"], 4, folder, "print-1", SCHEMA)  # a resumed run: not split again
+    again = C.split_by_key(spark, rows, ["url"], 4, folder, "print-1")  # a resumed run: not split again
     assert [p.rows for p in again] == [p.rows for p in parts]
     assert {f: os.stat(f).st_mtime_ns for f in (Path(folder) / "split").rglob("*.parquet")} == written
     assert json.loads(marker.read_text())["fingerprint"] == "print-1"
@@ -71,7 +71,7 @@ def test_split_by_files_groups_whole_files(spark, tmp_path):
 def test_chunks_run_side_by_side_and_their_files_become_the_table(spark, tmp_path):
     rows = _rows(spark, 120)
     folder, output = str(tmp_path / "t_chunks"), str(tmp_path / "t")
-    parts = C.split_by_key(spark, rows, ["url"], 3, folder, "p", SCHEMA)
+    parts = C.split_by_key(spark, rows, ["url"], 3, folder, "p")
     started = tmp_path / "started"
     started.mkdir()
 
@@ -107,7 +107,7 @@ def test_a_kill_while_moving_resumes_the_moves(spark, tmp_path):
     folder, output = str(tmp_path / "t_chunks"), str(tmp_path / "t")
     Path(output).mkdir()
     (Path(output) / "part-old.parquet").write_bytes(b"an earlier run's table")
-    parts = C.split_by_key(spark, rows, ["url"], 2, folder, "p", SCHEMA)
+    parts = C.split_by_key(spark, rows, ["url"], 2, folder, "p")
     C.run_chunks(spark, parts, folder, "p", SCHEMA, lambda part: (part.read(), None), "t")
     # a run killed inside assemble: chunk 0's files named in its marker, one of them already moved
     chunk0 = Path(folder, "00000")

@@ -127,7 +127,7 @@ def run(spark, cfg) -> dict:
         keys = [S.URL, *([S.SAMPLE_ID] if S.SAMPLE_ID in todo.columns else [])]
         folder = C.chunks_uri(cfg.output)
         print_ = C.fingerprint("download", cfg, chunks, cfg.input, d.retry_from)
-        parts = C.split_by_key(spark, todo, keys, chunks, folder, print_, schema)
+        parts = C.split_by_key(spark, todo, keys, chunks, folder, print_)
         if kept is not None:  # the rows retry_from gave: one more chunk, committed as the others
             parts.append(C.Part(chunks, rows_in - to_download, KEPT, lambda: kept))
         reused_chunks, observed = C.run_chunks(spark, parts, folder, print_, schema, make, "images")

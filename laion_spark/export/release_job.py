@@ -39,7 +39,7 @@ from laion_spark.export import release as R
 from laion_spark.export.blocklist import BlocklistError
 from laion_spark.export.job import ExportError, shard_count, write_shards
 from laion_spark.export.transform import REQUIRED_COLUMNS, shard_key
-from laion_spark.io import exists, fsspec_uri, overlap, write_table
+from laion_spark.io import exists, fsspec_uri, overlap, remove, write_table
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +262,7 @@ def run(spark, cfg) -> dict:
     if "emb" in outputs:
         summary["emb"] = _emb(spark, cfg, kept, f"{output_uri}/emb")
     summary["card"] = write_card(spark, cfg, summary)
-    import fsspec
-
-    fs, folder = fsspec.core.url_to_fs(decisions_uri)
-    fs.rm(folder, recursive=True)  # every table is cut from them by now
+    remove(decisions_uri)  # every table is cut from them by now
     log.info("export: %s dataset rows -> %s released, %s removed %s; subsets %s", rows_in, released, removed_rows,
              reasons, {k: v["rows"] for k, v in subsets.items()})
     return summary

@@ -124,26 +124,25 @@ def watermark_frame(frame: pd.DataFrame, plan: TagPlan) -> pd.DataFrame:
                          PWATERMARK: pd.array(scores, dtype="Float32")})
 
 
-def tag_batches(plan: TagPlan):
-    """-> the mapInPandas function: batches of joined rows -> batches of tags."""
+def _per_frame(fn, plan: TagPlan):
+    """fn(frame, plan) -> the mapInPandas function applying it to every non-empty batch."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for frame in frames:
             if len(frame):
-                yield tag_frame(frame, plan)
+                yield fn(frame, plan)
 
     return run
+
+
+def tag_batches(plan: TagPlan):
+    """-> the mapInPandas function: batches of joined rows -> batches of tags."""
+    return _per_frame(tag_frame, plan)
 
 
 def watermark_batches(plan: TagPlan):
     """-> the mapInPandas function: batches of (sample_id, image) -> batches of (sample_id, pwatermark)."""
-
-    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for frame in frames:
-            if len(frame):
-                yield watermark_frame(frame, plan)
-
-    return run
+    return _per_frame(watermark_frame, plan)
 
 
 def head_spec(column: str, cfg_head) -> HeadSpec | None:
